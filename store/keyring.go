@@ -1,0 +1,177 @@
+package store
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// wrapVersion is the first byte of every wrapped key.
+const wrapVersion = 1
+
+// WrappedSize is the size of a key wrapped by Keyring.Wrap:
+// version (1) | KEK id (4) | nonce (12) | ciphertext (32) | tag (16).
+const WrappedSize = 1 + 4 + 12 + KeySize + 16
+
+// Purposes bind a wrapped key to what it is for (AES-GCM additional data),
+// so a wrapped key cannot be swapped into another row or role.
+const (
+	PurposeSubjectKey = "pseudonymizer/subject-key/v1"
+	PurposeIndexKey   = "pseudonymizer/index-key/v1"
+)
+
+// KEK is a key encryption key. Its ID is derived from the key itself, so
+// wrapped keys name the KEK that can unwrap them without revealing it.
+type KEK struct {
+	id   uint32
+	aead cipher.AEAD
+}
+
+// ID returns the KEK's public identifier (a truncated hash of the key).
+func (k *KEK) ID() uint32 { return k.id }
+
+// NewKEK returns a KEK for a 32-byte key.
+func NewKEK(key []byte) (*KEK, error) {
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("kek: want %d bytes, got %d", KeySize, len(key))
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("kek: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("kek: %w", err)
+	}
+	h := sha256.Sum256(append([]byte("pseudonymizer/kek-id/v1\x00"), key...))
+	return &KEK{id: binary.BigEndian.Uint32(h[:4]), aead: aead}, nil
+}
+
+// ParseKEK decodes a base64 (standard or URL, padded or not) 32-byte KEK.
+// Surrounding whitespace is ignored. The error never contains key material.
+func ParseKEK(text string) (*KEK, error) {
+	text = strings.TrimSpace(text)
+	var key []byte
+	var err error
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if key, err = enc.DecodeString(text); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, errors.New("kek: not valid base64")
+	}
+	return NewKEK(key)
+}
+
+// Keyring wraps keys with its active KEK and unwraps keys wrapped by any of
+// its KEKs, which lets operators rotate KEKs without changing pseudonyms.
+// A Keyring is safe for concurrent use.
+type Keyring struct {
+	active *KEK
+	byID   map[uint32]*KEK
+}
+
+// NewKeyring returns a keyring that wraps with active and also unwraps with
+// older.
+func NewKeyring(active *KEK, older ...*KEK) (*Keyring, error) {
+	if active == nil {
+		return nil, errors.New("keyring: no active KEK")
+	}
+	r := &Keyring{active: active, byID: map[uint32]*KEK{active.id: active}}
+	for _, k := range older {
+		if _, dup := r.byID[k.id]; dup {
+			return nil, fmt.Errorf("keyring: KEK %08x configured twice", k.id)
+		}
+		r.byID[k.id] = k
+	}
+	return r, nil
+}
+
+// ActiveID returns the ID of the KEK used for wrapping.
+func (r *Keyring) ActiveID() uint32 { return r.active.id }
+
+// NewKey returns a fresh random key from crypto/rand.
+func NewKey() ([]byte, error) {
+	key := make([]byte, KeySize)
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("new key: %w", err)
+	}
+	return key, nil
+}
+
+// Wrap encrypts key with the active KEK. purpose and binding (for example
+// the subject hash) are authenticated, not stored.
+func (r *Keyring) Wrap(key []byte, purpose string, binding []byte) ([]byte, error) {
+	if len(key) != KeySize {
+		return nil, fmt.Errorf("wrap: want %d-byte key, got %d", KeySize, len(key))
+	}
+	out := make([]byte, 1+4+12, WrappedSize)
+	out[0] = wrapVersion
+	binary.BigEndian.PutUint32(out[1:5], r.active.id)
+	if _, err := rand.Read(out[5:17]); err != nil {
+		return nil, fmt.Errorf("wrap: %w", err)
+	}
+	return r.active.aead.Seal(out, out[5:17], key, aad(purpose, binding, out[:5])), nil
+}
+
+// Unwrap decrypts a key made by Wrap with the same purpose and binding.
+func (r *Keyring) Unwrap(wrapped []byte, purpose string, binding []byte) ([]byte, error) {
+	if len(wrapped) != WrappedSize || wrapped[0] != wrapVersion {
+		return nil, errors.New("unwrap: malformed wrapped key")
+	}
+	k, ok := r.byID[binary.BigEndian.Uint32(wrapped[1:5])]
+	if !ok {
+		return nil, fmt.Errorf("unwrap: key wrapped by KEK %08x: %w", binary.BigEndian.Uint32(wrapped[1:5]), ErrWrongKEK)
+	}
+	key, err := k.aead.Open(nil, wrapped[5:17], wrapped[17:], aad(purpose, binding, wrapped[:5]))
+	if err != nil {
+		return nil, errors.New("unwrap: authentication failed (wrong KEK or tampered key)")
+	}
+	return key, nil
+}
+
+// WrappedBy returns the ID of the KEK that wrapped a key, or false when the
+// bytes are not a wrapped key.
+func WrappedBy(wrapped []byte) (uint32, bool) {
+	if len(wrapped) != WrappedSize || wrapped[0] != wrapVersion {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(wrapped[1:5]), true
+}
+
+func aad(purpose string, binding, header []byte) []byte {
+	b := make([]byte, 0, len(purpose)+1+len(binding)+len(header))
+	b = append(b, purpose...)
+	b = append(b, 0)
+	b = append(b, binding...)
+	return append(b, header...)
+}
+
+// Hasher computes SubjectHash values under a secret index key.
+type Hasher struct{ key []byte }
+
+// NewHasher returns a Hasher for a 32-byte index key.
+func NewHasher(indexKey []byte) (*Hasher, error) {
+	if len(indexKey) != KeySize {
+		return nil, fmt.Errorf("hasher: want %d-byte index key, got %d", KeySize, len(indexKey))
+	}
+	return &Hasher{key: append([]byte(nil), indexKey...)}, nil
+}
+
+// Hash returns HMAC-SHA-256(index key, "subject\x00" + subjectID).
+func (h *Hasher) Hash(subjectID string) SubjectHash {
+	m := hmac.New(sha256.New, h.key)
+	m.Write([]byte("subject\x00"))
+	m.Write([]byte(subjectID))
+	var out SubjectHash
+	m.Sum(out[:0])
+	return out
+}

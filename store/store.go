@@ -1,0 +1,154 @@
+// Package store defines the KeyStore: the one place where the secret key of
+// each subject (customer) lives, wrapped by a key encryption key (KEK).
+//
+// Pseudonyms are derived from these keys (see processor/pseudonym), so the
+// store is written once per new subject, not once per event. Forgetting a
+// subject deletes its key (crypto-shredding) and leaves a tombstone that
+// suppresses the subject's older events and makes later ones use a fresh key.
+//
+// Implementations live in subpackages (postgres, embedded) and must all pass
+// the conformance suite in store/storetest.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// KeySize is the size in bytes of a subject key and of a KEK.
+const KeySize = 32
+
+// SubjectHash is a keyed hash (HMAC-SHA-256 under the store's index key) of a
+// subject ID. Stores index subjects by it and never persist raw subject IDs.
+type SubjectHash [32]byte
+
+// Lookup asks for the key of one subject.
+type Lookup struct {
+	// SubjectID is the raw subject (customer) ID. It never leaves memory.
+	SubjectID string
+	// Latest is the newest occurred_at among the events that need the key.
+	// A subject with a tombstone gets a fresh key only when Latest is after
+	// the tombstone's RequestedAt; otherwise no key is created.
+	Latest time.Time
+}
+
+// Entry is the state of one subject as returned by Resolve.
+type Entry struct {
+	// Hash is the subject's keyed hash.
+	Hash SubjectHash
+	// Key is the subject's current secret key, or nil when the subject has
+	// no key (it was forgotten and no event newer than the tombstone asked).
+	Key []byte
+	// ForgottenAt is the RequestedAt of the subject's newest tombstone, or
+	// the zero time when the subject was never forgotten. Events that
+	// occurred at or before it must be suppressed.
+	ForgottenAt time.Time
+}
+
+// ForgetRequest asks to destroy the key material of one subject.
+type ForgetRequest struct {
+	// RequestID identifies the request; Forget is idempotent per RequestID.
+	RequestID string
+	// SubjectID is the raw subject ID to forget.
+	SubjectID string
+	// RequestedAt is when the request was made; events of the subject that
+	// occurred at or before it are suppressed from now on.
+	RequestedAt time.Time
+}
+
+// ForgetStatus is the outcome of a forget request.
+type ForgetStatus int
+
+// Forget outcomes; they map to hygiene.v1.ForgetStatus.
+const (
+	// Forgotten: the subject had a key, and it is destroyed.
+	Forgotten ForgetStatus = iota + 1
+	// UnknownSubject: the subject never had a key and was never forgotten.
+	UnknownSubject
+	// AlreadyForgotten: the subject has no key but an earlier tombstone.
+	AlreadyForgotten
+)
+
+// String returns the hygiene.v1.ForgetStatus symbol.
+func (s ForgetStatus) String() string {
+	switch s {
+	case Forgotten:
+		return "FORGOTTEN"
+	case UnknownSubject:
+		return "UNKNOWN_SUBJECT"
+	case AlreadyForgotten:
+		return "ALREADY_FORGOTTEN"
+	}
+	return "INVALID"
+}
+
+// ForgetResult is the durable outcome of one ForgetRequest. Repeating a
+// request with the same RequestID returns the same result.
+type ForgetResult struct {
+	Status      ForgetStatus
+	CompletedAt time.Time
+}
+
+// KeyStore holds wrapped subject keys and tombstones.
+//
+// Implementations must be safe for concurrent use by many goroutines, and the
+// PostgreSQL implementation also by many processes.
+type KeyStore interface {
+	// Hash returns the keyed hash that identifies subjectID in the store.
+	Hash(subjectID string) SubjectHash
+
+	// Resolve returns one Entry per lookup, in order, in a single round
+	// trip when every subject already has a key and in at most one more
+	// (committed) write when some need a fresh key. A new key is durable
+	// before Resolve returns. Lookups of the same subject get one Entry each,
+	// all equal.
+	Resolve(ctx context.Context, lookups []Lookup) ([]Entry, error)
+
+	// Forget destroys the keys of the requests' subjects and records their
+	// tombstones (hash, requested_at, request id), atomically per call, and
+	// returns one result per request, in order. It is idempotent per
+	// RequestID. While it runs it excludes every Guard (see Guard).
+	Forget(ctx context.Context, reqs []ForgetRequest) ([]ForgetResult, error)
+
+	// Guard takes a shared guard that excludes Forget until Release, and
+	// returns the hashes of the subjects forgotten after sequence number
+	// since, plus the newest sequence number. The processor holds a guard
+	// across its Kafka commit: a forget can then never complete between the
+	// check of its keys and the commit of outputs derived from them.
+	Guard(ctx context.Context, since uint64) (Guard, error)
+
+	// Rewrap re-wraps up to limit keys that are not wrapped by the active
+	// KEK, and reports how many it changed; 0 means all are current.
+	Rewrap(ctx context.Context, limit int) (int, error)
+
+	// Ping reports whether the store is reachable.
+	Ping(ctx context.Context) error
+
+	// Close releases the store's resources.
+	Close() error
+}
+
+// Guard is a shared lock against Forget, held across a Kafka commit.
+type Guard interface {
+	// Seq is the newest forget sequence number at the time of the guard.
+	Seq() uint64
+	// Forgotten lists the subjects forgotten after the requested sequence
+	// number, oldest first.
+	Forgotten() []SubjectHash
+	// Complete is false when Forgotten cannot list every subject forgotten
+	// since the requested sequence number (the forget log was pruned past
+	// it, or it is too long to return). The caller must then drop every
+	// key it caches and must not commit work derived from cached keys.
+	Complete() bool
+	// Release gives the guard up. It is safe to call more than once.
+	Release(ctx context.Context) error
+}
+
+// ErrUnavailable wraps errors that mean the store could not be reached or
+// could not finish a transaction; the caller should back off and retry.
+var ErrUnavailable = errors.New("store unavailable")
+
+// ErrWrongKEK is returned when a stored key cannot be unwrapped with any
+// configured KEK.
+var ErrWrongKEK = errors.New("no configured KEK unwraps the stored keys")
