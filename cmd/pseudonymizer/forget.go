@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/schema"
+)
+
+// runForget is `pseudonymizer forget`: publish a forget request and wait
+// for its confirmation.
+func runForget(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("forget", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (YAML)")
+	timeout := fs.Duration("timeout", 60*time.Second, "how long to wait for the confirmation")
+	reason := fs.String("reason", "", "optional reason recorded in the request")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || fs.Arg(0) == "" {
+		return errors.New("usage: pseudonymizer forget --config FILE SUBJECT_ID")
+	}
+	cfg, err := loadSchemaConfig(*path)
+	if err != nil {
+		return err
+	}
+	log := newLogger(config.Log{Level: "warn", Format: "text"}, stderr)
+	kopts, err := kafkaOpts(cfg.Kafka, log)
+	if err != nil {
+		return err
+	}
+	req := schema.ForgetRequest{RequestID: newUUID(), SubjectID: fs.Arg(0), RequestedAt: time.Now().Truncate(time.Millisecond)}
+	if *reason != "" {
+		req.Reason = reason
+	}
+	wctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	conf, err := forget(wctx, kopts, cfg.Topics, req)
+	if err != nil {
+		if wctx.Err() != nil && ctx.Err() == nil {
+			return &exitError{code: 3, err: fmt.Errorf("no confirmation for request %s within %s (is `pseudonymizer run` running?)", req.RequestID, *timeout)}
+		}
+		return err
+	}
+	fmt.Fprintf(stdout, "request %s: %s at %s (requested %s); systems: %v\n", conf.RequestID, conf.Status,
+		conf.CompletedAt.UTC().Format(time.RFC3339Nano), conf.RequestedAt.UTC().Format(time.RFC3339Nano), conf.Systems)
+	return nil
+}
+
+// forget publishes req and waits on the confirmations topic for the
+// confirmation of req.RequestID.
+func forget(ctx context.Context, kopts []kgo.Opt, topics config.Topics, req schema.ForgetRequest) (*schema.ForgetConfirmation, error) {
+	admCl, err := kgo.NewClient(kopts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	defer admCl.Close()
+	adm := kadm.NewClient(admCl)
+	// Read the confirmations topic from its current end, fixed before the
+	// request is published, so the confirmation cannot be missed.
+	ends, err := adm.ListEndOffsets(ctx, topics.Forgotten)
+	if err != nil {
+		return nil, fmt.Errorf("list offsets of %s: %w", topics.Forgotten, err)
+	}
+	start := map[string]map[int32]kgo.Offset{topics.Forgotten: {}}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Err == nil {
+			start[topics.Forgotten][o.Partition] = kgo.NewOffset().At(o.Offset)
+		}
+	})
+	if len(start[topics.Forgotten]) == 0 {
+		return nil, fmt.Errorf("topic %s does not exist yet (start `pseudonymizer run` first)", topics.Forgotten)
+	}
+	cons, err := kgo.NewClient(append(append([]kgo.Opt{}, kopts...),
+		kgo.ConsumePartitions(start), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %w", err)
+	}
+	defer cons.Close()
+
+	val, err := schema.MarshalForgetRequest(&req)
+	if err != nil {
+		return nil, fmt.Errorf("encode request: %w", err)
+	}
+	if err := admCl.ProduceSync(ctx, &kgo.Record{Topic: topics.Forget, Key: []byte(req.SubjectID), Value: val}).FirstErr(); err != nil {
+		return nil, fmt.Errorf("publish to %s: %w", topics.Forget, err)
+	}
+	for {
+		fetches := cons.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		for _, r := range fetches.Records() {
+			c, err := schema.UnmarshalForgetConfirmation(r.Value)
+			if err == nil && c.RequestID == req.RequestID {
+				return c, nil
+			}
+		}
+	}
+}
+
+// newUUID returns a random (version 4) UUID.
+func newUUID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}

@@ -1,0 +1,103 @@
+// Command pseudonymizer keeps customer identifiers out of marketing systems:
+// it turns raw order events into per-system pseudonymized copies and honours
+// GDPR forget requests by crypto-shredding. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Version is set at build time with -ldflags "-X main.Version=...".
+var Version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	// A second signal exits at once.
+	go func() {
+		<-ctx.Done()
+		stop()
+		again := make(chan os.Signal, 1)
+		signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+		<-again
+		fmt.Fprintln(os.Stderr, "pseudonymizer: second signal, exiting now")
+		os.Exit(130)
+	}()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "pseudonymizer:", err)
+		}
+		os.Exit(exitCode(err))
+	}
+}
+
+// exitError carries a specific exit code.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func exitCode(err error) int {
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 2
+	}
+	return 1
+}
+
+const usage = `pseudonymizer: per-system pseudonyms for order events, with crypto-shredding.
+
+Usage:
+  pseudonymizer run --config FILE [--check-config]   run the service until SIGINT/SIGTERM
+  pseudonymizer demo [--orders N] [--keep-running] [--config FILE]
+                                                     zero set-up demonstration
+  pseudonymizer schema --config FILE --system NAME   print a system's output Avro schema
+  pseudonymizer forget --config FILE SUBJECT_ID      publish a forget request, await its confirmation
+  pseudonymizer rewrap --config FILE                 re-wrap stored keys with the active KEK
+  pseudonymizer bench [flags]                        throughput benchmark against copy baselines
+  pseudonymizer version                              print the version
+`
+
+// run dispatches a subcommand; it is main without the process exit.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return flag.ErrHelp
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "run":
+		return runService(ctx, rest, stdout, stderr)
+	case "demo":
+		return runDemo(ctx, rest, stdout, stderr)
+	case "schema":
+		return runSchema(ctx, rest, stdout, stderr)
+	case "forget":
+		return runForget(ctx, rest, stdout, stderr)
+	case "rewrap":
+		return runRewrap(ctx, rest, stdout, stderr)
+	case "bench":
+		return runBench(ctx, rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, Version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", cmd)
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
+
+	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+// runService is `pseudonymizer run`.
+func runService(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", "", "configuration file (YAML)")
+	check := fs.Bool("check-config", false, "validate the configuration, the KEK and the store connection, then exit")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	log := newLogger(cfg.Log, stderr)
+	svc, err := newService(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer svc.close()
+	if *check {
+		fmt.Fprintf(stdout, "configuration ok: %d systems, store reachable\n", len(svc.proc.OutputTopics()))
+		return nil
+	}
+	return svc.run(ctx)
+}
+
+// service is the wired-up service: store, processor, HTTP endpoint.
+type service struct {
+	cfg   config.Config
+	log   *slog.Logger
+	store store.KeyStore
+	proc  *processor.Processor
+	reg   *prometheus.Registry
+	kopts []kgo.Opt
+}
+
+// newService checks everything that can be checked before consuming: the
+// policies, the KEK, the store. Each failure is one line naming the problem.
+func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*service, error) {
+	pols, plan, err := compilePlan(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	kr, err := loadKeyring(cfg.Keys)
+	if err != nil {
+		return nil, err
+	}
+	octx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	st, err := openStore(octx, cfg.Store, kr)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	kopts, err := kafkaOpts(cfg.Kafka, log)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	kopts = append(kopts, kgo.WithHooks(kprom.NewMetrics("pseudonymizer_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))))
+	proc, err := processor.New(processor.Config{
+		Topics:             cfg.Topics,
+		Policies:           pols,
+		Plan:               plan,
+		Store:              st,
+		Kafka:              kopts,
+		GroupID:            cfg.Kafka.GroupID,
+		TransactionalID:    cfg.TxnID(),
+		TransactionTimeout: cfg.Kafka.TransactionTimeout,
+		SessionTimeout:     cfg.Kafka.SessionTimeout,
+		MaxRecordBytes:     cfg.Processing.MaxRecordBytes,
+		MaxPollRecords:     cfg.Processing.MaxPollRecords,
+		CacheSubjects:      cfg.Processing.CacheSubjects,
+		MaxBackoff:         cfg.Processing.MaxBackoff,
+		Logger:             log.With("component", "processor"),
+		Metrics:            processor.NewMetrics(reg),
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return &service{cfg: cfg, log: log, store: st, proc: proc, reg: reg, kopts: kopts}, nil
+}
+
+func (s *service) close() {
+	if err := s.store.Close(); err != nil {
+		s.log.Warn("closing key store", "err", err)
+	}
+}
+
+// run serves HTTP and processes until ctx is canceled.
+func (s *service) run(ctx context.Context) error {
+	if s.cfg.HTTP.Listen != "" {
+		ln, err := net.Listen("tcp", s.cfg.HTTP.Listen)
+		if err != nil {
+			return fmt.Errorf("http.listen: %w", err)
+		}
+		srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("http server", "err", err)
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+		s.log.Info("serving /metrics, /healthz, /readyz", "addr", ln.Addr().String())
+	}
+	if s.cfg.Kafka.CreateTopics {
+		s.ensureTopics(ctx)
+	}
+	s.log.Info("pseudonymizer started", "version", Version, "systems", len(s.proc.OutputTopics()),
+		"group", s.cfg.Kafka.GroupID, "transactional_id", s.cfg.TxnID())
+	err := s.proc.Run(ctx)
+	s.log.Info("pseudonymizer stopped")
+	return err
+}
+
+// ensureTopics creates missing output topics; a failure is logged, not
+// fatal: the broker may auto-create topics or an operator may create them.
+func (s *service) ensureTopics(ctx context.Context) {
+	cl, err := kgo.NewClient(s.kopts...)
+	if err != nil {
+		s.log.Warn("creating topics", "err", err)
+		return
+	}
+	defer cl.Close()
+	tctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := s.proc.EnsureTopics(tctx, kadm.NewClient(cl)); err != nil {
+		s.log.Warn("creating topics", "err", err)
+	}
+}
+
+// handler serves /metrics, /healthz and /readyz.
+func (s *service) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.proc.Ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		if err := s.store.Ping(r.Context()); err != nil {
+			http.Error(w, "not ready: key store unreachable", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	return mux
+}

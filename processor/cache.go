@@ -1,0 +1,95 @@
+package processor
+
+import "github.com/hygiene/pseudonymizer/store"
+
+// subject is what the processor knows about one customer: the key it
+// derives pseudonyms from, and its newest tombstone.
+type subject struct {
+	id          string
+	hash        store.SubjectHash
+	key         []byte // nil: no key (forgotten, nothing newer asked for one)
+	forgottenAt int64  // ms since epoch of the newest tombstone; 0 if none
+}
+
+// needsKey reports whether an event that occurred at ms needs a key that
+// this subject does not have yet.
+func (s *subject) needsKey(ms int64) bool { return s.key == nil && ms > s.forgottenAt }
+
+// subjectCache is a bounded two-generation cache of subjects: lookups hit the
+// hot generation, or the cold one and are promoted; when the hot generation
+// is full it becomes the cold one and the old cold one is dropped. It costs
+// two map operations per hit and bounds memory to max entries.
+//
+// Entries are invalidated by subject hash when the store reports forgets
+// (see Guard in doc.go). Not safe for concurrent use; the batch loop owns it.
+type subjectCache struct {
+	max       int
+	hot, cold generation
+}
+
+type generation struct {
+	byID   map[string]*subject
+	byHash map[store.SubjectHash]*subject
+}
+
+func newGeneration(n int) generation {
+	return generation{byID: make(map[string]*subject, n), byHash: make(map[store.SubjectHash]*subject, n)}
+}
+
+func newSubjectCache(max int) *subjectCache {
+	c := &subjectCache{max: max}
+	c.hot, c.cold = newGeneration(0), newGeneration(0)
+	return c
+}
+
+// get returns the cached subject for a raw ID given as bytes, without
+// allocating.
+func (c *subjectCache) get(id []byte) *subject {
+	if s := c.hot.byID[string(id)]; s != nil {
+		return s
+	}
+	s := c.cold.byID[string(id)]
+	if s != nil {
+		delete(c.cold.byID, s.id)
+		delete(c.cold.byHash, s.hash)
+		c.put(s)
+	}
+	return s
+}
+
+func (c *subjectCache) put(s *subject) {
+	if c.max <= 0 {
+		return
+	}
+	half := (c.max + 1) / 2
+	if len(c.hot.byID) >= half {
+		c.cold = c.hot
+		c.hot = newGeneration(half)
+	}
+	if old := c.hot.byID[s.id]; old != nil {
+		delete(c.hot.byHash, old.hash)
+	}
+	c.hot.byID[s.id] = s
+	c.hot.byHash[s.hash] = s
+}
+
+// forget drops the subject with hash h, reporting whether it was cached.
+func (c *subjectCache) forget(h store.SubjectHash) bool {
+	found := false
+	for _, g := range []generation{c.hot, c.cold} {
+		if s := g.byHash[h]; s != nil {
+			delete(g.byHash, h)
+			delete(g.byID, s.id)
+			found = true
+		}
+	}
+	return found
+}
+
+// clear drops every entry.
+func (c *subjectCache) clear() {
+	c.hot, c.cold = newGeneration(0), newGeneration(0)
+}
+
+// len returns the number of cached subjects.
+func (c *subjectCache) len() int { return len(c.hot.byID) + len(c.cold.byID) }

@@ -1,0 +1,388 @@
+// Package config loads and validates the pseudonymizer's YAML configuration
+// (see CONTRACT.md): defaults first, then the file, then environment
+// variables named PSEUDONYMIZER_<SECTION>_<KEY>.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/hygiene/pseudonymizer/processor/policy"
+)
+
+// EnvPrefix prefixes every environment override.
+const EnvPrefix = "PSEUDONYMIZER_"
+
+// Config is the whole configuration file.
+type Config struct {
+	Kafka          Kafka                    `yaml:"kafka"`
+	Topics         Topics                   `yaml:"topics"`
+	Store          Store                    `yaml:"store"`
+	Keys           Keys                     `yaml:"keys"`
+	HTTP           HTTP                     `yaml:"http"`
+	Log            Log                      `yaml:"log"`
+	Processing     Processing               `yaml:"processing"`
+	SchemaRegistry SchemaRegistry           `yaml:"schema_registry"`
+	Systems        map[string]policy.Policy `yaml:"systems"`
+}
+
+// Kafka configures the Kafka client.
+type Kafka struct {
+	// Brokers are the seed brokers, host:port.
+	Brokers []string `yaml:"brokers"`
+	// GroupID is the consumer group shared by all instances.
+	GroupID string `yaml:"group_id"`
+	// TransactionalID must be unique per running instance and stable
+	// across its restarts. Default: "<group_id>-<hostname>".
+	TransactionalID string `yaml:"transactional_id"`
+	// ClientID is sent to the brokers for their logs and quotas.
+	ClientID string `yaml:"client_id"`
+	// TransactionTimeout bounds how long an open transaction of a stalled
+	// instance can hold back read_committed consumers.
+	TransactionTimeout time.Duration `yaml:"transaction_timeout"`
+	// SessionTimeout is the consumer group session timeout.
+	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// CreateTopics creates missing output, confirmation and dead-letter
+	// topics at start-up.
+	CreateTopics bool `yaml:"create_topics"`
+	// TLS enables TLS to the brokers.
+	TLS TLS `yaml:"tls"`
+	// SASL configures SASL authentication.
+	SASL SASL `yaml:"sasl"`
+}
+
+// TLS configures client TLS.
+type TLS struct {
+	Enabled            bool   `yaml:"enabled"`
+	CAFile             string `yaml:"ca_file"`
+	CertFile           string `yaml:"cert_file"`
+	KeyFile            string `yaml:"key_file"`
+	ServerName         string `yaml:"server_name"`
+	InsecureSkipVerify bool   `yaml:"insecure_skip_verify"`
+}
+
+// SASL configures SASL authentication: mechanism PLAIN, SCRAM-SHA-256 or
+// SCRAM-SHA-512.
+type SASL struct {
+	Mechanism string `yaml:"mechanism"`
+	Username  string `yaml:"username"`
+	Password  string `yaml:"password"`
+}
+
+// Topics names the topics; the defaults are CONTRACT.md's.
+type Topics struct {
+	Orders           string `yaml:"orders"`
+	Forget           string `yaml:"forget"`
+	Forgotten        string `yaml:"forgotten"`
+	OrdersDeadLetter string `yaml:"orders_dead_letter"`
+	ForgetDeadLetter string `yaml:"forget_dead_letter"`
+	PseudoPrefix     string `yaml:"pseudo_prefix"`
+}
+
+// Store selects the key store: PostgreSQL (shared by many instances) or the
+// embedded single-file store (one instance).
+type Store struct {
+	Postgres string `yaml:"postgres"`
+	Path     string `yaml:"path"`
+}
+
+// Keys configures the key encryption keys (KEKs) that wrap subject keys.
+type Keys struct {
+	// KEKFile holds the active KEK, base64 of 32 bytes. The environment
+	// variable PSEUDONYMIZER_KEK, if set, takes precedence.
+	KEKFile string `yaml:"kek_file"`
+	// KEK is the active KEK itself; only meant to come from the
+	// environment (PSEUDONYMIZER_KEK), never from a file in a repo.
+	KEK string `yaml:"-"`
+	// OldKEKFiles hold retired KEKs, still used to unwrap keys until
+	// `pseudonymizer rewrap` has re-wrapped them with the active KEK.
+	OldKEKFiles []string `yaml:"old_kek_files"`
+}
+
+// HTTP configures the operational HTTP endpoint.
+type HTTP struct {
+	// Listen is the address of /metrics, /healthz and /readyz; empty
+	// disables it.
+	Listen string `yaml:"listen"`
+}
+
+// Log configures logging.
+type Log struct {
+	// Level is debug, info, warn or error.
+	Level string `yaml:"level"`
+	// Format is json, text or auto (text on a terminal, else json).
+	Format string `yaml:"format"`
+}
+
+// Processing tunes the pipeline.
+type Processing struct {
+	// MaxRecordBytes is the largest raw record accepted; larger ones are
+	// dead-lettered with class too_large.
+	MaxRecordBytes int `yaml:"max_record_bytes"`
+	// MaxPollRecords caps the records of one transaction.
+	MaxPollRecords int `yaml:"max_poll_records"`
+	// CacheSubjects bounds the number of subject keys cached in memory.
+	CacheSubjects int `yaml:"cache_subjects"`
+	// MaxBackoff caps the retry backoff during outages.
+	MaxBackoff time.Duration `yaml:"max_backoff"`
+	// ShutdownTimeout bounds a clean shutdown.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// SchemaRegistry configures the Confluent wire format; empty URL means bare
+// Avro with the bundled schemas.
+type SchemaRegistry struct {
+	URL         string `yaml:"url"`
+	Username    string `yaml:"username"`
+	Password    string `yaml:"password"`
+	BearerToken string `yaml:"bearer_token"`
+	TLS         TLS    `yaml:"tls"`
+}
+
+// Default returns the configuration used where the file says nothing.
+func Default() Config {
+	return Config{
+		Kafka: Kafka{
+			Brokers:            []string{"127.0.0.1:9092"},
+			GroupID:            "pseudonymizer",
+			ClientID:           "pseudonymizer",
+			TransactionTimeout: 10 * time.Second,
+			SessionTimeout:     15 * time.Second,
+			CreateTopics:       true,
+		},
+		Topics: Topics{
+			Orders:           "orders.raw",
+			Forget:           "subjects.forget",
+			Forgotten:        "subjects.forgotten",
+			OrdersDeadLetter: "orders.raw.dlq",
+			ForgetDeadLetter: "subjects.forget.dlq",
+			PseudoPrefix:     "orders.pseudo.",
+		},
+		HTTP: HTTP{Listen: "127.0.0.1:9464"},
+		Log:  Log{Level: "info", Format: "auto"},
+		Processing: Processing{
+			MaxRecordBytes:  1 << 20,
+			MaxPollRecords:  10000,
+			CacheSubjects:   1_000_000,
+			MaxBackoff:      30 * time.Second,
+			ShutdownTimeout: 30 * time.Second,
+		},
+	}
+}
+
+// Load reads a configuration file, applies environment overrides from
+// environ (os.Environ() form) and validates the result.
+func Load(path string, environ []string) (Config, error) {
+	cfg, err := Read(path, environ)
+	if err != nil {
+		return cfg, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// Read is Load without Validate, for commands that need only part of the
+// configuration (such as `pseudonymizer schema`).
+func Read(path string, environ []string) (Config, error) {
+	cfg := Default()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("config: %w", err)
+		}
+		if err := Parse(b, &cfg); err != nil {
+			return cfg, err
+		}
+	}
+	if err := applyEnv(&cfg, environ); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// Parse decodes YAML into cfg, rejecting unknown keys.
+func Parse(b []byte, cfg *Config) error {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("config: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+	}
+	return nil
+}
+
+// Policies returns the systems' policies, sorted by system name.
+func (c *Config) Policies() []policy.Policy {
+	names := make([]string, 0, len(c.Systems))
+	for n := range c.Systems {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	out := make([]policy.Policy, 0, len(names))
+	for _, n := range names {
+		p := c.Systems[n]
+		p.System = n
+		out = append(out, p)
+	}
+	return out
+}
+
+// Validate checks what can be checked without connecting anywhere. The
+// policies are checked against the input schema by policy.Compile, and the
+// KEK and store when they are opened.
+func (c *Config) Validate() error {
+	switch {
+	case len(c.Kafka.Brokers) == 0:
+		return errors.New("config: kafka.brokers is empty")
+	case c.Kafka.GroupID == "":
+		return errors.New("config: kafka.group_id is empty")
+	case c.Kafka.TransactionTimeout < time.Second:
+		return errors.New("config: kafka.transaction_timeout must be at least 1s")
+	case c.Store.Postgres == "" && c.Store.Path == "":
+		return errors.New("config: no key store: set store.postgres or store.path")
+	case c.Store.Postgres != "" && c.Store.Path != "":
+		return errors.New("config: set only one of store.postgres and store.path")
+	case c.Keys.KEK == "" && c.Keys.KEKFile == "":
+		return errors.New("config: no KEK: set keys.kek_file or PSEUDONYMIZER_KEK")
+	case len(c.Systems) == 0:
+		return errors.New("config: no systems configured")
+	case c.Processing.MaxRecordBytes <= 0:
+		return errors.New("config: processing.max_record_bytes must be positive")
+	case c.Processing.MaxPollRecords <= 0:
+		return errors.New("config: processing.max_poll_records must be positive")
+	case c.Processing.CacheSubjects < 0:
+		return errors.New("config: processing.cache_subjects must not be negative")
+	}
+	for field, v := range map[string]string{
+		"topics.orders": c.Topics.Orders, "topics.forget": c.Topics.Forget,
+		"topics.forgotten": c.Topics.Forgotten, "topics.orders_dead_letter": c.Topics.OrdersDeadLetter,
+		"topics.forget_dead_letter": c.Topics.ForgetDeadLetter, "topics.pseudo_prefix": c.Topics.PseudoPrefix,
+	} {
+		if v == "" {
+			return fmt.Errorf("config: %s is empty", field)
+		}
+	}
+	switch strings.ToUpper(c.Kafka.SASL.Mechanism) {
+	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+	default:
+		return fmt.Errorf("config: kafka.sasl.mechanism %q is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", c.Kafka.SASL.Mechanism)
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("config: log.level %q is not debug, info, warn or error", c.Log.Level)
+	}
+	switch strings.ToLower(c.Log.Format) {
+	case "auto", "json", "text":
+	default:
+		return fmt.Errorf("config: log.format %q is not auto, json or text", c.Log.Format)
+	}
+	return nil
+}
+
+// TxnID returns the transactional ID of this instance.
+func (c *Config) TxnID() string {
+	if c.Kafka.TransactionalID != "" {
+		return c.Kafka.TransactionalID
+	}
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	return c.Kafka.GroupID + "-" + host
+}
+
+// applyEnv overrides scalar and list fields from PSEUDONYMIZER_<PATH>
+// variables, where PATH is the YAML path in upper case joined by "_"
+// (PSEUDONYMIZER_KAFKA_BROKERS="a:9092,b:9092",
+// PSEUDONYMIZER_STORE_POSTGRES=...). PSEUDONYMIZER_KEK sets the KEK itself.
+func applyEnv(cfg *Config, environ []string) error {
+	env := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, EnvPrefix) {
+			env[k] = v
+		}
+	}
+	if v, ok := env[EnvPrefix+"KEK"]; ok {
+		cfg.Keys.KEK = v
+	}
+	return walkEnv(reflect.ValueOf(cfg).Elem(), strings.TrimSuffix(EnvPrefix, "_"), env)
+}
+
+func walkEnv(v reflect.Value, prefix string, env map[string]string) error {
+	t := v.Type()
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag := strings.Split(f.Tag.Get("yaml"), ",")[0]
+		if tag == "" || tag == "-" {
+			continue
+		}
+		name := prefix + "_" + strings.ToUpper(tag)
+		fv := v.Field(i)
+		if fv.Kind() == reflect.Struct {
+			if err := walkEnv(fv, name, env); err != nil {
+				return err
+			}
+			continue
+		}
+		raw, ok := env[name]
+		if !ok {
+			continue
+		}
+		if err := setFromString(fv, raw); err != nil {
+			return fmt.Errorf("config: environment %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func setFromString(fv reflect.Value, raw string) error {
+	switch fv.Interface().(type) {
+	case time.Duration:
+		d, err := time.ParseDuration(raw)
+		if err != nil {
+			return err
+		}
+		fv.SetInt(int64(d))
+		return nil
+	}
+	switch fv.Kind() {
+	case reflect.String:
+		fv.SetString(raw)
+	case reflect.Bool:
+		b, err := strconv.ParseBool(raw)
+		if err != nil {
+			return err
+		}
+		fv.SetBool(b)
+	case reflect.Int, reflect.Int64:
+		n, err := strconv.ParseInt(raw, 10, 64)
+		if err != nil {
+			return err
+		}
+		fv.SetInt(n)
+	case reflect.Slice:
+		var parts []string
+		for _, p := range strings.Split(raw, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				parts = append(parts, p)
+			}
+		}
+		fv.Set(reflect.ValueOf(parts))
+	default:
+		// Maps (systems) are configured in the file only.
+		return fmt.Errorf("cannot be set from the environment")
+	}
+	return nil
+}

@@ -1,0 +1,66 @@
+// Package processor is the pseudonymizer's stream processor: it consumes raw
+// order events and forget requests and produces, in one Kafka transaction
+// per poll batch, each marketing system's pseudonymized copy, the forget
+// confirmations and the dead letters, together with the consumed offsets.
+//
+// # One batch
+//
+// A batch is what one PollRecords returns, from both input topics:
+//
+//  1. Forget requests first: one Store.Forget call destroys the subjects'
+//     keys and writes their tombstones in one store transaction, then the
+//     confirmations are queued. Forget is idempotent per request ID, so a
+//     batch that is aborted and redone confirms with the same status.
+//  2. Orders: each record is scanned (validated, IDs located, no
+//     allocation); bad ones are queued for the dead-letter topic. Subjects
+//     missing from the cache are resolved in one Store.Resolve call (one
+//     round trip; one more write transaction if some need a fresh key, which
+//     is durable before anything that uses it is committed to Kafka).
+//     Events that occurred at or before their subject's tombstone are
+//     suppressed; the others are projected once per system.
+//  3. Produce everything, flush, take the store Guard, commit the Kafka
+//     transaction (offsets included), release the Guard.
+//
+// Any error aborts the transaction; the session rewinds to the committed
+// offsets and the batch is redone after a capped, jittered backoff. Errors of
+// the transactional client itself end the session and a new one starts.
+//
+// # Why no instance can publish with a forgotten key
+//
+// Orders and forget requests of one subject may be handled by different
+// instances, and every instance caches keys. Three rules make a forget
+// final:
+//
+//   - Store.Forget takes an exclusive lock (a PostgreSQL advisory lock; an
+//     RWMutex in the embedded store), and appends each forgotten subject
+//     hash to a forget log with a sequence number.
+//   - Before committing to Kafka, a batch takes the same lock shared
+//     (Store.Guard) and holds it until its EndTxn returned. The guard lists
+//     the subjects forgotten since the previous guard of this instance: they
+//     are evicted from the cache, and if the batch used any of their keys it
+//     is aborted and redone (it will then suppress or use a fresh key).
+//   - A confirmation is published only after its Forget committed.
+//
+// So a batch that used S's old key either committed before Forget(S) could
+// take the lock, and thus before the confirmation exists, or it sees S in
+// its guard and aborts. The lock is never held while waiting for anything
+// but one EndTxn. A stalled (SIGSTOPped) holder cannot block forgets for
+// ever: the PostgreSQL store sets idle_in_transaction_session_timeout
+// (30s) above the Kafka transaction timeout (10s by default), so the broker
+// aborts the stalled transaction before PostgreSQL drops its lock.
+//
+// The cache needs no time-to-live for correctness: it is invalidated through
+// the guard, and it is bounded (processing.cache_subjects) for memory only.
+// The forget sequence number is read once at start, before any key is
+// cached, so every later forget is seen by some guard; if the store's forget
+// log was pruned past it, the guard says so and the whole cache is dropped.
+//
+// # Exactly once
+//
+// The session is a franz-go GroupTransactSession: outputs and offsets commit
+// atomically, a rebalance during a batch aborts it, zombies are fenced by the
+// transactional ID's epoch and by the group generation (KIP-447), and an
+// unconfirmed commit counts as an abort. Output produce errors abort the
+// whole batch (AbortingFirstErrPromise), so a batch's fan-out reaches all
+// systems or none.
+package processor

@@ -1,0 +1,72 @@
+package processor
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the processor's Prometheus metrics. Labels carry system names,
+// error classes and statuses only, never identifiers.
+type Metrics struct {
+	RecordsIn       *prometheus.CounterVec
+	RecordsOut      *prometheus.CounterVec
+	DeadLetters     *prometheus.CounterVec
+	Suppressed      prometheus.Counter
+	Forgets         *prometheus.CounterVec
+	ForgetLatency   prometheus.Histogram
+	BatchDuration   prometheus.Histogram
+	CommitDuration  prometheus.Histogram
+	Batches         *prometheus.CounterVec
+	StoreRoundTrips *prometheus.CounterVec
+	StoreLatency    *prometheus.HistogramVec
+	CacheHits       prometheus.Counter
+	CacheMisses     prometheus.Counter
+	CachedSubjects  prometheus.Gauge
+	Ready           prometheus.Gauge
+	ConsumerLag     *prometheus.GaugeVec
+}
+
+// NewMetrics creates the metrics and registers them with reg (if not nil).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	const ns = "pseudonymizer"
+	buckets := prometheus.ExponentialBuckets(0.0005, 2, 16) // 0.5ms .. ~16s
+	m := &Metrics{
+		RecordsIn: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "records_in_total",
+			Help: "Records consumed and committed, by topic."}, []string{"topic"}),
+		RecordsOut: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "records_out_total",
+			Help: "Pseudonymized records committed, by system."}, []string{"system"}),
+		DeadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "dead_letters_total",
+			Help: "Records committed to a dead-letter topic, by source topic and error class."}, []string{"topic", "class"}),
+		Suppressed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "suppressed_events_total",
+			Help: "Order events of forgotten subjects that occurred at or before the forget request, not emitted."}),
+		Forgets: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "forget_requests_total",
+			Help: "Forget requests confirmed, by status."}, []string{"status"}),
+		ForgetLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "forget_latency_seconds",
+			Help: "From a forget request's record timestamp to the commit of its confirmation.", Buckets: buckets}),
+		BatchDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "batch_duration_seconds",
+			Help: "Processing time of one poll batch, from poll to the end of its transaction.", Buckets: buckets}),
+		CommitDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "transaction_commit_seconds",
+			Help: "Time to end (commit) one Kafka transaction.", Buckets: buckets}),
+		Batches: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "batches_total",
+			Help: "Transactions ended, by outcome (committed, aborted, stale)."}, []string{"outcome"}),
+		StoreRoundTrips: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "store_calls_total",
+			Help: "Key store calls, by operation."}, []string{"op"}),
+		StoreLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "store_call_seconds",
+			Help: "Key store call latency, by operation.", Buckets: buckets}, []string{"op"}),
+		CacheHits: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_hits_total",
+			Help: "Order events whose subject key came from the in-memory cache."}),
+		CacheMisses: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cache_misses_total",
+			Help: "Order events whose subject key had to be resolved in the store."}),
+		CachedSubjects: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "cached_subjects",
+			Help: "Subjects currently in the key cache."}),
+		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
+			Help: "1 when the group is joined and the store reachable."}),
+		ConsumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_lag",
+			Help: "Records between the committed position and the high watermark, by topic and partition."}, []string{"topic", "partition"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.RecordsIn, m.RecordsOut, m.DeadLetters, m.Suppressed, m.Forgets, m.ForgetLatency,
+			m.BatchDuration, m.CommitDuration, m.Batches, m.StoreRoundTrips, m.StoreLatency, m.CacheHits,
+			m.CacheMisses, m.CachedSubjects, m.Ready, m.ConsumerLag)
+	}
+	return m
+}

@@ -1,0 +1,325 @@
+package processor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/processor/policy"
+	"github.com/hygiene/pseudonymizer/processor/pseudonym"
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+// Config is what a Processor needs; cmd/pseudonymizer builds it from the
+// configuration file.
+type Config struct {
+	// Topics names the topics.
+	Topics config.Topics
+	// Policies are the systems' policies, in the order Plan was compiled.
+	Policies []policy.Policy
+	// Plan is the compiled policies.
+	Plan *policy.Plan
+	// Store holds the subject keys.
+	Store store.KeyStore
+	// Kafka are client options: seed brokers, TLS, SASL, logger. The
+	// processor adds the group, topics and transaction options.
+	Kafka []kgo.Opt
+	// GroupID is the consumer group; TransactionalID this instance's ID.
+	GroupID, TransactionalID string
+	// TransactionTimeout is the Kafka transaction timeout.
+	TransactionTimeout time.Duration
+	// SessionTimeout is the consumer group session timeout.
+	SessionTimeout time.Duration
+	// MaxRecordBytes is the largest raw order accepted.
+	MaxRecordBytes int
+	// MaxPollRecords caps the records of one transaction.
+	MaxPollRecords int
+	// CacheSubjects bounds the subject cache; 0 disables caching.
+	CacheSubjects int
+	// MaxBackoff caps the retry backoff during outages.
+	MaxBackoff time.Duration
+	// Logger receives structured logs; never identifiers.
+	Logger *slog.Logger
+	// Metrics, if not nil, are updated.
+	Metrics *Metrics
+	// Now returns the current time (tests may replace it).
+	Now func() time.Time
+}
+
+// Processor consumes orders.raw and subjects.forget and produces the
+// pseudonymized copies, confirmations and dead letters, exactly once. See
+// doc.go for the design.
+type Processor struct {
+	cfg     Config
+	log     *slog.Logger
+	m       *Metrics
+	systems []string
+	topics  []string // output topic per system
+	headers []map[string]bool
+
+	cache *subjectCache
+	seq   uint64 // newest forget sequence number seen by a guard
+	d     *pseudonym.Deriver
+	b     batch
+
+	joined  atomic.Bool
+	storeOK atomic.Bool
+	stats   Stats
+	statsMu sync.Mutex
+}
+
+// Stats are running totals, for the demo, tests and benchmarks.
+type Stats struct {
+	Batches, Committed, Aborted, Stale int
+	OrdersIn, ForgetsIn              int
+	Out, DeadLetters, Suppressed     int
+	StoreCalls                       int
+}
+
+// New validates cfg and returns a Processor. It connects to nothing.
+func New(cfg Config) (*Processor, error) {
+	switch {
+	case cfg.Plan == nil:
+		return nil, errors.New("processor: no plan")
+	case cfg.Store == nil:
+		return nil, errors.New("processor: no store")
+	case cfg.GroupID == "" || cfg.TransactionalID == "":
+		return nil, errors.New("processor: group and transactional IDs are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TransactionTimeout == 0 {
+		cfg.TransactionTimeout = 10 * time.Second
+	}
+	if cfg.SessionTimeout == 0 {
+		cfg.SessionTimeout = 15 * time.Second
+	}
+	if cfg.MaxRecordBytes == 0 {
+		cfg.MaxRecordBytes = 1 << 20
+	}
+	if cfg.MaxPollRecords == 0 {
+		cfg.MaxPollRecords = 10000
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	p := &Processor{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		m:       cfg.Metrics,
+		systems: cfg.Plan.Systems(),
+		cache:   newSubjectCache(cfg.CacheSubjects),
+		d:       pseudonym.NewDeriver(),
+	}
+	for i, sys := range p.systems {
+		p.topics = append(p.topics, cfg.Topics.PseudoPrefix+sys)
+		allowed := map[string]bool{}
+		if i < len(cfg.Policies) {
+			for _, h := range cfg.Policies[i].Headers {
+				allowed[h] = true
+			}
+		}
+		p.headers = append(p.headers, allowed)
+	}
+	return p, nil
+}
+
+// OutputTopics returns the output topic of each system, in plan order.
+func (p *Processor) OutputTopics() []string { return append([]string(nil), p.topics...) }
+
+// Stats returns the running totals.
+func (p *Processor) Stats() Stats {
+	p.statsMu.Lock()
+	defer p.statsMu.Unlock()
+	return p.stats
+}
+
+// Ready reports nil when the processor has joined its group and the store
+// answered its last call.
+func (p *Processor) Ready() error {
+	switch {
+	case !p.joined.Load():
+		return errors.New("not ready: consumer group not joined")
+	case !p.storeOK.Load():
+		return errors.New("not ready: key store unreachable")
+	}
+	return nil
+}
+
+func (p *Processor) setStoreOK(ok bool) {
+	p.storeOK.Store(ok)
+	p.updateReady()
+}
+
+func (p *Processor) updateReady() {
+	if p.Ready() == nil {
+		p.m.Ready.Set(1)
+	} else {
+		p.m.Ready.Set(0)
+	}
+}
+
+// Run processes until ctx is canceled, then finishes or aborts the open
+// transaction, leaves the group and returns nil. It returns an error only
+// for problems that retrying cannot fix.
+func (p *Processor) Run(ctx context.Context) error {
+	bo := backoff{max: p.cfg.MaxBackoff}
+	// The forget sequence number must be read before any key is cached:
+	// every forget after it is then reported by a later guard.
+	for {
+		err := p.baseline(ctx)
+		if err == nil {
+			break
+		}
+		p.log.Warn("key store unavailable at start, retrying", "err", err)
+		if !bo.sleep(ctx) {
+			return nil
+		}
+	}
+	bo.reset()
+	for ctx.Err() == nil {
+		err := p.session(ctx)
+		if err == nil {
+			return nil
+		}
+		p.log.Error("kafka session failed, starting a new one", "err", err)
+		if !bo.sleep(ctx) {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (p *Processor) baseline(ctx context.Context) error {
+	g, err := p.cfg.Store.Guard(ctx, 0)
+	p.setStoreOK(err == nil)
+	if err != nil {
+		return err
+	}
+	p.seq = g.Seq()
+	return g.Release(ctx)
+}
+
+// session runs one transactional client until ctx is canceled (nil) or the
+// client fails in a way only a new producer ID can fix (error).
+func (p *Processor) session(ctx context.Context) error {
+	opts := append([]kgo.Opt{}, p.cfg.Kafka...)
+	opts = append(opts,
+		kgo.ConsumerGroup(p.cfg.GroupID),
+		kgo.ConsumeTopics(p.cfg.Topics.Orders, p.cfg.Topics.Forget),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequireStableFetchOffsets(),
+		kgo.TransactionalID(p.cfg.TransactionalID),
+		kgo.TransactionTimeout(p.cfg.TransactionTimeout),
+		kgo.SessionTimeout(p.cfg.SessionTimeout),
+		kgo.OnPartitionsAssigned(func(context.Context, *kgo.Client, map[string][]int32) {
+			p.joined.Store(true)
+			p.updateReady()
+		}),
+		kgo.OnPartitionsLost(func(context.Context, *kgo.Client, map[string][]int32) {
+			p.joined.Store(false)
+			p.updateReady()
+		}),
+	)
+	sess, err := kgo.NewGroupTransactSession(opts...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer func() {
+		p.joined.Store(false)
+		p.updateReady()
+		sess.Close()
+	}()
+
+	bo := backoff{max: p.cfg.MaxBackoff}
+	for {
+		fetches := sess.PollRecords(ctx, p.cfg.MaxPollRecords)
+		if fetches.IsClientClosed() || (ctx.Err() != nil && fetches.NumRecords() == 0) {
+			return nil
+		}
+		fetches.EachError(func(topic string, part int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				p.log.Warn("fetch error", "topic", topic, "partition", part, "err", err)
+			}
+		})
+		recs := fetches.Records()
+		if len(recs) == 0 {
+			continue
+		}
+		// The batch runs to its end even when ctx is canceled meanwhile:
+		// shutdown then finishes (or aborts) this transaction.
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.TransactionTimeout+p.cfg.MaxBackoff)
+		outcome, err := p.processBatch(bctx, sess, recs)
+		cancel()
+		switch {
+		case errors.Is(err, errSessionBroken):
+			return err
+		case outcome == outcomeCommitted:
+			bo.reset()
+		case outcome == outcomeStale:
+			// A forget raced with this batch; retry at once.
+		default:
+			if err != nil {
+				p.log.Warn("batch aborted, will retry", "err", err, "records", len(recs))
+			} else {
+				p.log.Info("batch aborted by a rebalance, will retry", "records", len(recs))
+			}
+			if !bo.sleep(ctx) {
+				return nil
+			}
+		}
+	}
+}
+
+// backoff is capped exponential backoff with full jitter.
+type backoff struct {
+	max  time.Duration
+	next time.Duration
+}
+
+func (b *backoff) reset() { b.next = 0 }
+
+// sleep waits for the next backoff interval; false if ctx ended first.
+func (b *backoff) sleep(ctx context.Context) bool {
+	if b.next == 0 {
+		b.next = 100 * time.Millisecond
+	} else if b.next *= 2; b.next > b.max {
+		b.next = b.max
+	}
+	d := b.next/2 + rand.N(b.next/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// redact keeps error text free of anything but its own words: store and
+// Kafka errors never carry identifiers, but input-derived text is not
+// trusted in logs.
+func redact(s string) string {
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return strings.ToValidUTF8(s, "?")
+}

@@ -1,0 +1,58 @@
+package postgres
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+// errClosed is returned by operations on a closed Store.
+var errClosed = errors.New("store is closed")
+
+// wrapErr prefixes err with the operation and marks transient database
+// failures with store.ErrUnavailable.
+func wrapErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if unavailable(err) {
+		return fmt.Errorf("postgres: %s: %w: %w", op, store.ErrUnavailable, err)
+	}
+	return fmt.Errorf("postgres: %s: %w", op, err)
+}
+
+// unavailable reports whether err is a connection or transaction failure
+// that is worth retrying, as opposed to a programming or data error.
+func unavailable(err error) bool {
+	if errors.Is(err, store.ErrUnavailable) {
+		return false // already marked
+	}
+	if errors.Is(err, errClosed) || errors.Is(err, store.ErrWrongKEK) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "25P03", // idle_in_transaction_session_timeout
+			"55P03", // lock_not_available
+			"55006": // object_in_use
+			return true
+		}
+		if len(pgErr.Code) >= 2 {
+			switch pgErr.Code[:2] {
+			case "08", // connection exception
+				"40", // transaction rollback (serialization failure, deadlock)
+				"53", // insufficient resources
+				"57", // operator intervention (shutdown, query canceled)
+				"58": // system error
+				return true
+			}
+		}
+		return false
+	}
+	// Network errors, timeouts, canceled contexts, broken connections.
+	return true
+}

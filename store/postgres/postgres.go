@@ -1,0 +1,165 @@
+package postgres
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+const (
+	// DefaultMaxConns is the default bound on open connections per Store.
+	DefaultMaxConns = 16
+	// DefaultIdleInTransactionTimeout is the default
+	// idle_in_transaction_session_timeout of the store's sessions. It bounds
+	// how long a stalled Guard holder can block Forget, and so it also bounds
+	// how long a Guard may be held.
+	DefaultIdleInTransactionTimeout = 30 * time.Second
+	// defaultConnectTimeout applies when the DSN sets no connect_timeout.
+	defaultConnectTimeout = 10 * time.Second
+)
+
+// Option configures Open.
+type Option func(*options)
+
+type options struct {
+	schema   string
+	maxConns int
+	idleInTx time.Duration
+}
+
+// WithSchema makes the store live in the named schema: it is created if
+// missing and set as the sessions' search_path. Without it, the tables live
+// in the first schema of the DSN's search_path (by default public).
+func WithSchema(name string) Option {
+	return func(o *options) { o.schema = name }
+}
+
+// WithMaxConns bounds the number of open connections (default
+// DefaultMaxConns). Every held Guard occupies one.
+func WithMaxConns(n int) Option {
+	return func(o *options) { o.maxConns = n }
+}
+
+// WithIdleInTransactionTimeout sets the sessions'
+// idle_in_transaction_session_timeout (default
+// DefaultIdleInTransactionTimeout). A Guard held longer than this is lost:
+// the server ends its session and its Release reports an error.
+func WithIdleInTransactionTimeout(d time.Duration) Option {
+	return func(o *options) { o.idleInTx = d }
+}
+
+// Store is a store.KeyStore backed by PostgreSQL. It is safe for concurrent
+// use by many goroutines and many processes.
+type Store struct {
+	pool   *pool
+	kr     *store.Keyring
+	hasher *store.Hasher
+	// lockKey is the objid half of the guard advisory lock, derived from the
+	// store's schema.
+	lockKey int32
+}
+
+var _ store.KeyStore = (*Store)(nil)
+
+// Open connects to the database at dsn (a URL or keyword/value string),
+// creates or migrates the store's tables, and loads the index key, creating
+// it on first use. It fails if the database is unreachable (the error then
+// matches store.ErrUnavailable) or if kr cannot unwrap the stored index key
+// (store.ErrWrongKEK). Concurrent Opens of one database are safe.
+func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*Store, error) {
+	if kr == nil {
+		return nil, errors.New("postgres: open: no keyring")
+	}
+	o := options{maxConns: DefaultMaxConns, idleInTx: DefaultIdleInTransactionTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.maxConns < 1 {
+		return nil, fmt.Errorf("postgres: open: max conns must be positive, got %d", o.maxConns)
+	}
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
+	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
+		cfg.RuntimeParams["application_name"] = "pseudonymizer"
+	}
+	if o.idleInTx > 0 {
+		cfg.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(o.idleInTx.Milliseconds(), 10)
+	}
+	if o.schema != "" {
+		cfg.RuntimeParams["search_path"] = pgx.Identifier{o.schema}.Sanitize()
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = defaultConnectTimeout
+	}
+	s := &Store{pool: newPool(cfg, o.maxConns), kr: kr}
+	if err := s.migrate(ctx, o.schema); err != nil {
+		s.pool.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Hash returns the keyed hash that identifies subjectID in the store.
+func (s *Store) Hash(subjectID string) store.SubjectHash { return s.hasher.Hash(subjectID) }
+
+// Ping reports whether the database is reachable.
+func (s *Store) Ping(ctx context.Context) error {
+	conn, err := s.pool.acquire(ctx)
+	if err != nil {
+		return wrapErr("ping", err)
+	}
+	defer s.pool.release(conn)
+	return wrapErr("ping", conn.Ping(ctx))
+}
+
+// Close closes the store's connections. Held Guards keep theirs until
+// Release. It is safe to call more than once.
+func (s *Store) Close() error {
+	s.pool.close()
+	return nil
+}
+
+// with runs fn on a pooled connection.
+func (s *Store) with(ctx context.Context, fn func(conn *pgx.Conn) error) error {
+	conn, err := s.pool.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer s.pool.release(conn)
+	return fn(conn)
+}
+
+// schemaLockKey derives the objid of the guard advisory lock from a schema
+// name, so stores in different schemas do not exclude each other.
+func schemaLockKey(schema string) int32 {
+	h := fnv.New32a()
+	h.Write([]byte(schema))
+	return int32(h.Sum32())
+}
+
+// requestHash is what the store keeps of a forget request ID.
+func requestHash(requestID string) []byte {
+	h := sha256.Sum256([]byte("pseudonymizer/request-id/v1\x00" + requestID))
+	return h[:]
+}
+
+// ceilMilli rounds t up to whole milliseconds (the store's precision), so
+// that rounding never lets an event at the requested time escape its
+// tombstone.
+func ceilMilli(t time.Time) time.Time {
+	r := t.Truncate(time.Millisecond)
+	if r.Before(t) {
+		r = r.Add(time.Millisecond)
+	}
+	return r.UTC()
+}

@@ -1,0 +1,154 @@
+package postgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+// selectState reads the keys and tombstones of a set of subjects in one
+// statement.
+const selectState = `
+SELECT subject_hash, wrapped_key, NULL::timestamptz FROM pz_subject_keys WHERE subject_hash = ANY($1::bytea[])
+UNION ALL
+SELECT subject_hash, NULL::bytea, requested_at FROM pz_tombstones WHERE subject_hash = ANY($1::bytea[])`
+
+// insertKeys creates keys for the subjects that still need one: no key yet,
+// and no tombstone at or after the newest event that asks.
+const insertKeys = `
+INSERT INTO pz_subject_keys (subject_hash, wrapped_key)
+SELECT n.h, n.w
+FROM unnest($1::bytea[], $2::bytea[], $3::timestamptz[]) AS n(h, w, latest)
+LEFT JOIN pz_tombstones t ON t.subject_hash = n.h
+WHERE t.subject_hash IS NULL OR n.latest > t.requested_at
+ON CONFLICT (subject_hash) DO NOTHING`
+
+const lockShared = "SELECT pg_advisory_xact_lock_shared($1::int4, $2::int4)"
+
+// subjectState is what the store holds about one subject.
+type subjectState struct {
+	wrapped     []byte
+	forgottenAt time.Time
+}
+
+// Resolve returns one Entry per lookup. It reads every subject in one
+// statement; subjects that need a fresh key are created in one more round
+// trip: a pipelined implicit transaction that takes the shared guard lock,
+// inserts the keys and re-reads them.
+func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.Entry, error) {
+	entries := make([]store.Entry, len(lookups))
+	if len(lookups) == 0 {
+		return entries, nil
+	}
+	latest := make(map[store.SubjectHash]time.Time, len(lookups))
+	hashes := make([][]byte, 0, len(lookups))
+	for i, l := range lookups {
+		h := s.hasher.Hash(l.SubjectID)
+		entries[i].Hash = h
+		if t, seen := latest[h]; !seen || l.Latest.After(t) {
+			if !seen {
+				hashes = append(hashes, h[:])
+			}
+			latest[h] = l.Latest
+		}
+	}
+
+	var states map[store.SubjectHash]subjectState
+	err := s.with(ctx, func(conn *pgx.Conn) error {
+		var err error
+		if states, err = readStates(ctx, conn, hashes); err != nil {
+			return err
+		}
+		var need, wrapped [][]byte
+		var needLatest []time.Time
+		for _, hb := range hashes {
+			h := store.SubjectHash(hb)
+			st := states[h]
+			if st.wrapped != nil || (!st.forgottenAt.IsZero() && !latest[h].After(st.forgottenAt)) {
+				continue
+			}
+			key, err := store.NewKey()
+			if err != nil {
+				return err
+			}
+			w, err := s.kr.Wrap(key, store.PurposeSubjectKey, hb)
+			clear(key)
+			if err != nil {
+				return err
+			}
+			need = append(need, hb)
+			wrapped = append(wrapped, w)
+			needLatest = append(needLatest, latest[h])
+		}
+		if len(need) == 0 {
+			return nil
+		}
+		b := &pgx.Batch{}
+		b.Queue(lockShared, guardLockClass, s.lockKey)
+		b.Queue(insertKeys, need, wrapped, needLatest)
+		b.Queue(selectState, need).Query(func(rows pgx.Rows) error {
+			return scanStates(rows, states)
+		})
+		return conn.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return nil, wrapErr("resolve", err)
+	}
+
+	keys := make(map[store.SubjectHash][]byte, len(hashes))
+	for i := range entries {
+		h := entries[i].Hash
+		st := states[h]
+		entries[i].ForgottenAt = st.forgottenAt
+		if st.wrapped == nil {
+			continue
+		}
+		key, ok := keys[h]
+		if !ok {
+			if key, err = s.kr.Unwrap(st.wrapped, store.PurposeSubjectKey, h[:]); err != nil {
+				return nil, wrongKEK("resolve", err)
+			}
+			keys[h] = key
+		}
+		entries[i].Key = append([]byte(nil), key...)
+	}
+	return entries, nil
+}
+
+// readStates reads the state of the subjects in hashes.
+func readStates(ctx context.Context, conn *pgx.Conn, hashes [][]byte) (map[store.SubjectHash]subjectState, error) {
+	states := make(map[store.SubjectHash]subjectState, len(hashes))
+	rows, err := conn.Query(ctx, selectState, hashes)
+	if err != nil {
+		return nil, err
+	}
+	if err := scanStates(rows, states); err != nil {
+		return nil, err
+	}
+	return states, nil
+}
+
+// scanStates merges rows of selectState into states.
+func scanStates(rows pgx.Rows, states map[store.SubjectHash]subjectState) error {
+	defer rows.Close()
+	for rows.Next() {
+		var hb, wrapped []byte
+		var at *time.Time
+		if err := rows.Scan(&hb, &wrapped, &at); err != nil {
+			return err
+		}
+		h := store.SubjectHash(hb)
+		st := states[h]
+		if wrapped != nil {
+			st.wrapped = wrapped
+		}
+		if at != nil {
+			st.forgottenAt = at.UTC()
+		}
+		states[h] = st
+	}
+	return rows.Err()
+}

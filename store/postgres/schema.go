@@ -1,0 +1,149 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+const (
+	// migrationLock is the advisory lock key (bigint form) that serializes
+	// migrations of every store in a database.
+	migrationLock int64 = 0x7073_6575_646f_0001
+	// guardLockClass is the classid of the (int4, int4) advisory lock that
+	// Forget takes exclusively and Guard and key creation take shared; its
+	// objid is derived from the schema.
+	guardLockClass int32 = 0x7073_6575
+	// maxLog is the most forget-log rows a Guard returns, and the most the
+	// store keeps.
+	maxLog = 100_000
+	// logRetention is how long forget-log rows are kept at most.
+	logRetention = "24 hours"
+)
+
+// migrations are applied in order; pz_meta.schema_version counts the applied
+// ones. Append, never edit.
+var migrations = []string{
+	`
+CREATE TABLE IF NOT EXISTS pz_subject_keys (
+	subject_hash bytea PRIMARY KEY CHECK (octet_length(subject_hash) = 32),
+	wrapped_key  bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pz_tombstones (
+	subject_hash bytea PRIMARY KEY CHECK (octet_length(subject_hash) = 32),
+	requested_at timestamptz NOT NULL,
+	request_hash bytea NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pz_forget_results (
+	request_hash bytea PRIMARY KEY,
+	status       smallint NOT NULL,
+	completed_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pz_forget_log (
+	seq          bigint PRIMARY KEY,
+	subject_hash bytea NOT NULL,
+	logged_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS pz_forget_log_logged_at ON pz_forget_log (logged_at);
+CREATE TABLE IF NOT EXISTS pz_forget_counter (
+	id             boolean PRIMARY KEY DEFAULT true CHECK (id),
+	seq            bigint NOT NULL,
+	pruned_through bigint NOT NULL
+);
+INSERT INTO pz_forget_counter (id, seq, pruned_through) VALUES (true, 0, 0) ON CONFLICT DO NOTHING;
+`,
+}
+
+const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (
+	name  text PRIMARY KEY,
+	value bytea NOT NULL
+)`
+
+// migrate creates or upgrades the tables and loads (or creates) the index
+// key, in one transaction under the migration lock.
+func (s *Store) migrate(ctx context.Context, schema string) error {
+	var wrapped []byte
+	var current string
+	err := s.with(ctx, func(conn *pgx.Conn) error {
+		return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
+				return err
+			}
+			if schema != "" {
+				if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
+					return err
+				}
+			}
+			if _, err := tx.Exec(ctx, metaDDL); err != nil {
+				return err
+			}
+			version := 0
+			var v []byte
+			err := tx.QueryRow(ctx, "SELECT value FROM pz_meta WHERE name = 'schema_version'").Scan(&v)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+			case err != nil:
+				return err
+			default:
+				if _, err := fmt.Sscan(string(v), &version); err != nil {
+					return fmt.Errorf("bad schema_version %q", v)
+				}
+			}
+			if version > len(migrations) {
+				return fmt.Errorf("schema version %d is newer than this binary supports (%d)", version, len(migrations))
+			}
+			for i := version; i < len(migrations); i++ {
+				if _, err := tx.Exec(ctx, migrations[i]); err != nil {
+					return fmt.Errorf("migration %d: %w", i+1, err)
+				}
+			}
+			if version < len(migrations) {
+				if _, err := tx.Exec(ctx, `INSERT INTO pz_meta (name, value) VALUES ('schema_version', $1)
+					ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`, []byte(fmt.Sprint(len(migrations)))); err != nil {
+					return err
+				}
+			}
+			if err := tx.QueryRow(ctx, "SELECT current_schema()").Scan(&current); err != nil {
+				return err
+			}
+			err = tx.QueryRow(ctx, "SELECT value FROM pz_meta WHERE name = 'index_key'").Scan(&wrapped)
+			if !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+			key, err := store.NewKey()
+			if err != nil {
+				return err
+			}
+			if wrapped, err = s.kr.Wrap(key, store.PurposeIndexKey, nil); err != nil {
+				return err
+			}
+			_, err = tx.Exec(ctx, "INSERT INTO pz_meta (name, value) VALUES ('index_key', $1)", wrapped)
+			return err
+		})
+	})
+	if err != nil {
+		return wrapErr("open", err)
+	}
+	key, err := s.kr.Unwrap(wrapped, store.PurposeIndexKey, nil)
+	if err != nil {
+		return wrongKEK("open: index key", err)
+	}
+	if s.hasher, err = store.NewHasher(key); err != nil {
+		return fmt.Errorf("postgres: open: %w", err)
+	}
+	s.lockKey = schemaLockKey(current)
+	return nil
+}
+
+// wrongKEK reports a key that the keyring cannot unwrap; the error always
+// matches store.ErrWrongKEK.
+func wrongKEK(op string, err error) error {
+	if errors.Is(err, store.ErrWrongKEK) {
+		return fmt.Errorf("postgres: %s: %w", op, err)
+	}
+	return fmt.Errorf("postgres: %s: %w: %v", op, store.ErrWrongKEK, err)
+}
