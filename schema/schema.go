@@ -59,17 +59,17 @@ func ForgetConfirmationSchema() avro.Schema { return parsed()[2] }
 
 // Address mirrors hygiene.v1.Address.
 type Address struct {
-	Line1      string `avro:"line1"`
-	PostalCode string `avro:"postal_code"`
-	City       string `avro:"city"`
-	Country    string `avro:"country"`
+	Line1      string `avro:"line1" json:"line1"`
+	PostalCode string `avro:"postal_code" json:"postal_code"`
+	City       string `avro:"city" json:"city"`
+	Country    string `avro:"country" json:"country"`
 }
 
 // LineItem mirrors hygiene.v1.LineItem.
 type LineItem struct {
-	SKU            string `avro:"sku"`
-	Quantity       int32  `avro:"quantity"`
-	UnitPriceMinor int64  `avro:"unit_price_minor"`
+	SKU            string `avro:"sku" json:"sku"`
+	Quantity       int32  `avro:"quantity" json:"quantity"`
+	UnitPriceMinor int64  `avro:"unit_price_minor" json:"unit_price_minor"`
 }
 
 // Order event types (hygiene.v1.OrderEventType).
@@ -82,26 +82,26 @@ const (
 
 // OrderEvent mirrors hygiene.v1.OrderEvent, the value of orders.raw.
 type OrderEvent struct {
-	EventID         string            `avro:"event_id"`
-	EventType       string            `avro:"event_type"`
-	OccurredAt      time.Time         `avro:"occurred_at"`
-	OrderID         string            `avro:"order_id"`
-	CustomerID      string            `avro:"customer_id"`
-	Email           *string           `avro:"email"`
-	Phone           *string           `avro:"phone"`
-	ShippingAddress *Address          `avro:"shipping_address"`
-	Currency        string            `avro:"currency"`
-	TotalMinor      int64             `avro:"total_minor"`
-	Items           []LineItem        `avro:"items"`
-	Attributes      map[string]string `avro:"attributes"`
+	EventID         string            `avro:"event_id" json:"event_id"`
+	EventType       string            `avro:"event_type" json:"event_type"`
+	OccurredAt      time.Time         `avro:"occurred_at" json:"occurred_at"`
+	OrderID         string            `avro:"order_id" json:"order_id"`
+	CustomerID      string            `avro:"customer_id" json:"customer_id"`
+	Email           *string           `avro:"email" json:"email"`
+	Phone           *string           `avro:"phone" json:"phone"`
+	ShippingAddress *Address          `avro:"shipping_address" json:"shipping_address"`
+	Currency        string            `avro:"currency" json:"currency"`
+	TotalMinor      int64             `avro:"total_minor" json:"total_minor"`
+	Items           []LineItem        `avro:"items" json:"items"`
+	Attributes      map[string]string `avro:"attributes" json:"attributes"`
 }
 
 // ForgetRequest mirrors hygiene.v1.ForgetRequest, the value of subjects.forget.
 type ForgetRequest struct {
-	RequestID   string    `avro:"request_id"`
-	SubjectID   string    `avro:"subject_id"`
-	RequestedAt time.Time `avro:"requested_at"`
-	Reason      *string   `avro:"reason"`
+	RequestID   string    `avro:"request_id" json:"request_id"`
+	SubjectID   string    `avro:"subject_id" json:"subject_id"`
+	RequestedAt time.Time `avro:"requested_at" json:"requested_at"`
+	Reason      *string   `avro:"reason" json:"reason"`
 }
 
 // Forget statuses (hygiene.v1.ForgetStatus).
@@ -114,12 +114,12 @@ const (
 // ForgetConfirmation mirrors hygiene.v1.ForgetConfirmation, the value of
 // subjects.forgotten.
 type ForgetConfirmation struct {
-	RequestID   string    `avro:"request_id"`
-	SubjectID   string    `avro:"subject_id"`
-	Status      string    `avro:"status"`
-	RequestedAt time.Time `avro:"requested_at"`
-	CompletedAt time.Time `avro:"completed_at"`
-	Systems     []string  `avro:"systems"`
+	RequestID   string    `avro:"request_id" json:"request_id"`
+	SubjectID   string    `avro:"subject_id" json:"subject_id"`
+	Status      string    `avro:"status" json:"status"`
+	RequestedAt time.Time `avro:"requested_at" json:"requested_at"`
+	CompletedAt time.Time `avro:"completed_at" json:"completed_at"`
+	Systems     []string  `avro:"systems" json:"systems"`
 }
 
 // MarshalOrderEvent encodes e as bare Avro binary with the bundled schema.

@@ -67,7 +67,6 @@ Usage:
   pseudonymizer schema --config FILE --system NAME   print a system's output Avro schema
   pseudonymizer forget --config FILE SUBJECT_ID      publish a forget request, await its confirmation
   pseudonymizer rewrap --config FILE                 re-wrap stored keys with the active KEK
-  pseudonymizer bench [flags]                        throughput benchmark against copy baselines
   pseudonymizer version                              print the version
 `
 
@@ -89,8 +88,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runForget(ctx, rest, stdout, stderr)
 	case "rewrap":
 		return runRewrap(ctx, rest, stdout, stderr)
-	case "bench":
-		return runBench(ctx, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, Version)
 		return nil

@@ -230,7 +230,13 @@ func (r *reader) skip(n *node) error {
 	if err := r.enter(); err != nil {
 		return err
 	}
-	defer func() { r.depth-- }()
+	err := r.skipNested(n)
+	r.depth--
+	return err
+}
+
+// skipNested is skip for records, unions, arrays and maps.
+func (r *reader) skipNested(n *node) error {
 	switch n.kind {
 	case kRecord:
 		for _, f := range n.sub {
@@ -247,7 +253,7 @@ func (r *reader) skip(n *node) error {
 		return r.skip(n.sub[i])
 	case kArray, kMap:
 		for {
-			count, end, err := r.blockHeader(n.elem.min + int(n.kind-kArray)) // map entries also hold a key
+			count, end, err := r.blockHeader(itemMin(n))
 			if err != nil {
 				return err
 			}
@@ -316,4 +322,12 @@ func (p *Plan) Scan(b []byte) (Head, error) {
 		return Head{}, fail(r.pos, reasonTrailing)
 	}
 	return h, nil
+}
+
+// itemMin is the least number of bytes one item of an array or map takes.
+func itemMin(n *node) int {
+	if n.kind == kMap {
+		return n.elem.min + 1 // the key's length
+	}
+	return n.elem.min
 }

@@ -62,6 +62,8 @@ func buildNode(s avro.Schema, memo map[string]*node) (*node, error) {
 	switch t := s.(type) {
 	case *avro.RefSchema:
 		return buildNode(t.Schema(), memo)
+	case *avro.NullSchema:
+		return &node{kind: kNull, schema: s}, nil
 	case *avro.PrimitiveSchema:
 		k, min := kNull, 0
 		switch t.Type() {
@@ -188,7 +190,7 @@ type keyOp struct {
 type builder struct {
 	ns     string // namespace suffix, "pseudo.<system>"
 	system string
-	names  map[string]int // full names used in the output schema
+	names  map[string]int  // full names used in the output schema
 	open   map[string]bool // input records being copied, to refuse recursion
 }
 
@@ -204,7 +206,7 @@ func (b *builder) build(n *node, t *tnode) (op, avro.Schema, error) {
 		o := op{act: actPseudo, in: n, path: t.path}
 		if i := nullable(n); i >= 0 {
 			br := make([]avro.Schema, 2)
-			br[i], br[1-i] = stringSchema, avro.NewPrimitiveSchema(avro.Null, nil)
+			br[i], br[1-i] = stringSchema, avro.NewNullSchema()
 			u, err := avro.NewUnionSchema(br)
 			return o, u, err
 		}
@@ -227,7 +229,10 @@ func (b *builder) build(n *node, t *tnode) (op, avro.Schema, error) {
 			}
 			o.sub[i] = co
 			var opts []avro.SchemaOption
-			if co.act == actKeep && f.Doc() != "" {
+			switch {
+			case co.act == actPseudo:
+				opts = append(opts, avro.WithDoc("Pseudonym (UUID) of the input value, specific to this system and subject."))
+			case f.Doc() != "":
 				opts = append(opts, avro.WithDoc(f.Doc()))
 			}
 			if def, ok := keepDefault(f, co.act, cs); ok {
@@ -322,7 +327,7 @@ func (b *builder) name(s avro.NamedSchema) (string, string) {
 // the system's namespace.
 func (b *builder) rename(s avro.Schema) (avro.Schema, error) {
 	switch t := resolve(s).(type) {
-	case *avro.PrimitiveSchema:
+	case *avro.PrimitiveSchema, *avro.NullSchema:
 		return t, nil
 	case *avro.EnumSchema:
 		name, ns := b.name(t)

@@ -21,6 +21,8 @@ const (
 	// maxLog is the most forget-log rows a Guard returns, and the most the
 	// store keeps.
 	maxLog = 100_000
+	// maxLogSQL is maxLog as SQL text.
+	maxLogSQL = "100000"
 	// logRetention is how long forget-log rows are kept at most.
 	logRetention = "24 hours"
 )

@@ -1,0 +1,386 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hamba/avro/v2"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/processor/policy"
+	"github.com/hygiene/pseudonymizer/schema"
+	"github.com/hygiene/pseudonymizer/schema/sample"
+)
+
+// demoSystems is the demo's policy set when no --config is given.
+const demoSystems = `
+systems:
+  google-analytics:
+    keep: [event_type, occurred_at, currency, total_minor, items, attributes.utm_source]
+    pseudonymize: [event_id, order_id, customer_id]
+  meta:
+    keep: [event_type, occurred_at, currency, total_minor, shipping_address.country]
+    pseudonymize: [event_id, order_id, customer_id]
+  tiktok:
+    keep: [event_type, occurred_at, currency, total_minor, attributes.utm_campaign]
+    pseudonymize: [event_id, order_id, customer_id]
+  crm:
+    keep: [event_type, occurred_at, currency, total_minor, items, shipping_address.city, shipping_address.country]
+    pseudonymize: [order_id, customer_id]
+`
+
+// runDemo is `pseudonymizer demo`: the real service against an embedded
+// broker and the embedded key store, with a narrated run.
+func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	orders := fs.Int("orders", 12, "number of sample orders")
+	customers := fs.Int("customers", 4, "number of sample customers")
+	keep := fs.Bool("keep-running", false, "keep the broker and the service running until Ctrl-C")
+	port := fs.Int("port", 9092, "broker port with --keep-running (0: any free port)")
+	path := fs.String("config", "", "optional configuration file: its systems and topics replace the demo's")
+	verbose := fs.Bool("v", false, "show the service's logs")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *orders < 1 || *customers < 1 {
+		return errors.New("--orders and --customers must be at least 1")
+	}
+	d, err := newDemo(*path, *keep, *port, *verbose, stderr)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	return d.run(ctx, stdout, *orders, *customers, *keep)
+}
+
+type demo struct {
+	cluster *kfake.Cluster
+	dir     string
+	cfg     config.Config
+	plan    *policy.Plan
+	svc     *service
+	client  *kgo.Client
+	stop    context.CancelFunc
+	done    chan error
+}
+
+func newDemo(path string, keep bool, port int, verbose bool, stderr io.Writer) (*demo, error) {
+	cfg := config.Default()
+	if err := config.Parse([]byte(demoSystems), &cfg); err != nil {
+		return nil, err
+	}
+	if path != "" {
+		own, err := config.Read(path, os.Environ())
+		if err != nil {
+			return nil, err
+		}
+		cfg.Systems, cfg.Topics = own.Systems, own.Topics
+	}
+	if !keep {
+		port = 0
+	}
+	cluster, err := kfake.NewCluster(kfake.Ports(port), kfake.SeedTopics(3, cfg.Topics.Orders, cfg.Topics.Forget))
+	if err != nil {
+		return nil, fmt.Errorf("embedded broker: %w", err)
+	}
+	d := &demo{cluster: cluster}
+	if d.dir, err = os.MkdirTemp("", "pseudonymizer-demo-"); err != nil {
+		d.close()
+		return nil, err
+	}
+	kek := make([]byte, 32)
+	_, _ = rand.Read(kek)
+	cfg.Kafka.Brokers = cluster.ListenAddrs()
+	cfg.Kafka.TransactionalID = "pseudonymizer-demo"
+	cfg.Kafka.SessionTimeout = 6 * time.Second
+	cfg.Store.Path = filepath.Join(d.dir, "keys.db")
+	cfg.Keys.KEK = base64.StdEncoding.EncodeToString(kek)
+	cfg.HTTP.Listen = ""
+	if keep {
+		cfg.HTTP.Listen = "127.0.0.1:9464"
+	}
+	cfg.Log = config.Log{Level: "error", Format: "text"}
+	if verbose {
+		cfg.Log.Level = "info"
+	}
+	if err := cfg.Validate(); err != nil {
+		d.close()
+		return nil, err
+	}
+	d.cfg = cfg
+	log := newLogger(cfg.Log, stderr)
+	if d.svc, err = newService(context.Background(), cfg, log); err != nil {
+		d.close()
+		return nil, err
+	}
+	_, d.plan, _ = compilePlan(&cfg)
+	kopts, _ := kafkaOpts(cfg.Kafka, log)
+	if d.client, err = kgo.NewClient(append(kopts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))...); err != nil {
+		d.close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *demo) close() {
+	if d.stop != nil {
+		d.stop()
+		<-d.done
+	}
+	if d.client != nil {
+		d.client.Close()
+	}
+	if d.svc != nil {
+		d.svc.close()
+	}
+	if d.cluster != nil {
+		d.cluster.Close()
+	}
+	if d.dir != "" {
+		os.RemoveAll(d.dir)
+	}
+}
+
+// output is one record a marketing system received.
+type output struct {
+	system string
+	key    string
+	value  map[string]any
+}
+
+func (d *demo) run(ctx context.Context, w io.Writer, nOrders, nCustomers int, keep bool) error {
+	systems := d.plan.Systems()
+	fmt.Fprintf(w, "pseudonymizer demo: embedded Kafka-protocol broker at %s, embedded key store in %s\n",
+		strings.Join(d.cfg.Kafka.Brokers, ","), d.dir)
+	fmt.Fprintf(w, "marketing systems: %s\n\n", strings.Join(systems, ", "))
+
+	sctx, stop := context.WithCancel(ctx)
+	d.stop, d.done = stop, make(chan error, 1)
+	go func() { d.done <- d.svc.run(sctx) }()
+
+	// 1. Orders.
+	gen := sample.New(42, nCustomers, time.Now().Add(-time.Hour))
+	var events []*schema.OrderEvent
+	for i := 0; i < nOrders; i++ {
+		c := i % nCustomers
+		events = append(events, gen.ForCustomer(c))
+	}
+	if err := d.produceOrders(ctx, events...); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "1. The order service published %d orders of %d customers to %s.\n", nOrders, nCustomers, d.cfg.Topics.Orders)
+	outs, err := d.collect(ctx, len(systems)*nOrders)
+	if err != nil {
+		return err
+	}
+	first := events[0]
+	fmt.Fprintf(w, "\n   raw order on %s (key %s):\n", d.cfg.Topics.Orders, first.CustomerID)
+	fmt.Fprintf(w, "   raw %s\n", jsonLine(first))
+	fmt.Fprintf(w, "\n2. What each marketing system received for it (record key = that system's customer pseudonym):\n")
+	before := map[string]string{}
+	for _, sys := range systems {
+		for _, o := range outs {
+			if o.system == sys && matches(o, first) {
+				fmt.Fprintf(w, "   → %-18s key=%s %s\n", sys, o.key, jsonLine(o.value))
+				before[sys] = o.key
+				break
+			}
+		}
+	}
+	if err := checkStable(outs, systems, nOrders, nCustomers); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\n   Checked over all %d outputs: within a system every order of a customer carries the same\n", len(outs))
+	fmt.Fprintf(w, "   customer pseudonym; no pseudonym appears in two systems; dropped fields are absent.\n")
+
+	// 2. Forget.
+	victim := first.CustomerID
+	fmt.Fprintf(w, "\n3. The GDPR workflow asks to forget customer %s (a request on %s).\n", victim, d.cfg.Topics.Forget)
+	requestedAt := time.Now().Truncate(time.Millisecond)
+	kopts, _ := kafkaOpts(d.cfg.Kafka, newLogger(config.Log{Level: "error", Format: "text"}, io.Discard))
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	conf, err := forget(fctx, kopts, d.cfg.Topics, schema.ForgetRequest{RequestID: newUUID(), SubjectID: victim, RequestedAt: requestedAt})
+	cancel()
+	if err != nil {
+		return fmt.Errorf("forget: %w", err)
+	}
+	fmt.Fprintf(w, "   confirmation on %s: %s, systems %v, %s after the request\n", d.cfg.Topics.Forgotten, conf.Status,
+		conf.Systems, conf.CompletedAt.Sub(requestedAt).Round(time.Millisecond))
+	fmt.Fprintf(w, "   The customer's key is destroyed: every pseudonym above is now anonymous in every system.\n")
+
+	// 3. Replay and a new order.
+	suppressedBefore := d.svc.proc.Stats().Suppressed
+	newer := gen.ForCustomer(0)
+	newer.OccurredAt = requestedAt.Add(time.Second)
+	if err := d.produceOrders(ctx, first, newer); err != nil {
+		return err
+	}
+	fresh, err := d.collect(ctx, len(systems))
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for d.svc.proc.Stats().Suppressed == suppressedBefore && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	suppressed := d.svc.proc.Stats().Suppressed - suppressedBefore
+	fmt.Fprintf(w, "\n4. The old order of %s is replayed on %s: suppressed (%d event, nothing emitted).\n", victim, d.cfg.Topics.Orders, suppressed)
+	fmt.Fprintf(w, "   A new order of %s after the request gets pseudonyms from a fresh key:\n", victim)
+	for _, sys := range systems {
+		for _, o := range fresh {
+			if o.system == sys {
+				fmt.Fprintf(w, "   → %-18s key=%s (was %s)\n", sys, o.key, before[sys])
+				if o.key == before[sys] {
+					return fmt.Errorf("system %s: pseudonym unchanged after forget", sys)
+				}
+			}
+		}
+	}
+	if suppressed != 1 {
+		return fmt.Errorf("expected the replayed order to be suppressed, %d were", suppressed)
+	}
+	st := d.svc.proc.Stats()
+	fmt.Fprintf(w, "\nTotals: %d orders in, %d records out, %d suppressed, %d dead letters, %d transactions, %d key store calls.\n",
+		st.OrdersIn, st.Out, st.Suppressed, st.DeadLetters, st.Committed, st.StoreCalls)
+
+	if keep {
+		fmt.Fprintf(w, "\nStill running. Broker: %s  Metrics: http://%s/metrics\n", strings.Join(d.cfg.Kafka.Brokers, ","), d.cfg.HTTP.Listen)
+		fmt.Fprintf(w, "Produce OrderEvents (bare Avro, schema/order_event.avsc) to %s and read %s<system>, e.g.\n", d.cfg.Topics.Orders, d.cfg.Topics.PseudoPrefix)
+		fmt.Fprintf(w, "  kcat -b %s -C -t %s%s -e\nPress Ctrl-C to stop.\n", d.cfg.Kafka.Brokers[0], d.cfg.Topics.PseudoPrefix, systems[0])
+		select {
+		case <-ctx.Done():
+		case err := <-d.done:
+			d.stop = nil
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *demo) produceOrders(ctx context.Context, events ...*schema.OrderEvent) error {
+	var recs []*kgo.Record
+	for _, e := range events {
+		b, err := schema.MarshalOrderEvent(e)
+		if err != nil {
+			return err
+		}
+		recs = append(recs, &kgo.Record{Topic: d.cfg.Topics.Orders, Key: []byte(e.CustomerID), Value: b})
+	}
+	return d.client.ProduceSync(ctx, recs...).FirstErr()
+}
+
+// collect reads n more records from the systems' topics.
+func (d *demo) collect(ctx context.Context, n int) ([]output, error) {
+	systems := d.plan.Systems()
+	if d.client.GetConsumeTopics() == nil {
+		var topics []string
+		for _, s := range systems {
+			topics = append(topics, d.cfg.Topics.PseudoPrefix+s)
+		}
+		d.client.AddConsumeTopics(topics...)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var outs []output
+	for len(outs) < n {
+		f := d.client.PollFetches(cctx)
+		if cctx.Err() != nil {
+			return nil, fmt.Errorf("waited 30s for %d outputs, got %d", n, len(outs))
+		}
+		for _, r := range f.Records() {
+			sys := strings.TrimPrefix(r.Topic, d.cfg.Topics.PseudoPrefix)
+			i := indexOf(systems, sys)
+			var v map[string]any
+			if err := avro.Unmarshal(d.plan.OutputSchema(i), r.Value, &v); err != nil {
+				return nil, fmt.Errorf("decode %s output: %w", sys, err)
+			}
+			outs = append(outs, output{system: sys, key: string(r.Key), value: v})
+		}
+	}
+	return outs, nil
+}
+
+// matches tells whether an output belongs to event e, through fields every
+// policy keeps in the demo: the occurrence time and the amount.
+func matches(o output, e *schema.OrderEvent) bool {
+	at, _ := o.value["occurred_at"].(time.Time)
+	total, _ := o.value["total_minor"].(int64)
+	return at.Equal(e.OccurredAt) && total == e.TotalMinor
+}
+
+// checkStable verifies P2 and P3 over the demo's outputs.
+func checkStable(outs []output, systems []string, nOrders, nCustomers int) error {
+	owner := map[string]string{}
+	perSystem := map[string]map[string]bool{}
+	for _, o := range outs {
+		if s, ok := owner[o.key]; ok && s != o.system {
+			return fmt.Errorf("pseudonym shared by %s and %s", s, o.system)
+		}
+		owner[o.key] = o.system
+		if perSystem[o.system] == nil {
+			perSystem[o.system] = map[string]bool{}
+		}
+		perSystem[o.system][o.key] = true
+	}
+	want := nCustomers
+	if nOrders < want {
+		want = nOrders
+	}
+	for _, s := range systems {
+		if got := len(perSystem[s]); got != want {
+			return fmt.Errorf("system %s: %d customer pseudonyms for %d customers", s, got, want)
+		}
+	}
+	return nil
+}
+
+func indexOf(xs []string, x string) int {
+	for i, v := range xs {
+		if v == x {
+			return i
+		}
+	}
+	return -1
+}
+
+// jsonLine renders v compactly with sorted keys.
+func jsonLine(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Sprint(v)
+	}
+	var m map[string]any
+	if json.Unmarshal(b, &m) != nil {
+		return string(b)
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var sb strings.Builder
+	sb.WriteString("{")
+	for i, k := range keys {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		vb, _ := json.Marshal(m[k])
+		fmt.Fprintf(&sb, "%s: %s", k, vb)
+	}
+	sb.WriteString("}")
+	return sb.String()
+}

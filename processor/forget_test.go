@@ -1,0 +1,348 @@
+package processor_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hamba/avro/v2"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/schema"
+	"github.com/hygiene/pseudonymizer/schema/sample"
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+// decoded is one output record, decoded.
+type decoded struct {
+	system string
+	key    string
+	at     time.Time
+	v      map[string]any
+}
+
+func (e *env) decode(t *testing.T, recs []*kgo.Record) []decoded {
+	t.Helper()
+	var out []decoded
+	for _, r := range recs {
+		sys := systemOf(e, r.Topic)
+		var v map[string]any
+		if err := avro.Unmarshal(e.plan.OutputSchema(indexOf(e.plan.Systems(), sys)), r.Value, &v); err != nil {
+			t.Fatalf("%s: %v", sys, err)
+		}
+		at, _ := v["occurred_at"].(time.Time)
+		out = append(out, decoded{system: sys, key: string(r.Key), at: at, v: v})
+	}
+	return out
+}
+
+// confirmations reads n confirmations and fails on any duplicate request.
+func (e *env) confirmations(t *testing.T, n int) map[string]*schema.ForgetConfirmation {
+	t.Helper()
+	recs := e.readAll(t, n, 60*time.Second, e.topics.Forgotten)
+	out := map[string]*schema.ForgetConfirmation{}
+	for _, r := range recs {
+		c, err := schema.UnmarshalForgetConfirmation(r.Value)
+		if err != nil {
+			t.Fatalf("confirmation does not decode: %v", err)
+		}
+		if _, dup := out[c.RequestID]; dup {
+			t.Fatalf("P4: two confirmations for request %s", c.RequestID)
+		}
+		if string(r.Key) != c.SubjectID {
+			t.Fatalf("confirmation key is not the subject ID")
+		}
+		out[c.RequestID] = c
+	}
+	if len(out) != n {
+		t.Fatalf("%d confirmations, want %d", len(out), n)
+	}
+	return out
+}
+
+// TestForgetStatuses checks FORGOTTEN, ALREADY_FORGOTTEN, UNKNOWN_SUBJECT,
+// one confirmation per request, and dead letters for malformed requests.
+func TestForgetStatuses(t *testing.T) {
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			e := newEnv(t, kind)
+			gen := sample.New(2, 2, time.Now().Add(-time.Hour))
+			e.produce(t, e.orderRecord(t, gen.ForCustomer(0)), e.orderRecord(t, gen.ForCustomer(1)))
+			e.start(t, "pz-1")
+			e.readAll(t, 2*len(e.plan.Systems()), 30*time.Second, e.outputTopics()...)
+
+			now := time.Now().Truncate(time.Millisecond)
+			c0 := sample.CustomerID(0)
+			e.produce(t,
+				e.forgetRecord(t, "r1", c0, now),
+				e.forgetRecord(t, "r2", c0, now.Add(time.Millisecond)),
+				e.forgetRecord(t, "r3", "cust-never-seen", now),
+				&kgo.Record{Topic: e.topics.Forget, Key: []byte("x"), Value: []byte{0xff, 0xff}},
+				e.forgetRecord(t, "r4", "", now),
+			)
+			got := e.confirmations(t, 3)
+			for id, want := range map[string]string{"r1": schema.StatusForgotten, "r2": schema.StatusAlreadyForgotten, "r3": schema.StatusUnknownSubject} {
+				c := got[id]
+				if c == nil {
+					t.Fatalf("no confirmation for %s", id)
+				}
+				if c.Status != want {
+					t.Errorf("%s: status %s, want %s", id, c.Status, want)
+				}
+			}
+			if g := got["r1"].Systems; len(g) != len(e.plan.Systems()) {
+				t.Errorf("FORGOTTEN lists systems %v, want all %v", g, e.plan.Systems())
+			}
+			dlq := e.readAll(t, 2, 30*time.Second, e.topics.ForgetDeadLetter)
+			classes := map[string]bool{}
+			for _, r := range dlq {
+				classes[header(r, "error.class")] = true
+			}
+			if !classes[processor.ClassDecode] || !classes[processor.ClassContract] {
+				t.Errorf("forget dead letters have classes %v, want decode and contract", classes)
+			}
+		})
+	}
+}
+
+// TestForgetSuppressesAndRenews: after a confirmation, replayed old events
+// of the subject are suppressed (also after a restart), and newer events get
+// pseudonyms from a fresh key, stable among themselves.
+func TestForgetSuppressesAndRenews(t *testing.T) {
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			e := newEnv(t, kind)
+			systems := e.plan.Systems()
+			base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+			gen := sample.New(3, 1, base)
+			var old []*schema.OrderEvent
+			for i := 0; i < 4; i++ {
+				ev := gen.ForCustomer(0)
+				old = append(old, ev)
+				e.produce(t, e.orderRecord(t, ev))
+			}
+			in := e.start(t, "pz-1")
+			before := e.decode(t, e.readAll(t, len(old)*len(systems), 30*time.Second, e.outputTopics()...))
+			oldKey := map[string]string{}
+			for _, d := range before {
+				oldKey[d.system] = d.key
+			}
+
+			requested := time.Now().Truncate(time.Millisecond)
+			e.produce(t, e.forgetRecord(t, "forget-1", sample.CustomerID(0), requested))
+			if c := e.confirmations(t, 1)["forget-1"]; c.Status != schema.StatusForgotten {
+				t.Fatalf("status %s", c.Status)
+			}
+
+			// Replay every old event, plus two new ones.
+			newer := []*schema.OrderEvent{gen.ForCustomer(0), gen.ForCustomer(0)}
+			newer[0].OccurredAt = requested.Add(time.Second)
+			newer[1].OccurredAt = requested.Add(2 * time.Second)
+			for _, ev := range old {
+				e.produce(t, e.orderRecord(t, ev))
+			}
+			e.produce(t, e.orderRecord(t, newer[0]), e.orderRecord(t, newer[1]))
+			all := e.decode(t, e.readAll(t, (len(old)+2)*len(systems), 30*time.Second, e.outputTopics()...))
+			if len(all) != (len(old)+2)*len(systems) {
+				t.Fatalf("%d outputs after replay, want %d (replays must be suppressed)", len(all), (len(old)+2)*len(systems))
+			}
+			waitFor(t, 10*time.Second, "suppressed count", func() bool { return in.p.Stats().Suppressed == len(old) })
+			newKey := map[string]string{}
+			for _, d := range all[len(before):] {
+				if !d.at.After(requested) {
+					t.Fatalf("%s: an event from before the forget was emitted again", d.system)
+				}
+				if d.key == oldKey[d.system] {
+					t.Fatalf("%s: old pseudonym reused after forget", d.system)
+				}
+				if k, ok := newKey[d.system]; ok && k != d.key {
+					t.Fatalf("%s: fresh pseudonyms are not stable", d.system)
+				}
+				newKey[d.system] = d.key
+			}
+
+			// Restart: replays are still suppressed, and the fresh key is kept.
+			in.stop(t)
+			in2 := e.start(t, "pz-1")
+			later := gen.ForCustomer(0)
+			later.OccurredAt = requested.Add(3 * time.Second)
+			e.produce(t, e.orderRecord(t, old[0]), e.orderRecord(t, later))
+			all = e.decode(t, e.readAll(t, (len(old)+3)*len(systems), 30*time.Second, e.outputTopics()...))
+			for _, d := range all[len(before)+2*len(systems):] {
+				if d.key != newKey[d.system] {
+					t.Fatalf("%s: fresh pseudonym changed across a restart", d.system)
+				}
+			}
+			waitFor(t, 10*time.Second, "suppressed replay after restart", func() bool { return in2.p.Stats().Suppressed == 1 })
+		})
+	}
+}
+
+// TestForgetInvalidatesOtherInstancesCache: an instance that cached a
+// subject's key must not publish with it once another instance's forget
+// committed: its guard sees the forget, the batch is aborted and redone,
+// and the in-flight event is suppressed.
+func TestForgetInvalidatesOtherInstancesCache(t *testing.T) {
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			e := newEnv(t, kind)
+			systems := e.plan.Systems()
+			base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+			gen := sample.New(4, 1, base)
+			first := gen.ForCustomer(0)
+			e.produce(t, e.orderRecord(t, first))
+			in := e.start(t, "pz-b")
+			e.readAll(t, len(systems), 30*time.Second, e.outputTopics()...)
+
+			// "Instance A" forgets the subject directly in the shared store;
+			// B still has the key cached.
+			other := e.open(t)
+			requested := time.Now().Truncate(time.Millisecond)
+			res, err := other.Forget(context.Background(), []store.ForgetRequest{{RequestID: "a-1", SubjectID: first.CustomerID, RequestedAt: requested}})
+			if err != nil || res[0].Status != store.Forgotten {
+				t.Fatalf("forget: %v %v", res, err)
+			}
+
+			inFlight := gen.ForCustomer(0)
+			inFlight.OccurredAt = first.OccurredAt.Add(time.Second) // before the request
+			e.produce(t, e.orderRecord(t, inFlight))
+			waitFor(t, 30*time.Second, "in-flight event suppressed", func() bool { return in.p.Stats().Suppressed == 1 })
+			if st := in.p.Stats(); st.Stale < 1 {
+				t.Errorf("expected a stale batch to be redone, stats %+v", st)
+			}
+			outs := e.readAll(t, len(systems), 5*time.Second, e.outputTopics()...)
+			if len(outs) != len(systems) {
+				t.Fatalf("%d outputs, want %d: the in-flight event was published with the forgotten key", len(outs), len(systems))
+			}
+		})
+	}
+}
+
+// TestForgetRaceTwoInstances streams orders of several customers through
+// two instances while forget requests for some of them arrive; every
+// event after its request uses a fresh key, every replay after the
+// confirmation is suppressed, and each request is confirmed once.
+func TestForgetRaceTwoInstances(t *testing.T) {
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			e := newEnv(t, kind)
+			systems := e.plan.Systems()
+			ins := []*instance{e.start(t, "pz-a"), e.start(t, "pz-b")}
+			ordersIn := func() int {
+				n := 0
+				for _, in := range ins {
+					n += in.p.Stats().OrdersIn
+				}
+				return n
+			}
+			const customers, rounds = 6, 40
+			base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+			gen := sample.New(5, customers, base)
+			var events []*schema.OrderEvent
+			tick := 0
+			next := func(c int) *schema.OrderEvent {
+				tick++
+				ev := gen.ForCustomer(c)
+				ev.OccurredAt = base.Add(time.Duration(tick) * time.Millisecond)
+				events = append(events, ev)
+				return ev
+			}
+			requested := map[string]time.Time{}
+			for r := 0; r < rounds; r++ {
+				var recs []*kgo.Record
+				for c := 0; c < customers; c++ {
+					recs = append(recs, e.orderRecord(t, next(c)))
+				}
+				if r == rounds/2 {
+					for c := 0; c < customers/2; c++ {
+						id := sample.CustomerID(c)
+						requested[id] = base.Add(time.Duration(tick) * time.Millisecond)
+						recs = append(recs, e.forgetRecord(t, "race-"+id, id, requested[id]))
+					}
+				}
+				e.produce(t, recs...)
+			}
+			e.confirmations(t, customers/2)
+			waitFor(t, 60*time.Second, "all orders committed", func() bool { return ordersIn() == len(events) })
+
+			// Events at or before a request may be emitted (with the old key)
+			// or suppressed, depending on the interleaving; events after it
+			// must use a fresh key.
+			guaranteed := 0
+			for _, ev := range events {
+				if req, ok := requested[ev.CustomerID]; !ok || ev.OccurredAt.After(req) {
+					guaranteed++
+				}
+			}
+			outs := e.decode(t, e.readAll(t, guaranteed*len(systems), 60*time.Second, e.outputTopics()...))
+			byAt := map[int64]*schema.OrderEvent{}
+			for _, ev := range events {
+				byAt[ev.OccurredAt.UnixMilli()] = ev
+			}
+			type sk struct{ sys, cust string }
+			keysBefore, keysAfter := map[sk]map[string]bool{}, map[sk]map[string]bool{}
+			for _, d := range outs {
+				ev := byAt[d.at.UnixMilli()]
+				if ev == nil {
+					t.Fatalf("output for an unknown event")
+				}
+				k := sk{d.system, ev.CustomerID}
+				req, forgotten := requested[ev.CustomerID]
+				m := keysBefore
+				if forgotten && ev.OccurredAt.After(req) {
+					m = keysAfter
+				}
+				if m[k] == nil {
+					m[k] = map[string]bool{}
+				}
+				m[k][d.key] = true
+			}
+			for k, before := range keysBefore {
+				if len(before) != 1 {
+					t.Errorf("%v: %d pseudonyms before the forget, want 1", k, len(before))
+				}
+				for key := range keysAfter[k] {
+					if before[key] {
+						t.Errorf("%v: old pseudonym used after the forget", k)
+					}
+				}
+			}
+			for k, after := range keysAfter {
+				if len(after) != 1 {
+					t.Errorf("%v: %d fresh pseudonyms, want 1", k, len(after))
+				}
+			}
+			// Events at or before a request that arrived after it was
+			// processed are suppressed; the rest are emitted exactly once.
+			if got := len(outs); got > len(events)*len(systems) {
+				t.Errorf("%d outputs for %d events: duplicates", got, len(events))
+			}
+
+			// Replay every event after the confirmations: only the events
+			// newer than their subject's request (or of subjects never
+			// forgotten) come out again.
+			n0 := len(outs)
+			var replay []*kgo.Record
+			want := 0
+			for _, ev := range events {
+				replay = append(replay, e.orderRecord(t, ev))
+				if req, ok := requested[ev.CustomerID]; !ok || ev.OccurredAt.After(req) {
+					want++
+				}
+			}
+			e.produce(t, replay...)
+			waitFor(t, 60*time.Second, "replay committed", func() bool { return ordersIn() == 2*len(events) })
+			outs2 := e.readAll(t, n0+want*len(systems), 60*time.Second, e.outputTopics()...)
+			if got := len(outs2) - n0; got != want*len(systems) {
+				t.Fatalf("replay produced %d outputs, want %d", got, want*len(systems))
+			}
+			for _, d := range e.decode(t, outs2[n0:]) {
+				ev := byAt[d.at.UnixMilli()]
+				if req, ok := requested[ev.CustomerID]; ok && !ev.OccurredAt.After(req) {
+					t.Fatalf("replayed event from before a forget was emitted")
+				}
+			}
+		})
+	}
+}

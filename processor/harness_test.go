@@ -1,0 +1,295 @@
+package processor_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kslog"
+
+	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/processor/policy"
+	"github.com/hygiene/pseudonymizer/schema"
+	"github.com/hygiene/pseudonymizer/store"
+	"github.com/hygiene/pseudonymizer/store/embedded"
+	"github.com/hygiene/pseudonymizer/store/postgres"
+	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
+)
+
+// testPolicies are CONTRACT.md's example systems plus a CRM that may see a
+// trace header and pseudonymizes no event ID.
+func testPolicies() []policy.Policy {
+	return []policy.Policy{
+		{System: "crm", Keep: []string{"event_type", "occurred_at", "total_minor", "shipping_address.city"}, Pseudonymize: []string{"order_id", "customer_id"}, Headers: []string{"traceparent"}},
+		{System: "google-analytics", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "items", "attributes.utm_source"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
+		{System: "meta", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "shipping_address.country"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
+	}
+}
+
+// env is one test world: a kfake cluster over TCP, a key store, policies.
+type env struct {
+	t       *testing.T
+	kind    string
+	cluster *kfake.Cluster
+	topics  config.Topics
+	pols    []policy.Policy
+	plan    *policy.Plan
+	kr      *store.Keyring
+	open    func(t *testing.T) store.KeyStore
+	log     *slog.Logger
+	logMu   sync.Mutex
+	logBuf  strings.Builder
+}
+
+// storeKinds lists the key stores every pipeline test runs against.
+var storeKinds = []string{"embedded", "postgres"}
+
+// newEnv builds a test world with the given store kind.
+func newEnv(t *testing.T, kind string, opts ...kfake.Opt) *env {
+	t.Helper()
+	e := &env{t: t, kind: kind, topics: config.Default().Topics, pols: testPolicies()}
+	var err error
+	if e.plan, err = policy.Compile(schema.OrderEventSchema(), e.pols); err != nil {
+		t.Fatal(err)
+	}
+	opts = append([]kfake.Opt{kfake.SeedTopics(3, e.topics.Orders, e.topics.Forget)}, opts...)
+	if e.cluster, err = kfake.NewCluster(opts...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.cluster.Close)
+	kekBytes := make([]byte, 32)
+	_, _ = rand.Read(kekBytes)
+	kek, _ := store.NewKEK(kekBytes)
+	e.kr, _ = store.NewKeyring(kek)
+	switch kind {
+	case "embedded":
+		path := filepath.Join(t.TempDir(), "keys.db")
+		var shared store.KeyStore
+		e.open = func(t *testing.T) store.KeyStore {
+			// bbolt allows one opener per file: instances of one test
+			// share the store, as threads of one single-node service.
+			if shared == nil {
+				s, err := embedded.Open(path, e.kr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				shared = s
+				t.Cleanup(func() { s.Close() })
+			}
+			return nopClose{shared}
+		}
+	case "postgres":
+		dsn, schemaName := pgtest.MustSchema(t)
+		e.open = func(t *testing.T) store.KeyStore {
+			s, err := postgres.Open(context.Background(), dsn, e.kr, postgres.WithSchema(schemaName))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { s.Close() })
+			return s
+		}
+	default:
+		t.Fatalf("unknown store kind %q", kind)
+	}
+	e.log = slog.New(slog.NewTextHandler(&lockedWriter{e}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	return e
+}
+
+// nopClose shares one embedded store between instances of a test.
+type nopClose struct{ store.KeyStore }
+
+func (nopClose) Close() error { return nil }
+
+type lockedWriter struct{ e *env }
+
+func (w *lockedWriter) Write(p []byte) (int, error) {
+	w.e.logMu.Lock()
+	defer w.e.logMu.Unlock()
+	return w.e.logBuf.Write(p)
+}
+
+// logs returns everything the processors logged so far.
+func (e *env) logs() string {
+	e.logMu.Lock()
+	defer e.logMu.Unlock()
+	return e.logBuf.String()
+}
+
+func (e *env) brokers() []string { return e.cluster.ListenAddrs() }
+
+// instance is one running processor.
+type instance struct {
+	p      *processor.Processor
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+}
+
+// stop shuts the instance down cleanly and waits.
+func (i *instance) stop(t *testing.T) {
+	t.Helper()
+	i.once.Do(func() {
+		i.cancel()
+		select {
+		case err := <-i.done:
+			if err != nil {
+				t.Errorf("processor Run: %v", err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Errorf("processor did not stop within 60s")
+		}
+	})
+}
+
+// start runs a processor instance with transactional ID txnID.
+func (e *env) start(t *testing.T, txnID string, tweak ...func(*processor.Config)) *instance {
+	t.Helper()
+	cfg := processor.Config{
+		Topics:             e.topics,
+		Policies:           e.pols,
+		Plan:               e.plan,
+		Store:              e.open(t),
+		Kafka:              []kgo.Opt{kgo.SeedBrokers(e.brokers()...), kgo.WithLogger(kslog.New(e.log.With("component", "kafka")))},
+		GroupID:            "pseudonymizer",
+		TransactionalID:    txnID,
+		TransactionTimeout: 10 * time.Second,
+		SessionTimeout:     6 * time.Second,
+		CacheSubjects:      1000,
+		MaxBackoff:         2 * time.Second,
+		Logger:             e.log.With("instance", txnID),
+	}
+	for _, f := range tweak {
+		f(&cfg)
+	}
+	p, err := processor.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	in := &instance{p: p, cancel: cancel, done: make(chan error, 1)}
+	go func() { in.done <- p.Run(ctx) }()
+	t.Cleanup(func() { in.stop(t) })
+	return in
+}
+
+// client returns a plain client for producing and admin.
+func (e *env) client(t *testing.T, opts ...kgo.Opt) *kgo.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(e.brokers()...)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+// produce writes records synchronously.
+func (e *env) produce(t *testing.T, recs ...*kgo.Record) {
+	t.Helper()
+	cl := e.client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		t.Fatalf("produce: %v", err)
+	}
+}
+
+// orderRecord encodes an order event as a record of orders.raw.
+func (e *env) orderRecord(t *testing.T, ev *schema.OrderEvent) *kgo.Record {
+	t.Helper()
+	b, err := schema.MarshalOrderEvent(ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kgo.Record{Topic: e.topics.Orders, Key: []byte(ev.CustomerID), Value: b}
+}
+
+// forgetRecord encodes a forget request.
+func (e *env) forgetRecord(t *testing.T, reqID, subject string, at time.Time) *kgo.Record {
+	t.Helper()
+	b, err := schema.MarshalForgetRequest(&schema.ForgetRequest{RequestID: reqID, SubjectID: subject, RequestedAt: at})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kgo.Record{Topic: e.topics.Forget, Key: []byte(subject), Value: b}
+}
+
+// readAll reads topics from the start with read_committed until it holds at
+// least want records and then no new record arrives for quiet; it fails
+// after timeout. Extra records (duplicates) are returned, not hidden.
+func (e *env) readAll(t *testing.T, want int, timeout time.Duration, topics ...string) []*kgo.Record {
+	t.Helper()
+	cl := e.client(t, kgo.ConsumeTopics(topics...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	deadline := time.Now().Add(timeout)
+	var out []*kgo.Record
+	quiet := 500 * time.Millisecond
+	for {
+		wait := time.Until(deadline)
+		if len(out) >= want {
+			wait = quiet
+		}
+		if wait <= 0 {
+			t.Fatalf("read %d records from %v, want %d", len(out), topics, want)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		f := cl.PollFetches(ctx)
+		cancel()
+		n := 0
+		for _, r := range f.Records() {
+			out = append(out, r)
+			n++
+		}
+		if n == 0 && len(out) >= want && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return out
+		}
+	}
+}
+
+// waitFor polls cond until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func header(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+func systemOf(e *env, topic string) string { return strings.TrimPrefix(topic, e.topics.PseudoPrefix) }
+
+func (e *env) outputTopics() []string {
+	var ts []string
+	for _, s := range e.plan.Systems() {
+		ts = append(ts, e.topics.PseudoPrefix+s)
+	}
+	return ts
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("PSEUDONYMIZER_TEST_VERBOSE") == "" {
+		slog.SetDefault(slog.New(slog.DiscardHandler))
+	}
+	os.Exit(m.Run())
+}

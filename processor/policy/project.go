@@ -1,0 +1,215 @@
+package policy
+
+import (
+	"github.com/hygiene/pseudonymizer/processor/pseudonym"
+)
+
+// pseudoPrefix is the Avro length prefix of a pseudonym: zigzag(36).
+const pseudoPrefix = pseudonym.Size << 1
+
+// projector walks one input record and writes one system's output.
+type projector struct {
+	reader
+	system string
+	key    []byte
+	d      *pseudonym.Deriver
+}
+
+// Project appends to dst system i's output record (Avro binary of
+// OutputSchema(i)) for the input record b, with pseudonyms derived from the
+// subject key. It validates b as it goes, like Scan, and on error returns
+// dst unchanged with a *DecodeError. It does not allocate in steady state
+// (once dst and d have grown). It panics if i is out of range.
+func (p *Plan) Project(dst []byte, i int, b []byte, key []byte, d *pseudonym.Deriver) ([]byte, error) {
+	s := &p.systems[i]
+	w := projector{reader: reader{b: b}, system: s.name, key: key, d: d}
+	out, err := w.project(dst, &s.root)
+	if err == nil && w.pos != len(b) {
+		err = fail(w.pos, reasonTrailing)
+	}
+	if err != nil {
+		return dst, err
+	}
+	return out, nil
+}
+
+// SubjectPseudonym appends system i's pseudonym of the customer to dst: the
+// record key of its output topic, equal to the value Project writes for
+// customer_id.
+func (p *Plan) SubjectPseudonym(dst []byte, i int, key []byte, customerID []byte, d *pseudonym.Deriver) []byte {
+	return d.Append(dst, key, p.systems[i].name, FieldCustomerID, customerID)
+}
+
+func (w *projector) project(dst []byte, o *op) ([]byte, error) {
+	switch o.act {
+	case actDrop:
+		return dst, w.skip(o.in)
+	case actKeep:
+		start := w.pos
+		if err := w.skip(o.in); err != nil {
+			return dst, err
+		}
+		return append(dst, w.b[start:w.pos]...), nil
+	case actPseudo:
+		n := o.in
+		if nullable(n) >= 0 {
+			start := w.pos
+			i, err := w.unionIndex(n)
+			if err != nil {
+				return dst, err
+			}
+			dst = append(dst, w.b[start:w.pos]...)
+			n = n.sub[i]
+			if n.kind == kNull {
+				return dst, nil
+			}
+		}
+		return w.pseudo(dst, n, o.path)
+	}
+	if err := w.enter(); err != nil {
+		return dst, err
+	}
+	dst, err := w.projectNested(dst, o)
+	w.depth--
+	return dst, err
+}
+
+// pseudo reads a string, int or long and writes its pseudonym as a string.
+func (w *projector) pseudo(dst []byte, n *node, path string) ([]byte, error) {
+	switch n.kind {
+	case kString:
+		v, err := w.str()
+		if err != nil {
+			return dst, err
+		}
+		return w.d.Append(append(dst, pseudoPrefix), w.key, w.system, path, v), nil
+	case kInt, kLong:
+		var v int64
+		var err error
+		if n.kind == kInt {
+			v, err = w.int()
+		} else {
+			v, err = w.long()
+		}
+		if err != nil {
+			return dst, err
+		}
+		return w.d.AppendInt(append(dst, pseudoPrefix), w.key, w.system, path, v), nil
+	}
+	return dst, fail(w.pos, "unsupported type")
+}
+
+func (w *projector) projectNested(dst []byte, o *op) ([]byte, error) {
+	var err error
+	switch o.act {
+	case actRecord:
+		for i := range o.sub {
+			if dst, err = w.project(dst, &o.sub[i]); err != nil {
+				return dst, err
+			}
+		}
+		return dst, nil
+	case actUnion:
+		start := w.pos
+		i, err := w.unionIndex(o.in)
+		if err != nil {
+			return dst, err
+		}
+		dst = append(dst, w.b[start:w.pos]...)
+		return w.project(dst, &o.sub[i])
+	case actArray:
+		for {
+			count, end, err := w.blockHeader(itemMin(o.in))
+			if err != nil {
+				return dst, err
+			}
+			dst = appendLong(dst, count)
+			if count == 0 {
+				return dst, w.blockEnd(end)
+			}
+			if o.in.elem.min > 0 {
+				for range count {
+					if dst, err = w.project(dst, o.elem); err != nil {
+						return dst, err
+					}
+				}
+			}
+			if err := w.blockEnd(end); err != nil {
+				return dst, err
+			}
+		}
+	case actMap:
+		return w.projectMap(dst, o)
+	}
+	return dst, fail(w.pos, "unsupported type")
+}
+
+// projectMap writes the selected entries of a map as a single block.
+func (w *projector) projectMap(dst []byte, o *op) ([]byte, error) {
+	mark := len(dst)
+	dst = append(dst, 0) // block count, patched below
+	var kept int64
+	for {
+		count, end, err := w.blockHeader(itemMin(o.in))
+		if err != nil {
+			return dst, err
+		}
+		if count == 0 {
+			if err := w.blockEnd(end); err != nil {
+				return dst, err
+			}
+			break
+		}
+		for range count {
+			start := w.pos
+			k, err := w.str()
+			if err != nil {
+				return dst, err
+			}
+			var ko *op
+			for j := range o.keys {
+				if o.keys[j].key == string(k) {
+					ko = &o.keys[j].op
+					break
+				}
+			}
+			if ko == nil {
+				if err := w.skip(o.in.elem); err != nil {
+					return dst, err
+				}
+				continue
+			}
+			dst = append(dst, w.b[start:w.pos]...)
+			if dst, err = w.project(dst, ko); err != nil {
+				return dst, err
+			}
+			kept++
+		}
+		if err := w.blockEnd(end); err != nil {
+			return dst, err
+		}
+	}
+	if kept == 0 {
+		return dst, nil // the placeholder is the end marker
+	}
+	var buf [10]byte
+	c := appendLong(buf[:0], kept)
+	if len(c) > 1 {
+		// Make room for a longer count.
+		n := len(dst)
+		dst = append(dst, c[1:]...)
+		copy(dst[mark+len(c):], dst[mark+1:n])
+	}
+	copy(dst[mark:], c)
+	return append(dst, 0), nil
+}
+
+// appendLong appends v as an Avro zigzag varint.
+func appendLong(dst []byte, v int64) []byte {
+	u := uint64(v<<1) ^ uint64(v>>63)
+	for u >= 0x80 {
+		dst = append(dst, byte(u)|0x80)
+		u >>= 7
+	}
+	return append(dst, byte(u))
+}

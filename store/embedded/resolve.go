@@ -1,0 +1,117 @@
+package embedded
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+// subjectState is what the store holds about one subject.
+type subjectState struct {
+	wrapped     []byte
+	forgottenAt time.Time
+}
+
+// Resolve returns one Entry per lookup. It reads every subject in one read
+// transaction; subjects that need a fresh key are created in one write
+// transaction, which checks their state again first.
+func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.Entry, error) {
+	entries := make([]store.Entry, len(lookups))
+	if len(lookups) == 0 {
+		return entries, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("embedded: resolve: %w", err)
+	}
+	latest := make(map[store.SubjectHash]time.Time, len(lookups))
+	var hashes []store.SubjectHash
+	for i, l := range lookups {
+		h := s.hasher.Hash(l.SubjectID)
+		entries[i].Hash = h
+		if t, seen := latest[h]; !seen || l.Latest.After(t) {
+			if !seen {
+				hashes = append(hashes, h)
+			}
+			latest[h] = l.Latest
+		}
+	}
+	needs := func(h store.SubjectHash, st subjectState) bool {
+		return st.wrapped == nil && (st.forgottenAt.IsZero() || latest[h].After(st.forgottenAt))
+	}
+
+	states := make(map[store.SubjectHash]subjectState, len(hashes))
+	var need []store.SubjectHash
+	err := s.db.View(func(tx *bolt.Tx) error {
+		for _, h := range hashes {
+			st := readState(tx, h)
+			states[h] = st
+			if needs(h, st) {
+				need = append(need, h)
+			}
+		}
+		return nil
+	})
+	if err == nil && len(need) > 0 {
+		err = s.db.Update(func(tx *bolt.Tx) error {
+			keys := tx.Bucket(bucketKeys)
+			for _, h := range need {
+				st := readState(tx, h)
+				if needs(h, st) {
+					key, err := store.NewKey()
+					if err != nil {
+						return err
+					}
+					w, err := s.kr.Wrap(key, store.PurposeSubjectKey, h[:])
+					clear(key)
+					if err != nil {
+						return err
+					}
+					if err := keys.Put(h[:], w); err != nil {
+						return err
+					}
+					st.wrapped = w
+				}
+				states[h] = st
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("embedded: resolve: %w", err)
+	}
+
+	plain := make(map[store.SubjectHash][]byte, len(hashes))
+	for i := range entries {
+		h := entries[i].Hash
+		st := states[h]
+		entries[i].ForgottenAt = st.forgottenAt
+		if st.wrapped == nil {
+			continue
+		}
+		key, ok := plain[h]
+		if !ok {
+			if key, err = s.kr.Unwrap(st.wrapped, store.PurposeSubjectKey, h[:]); err != nil {
+				return nil, wrongKEK("resolve", err)
+			}
+			plain[h] = key
+		}
+		entries[i].Key = append([]byte(nil), key...)
+	}
+	return entries, nil
+}
+
+// readState reads a subject's key and tombstone, copied out of tx.
+func readState(tx *bolt.Tx, h store.SubjectHash) subjectState {
+	var st subjectState
+	if w := tx.Bucket(bucketKeys).Get(h[:]); w != nil {
+		st.wrapped = append([]byte(nil), w...)
+	}
+	if t := tx.Bucket(bucketTombs).Get(h[:]); len(t) >= 8 {
+		st.forgottenAt = getTime(t)
+	}
+	return st
+}

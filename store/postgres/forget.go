@@ -1,0 +1,185 @@
+package postgres
+
+import (
+	"context"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+const lockExclusive = "SELECT pg_advisory_xact_lock($1::int4, $2::int4)"
+
+const (
+	selectResults   = "SELECT request_hash, status, completed_at FROM pz_forget_results WHERE request_hash = ANY($1::bytea[])"
+	selectKeyHashes = "SELECT subject_hash FROM pz_subject_keys WHERE subject_hash = ANY($1::bytea[])"
+	selectTombs     = "SELECT subject_hash, requested_at FROM pz_tombstones WHERE subject_hash = ANY($1::bytea[])"
+	selectCounter   = "SELECT seq FROM pz_forget_counter"
+
+	deleteKeys  = "DELETE FROM pz_subject_keys WHERE subject_hash = ANY($1::bytea[])"
+	upsertTombs = `
+INSERT INTO pz_tombstones (subject_hash, requested_at, request_hash)
+SELECT * FROM unnest($1::bytea[], $2::timestamptz[], $3::bytea[])
+ON CONFLICT (subject_hash) DO UPDATE
+SET requested_at = EXCLUDED.requested_at, request_hash = EXCLUDED.request_hash
+WHERE EXCLUDED.requested_at > pz_tombstones.requested_at`
+	insertLog     = "INSERT INTO pz_forget_log (seq, subject_hash) SELECT * FROM unnest($1::int8[], $2::bytea[])"
+	insertResults = `
+INSERT INTO pz_forget_results (request_hash, status, completed_at)
+SELECT * FROM unnest($1::bytea[], $2::int2[], $3::timestamptz[])`
+	// advanceCounter stores the new sequence number and prunes the forget
+	// log to the newest maxLog rows of the last logRetention, recording the
+	// highest pruned sequence number.
+	advanceCounter = `
+WITH cut AS (
+	SELECT GREATEST($1::int8 - ` + maxLogSQL + `,
+		COALESCE((SELECT max(seq) FROM pz_forget_log WHERE logged_at < now() - interval '` + logRetention + `'), 0)) AS upto
+), pruned AS (
+	DELETE FROM pz_forget_log WHERE seq <= (SELECT upto FROM cut)
+)
+UPDATE pz_forget_counter SET seq = $1::int8, pruned_through = GREATEST(pruned_through, (SELECT upto FROM cut))`
+)
+
+// forgetSubject is the state of one subject during Forget.
+type forgetSubject struct {
+	hasKey      bool
+	tombstoned  bool
+	requestedAt time.Time
+	requestHash []byte
+	dirty       bool
+}
+
+// Forget applies the requests in order in one transaction of two round
+// trips: the first begins it, takes the exclusive guard lock (waiting for
+// every Guard and key creation) and reads the state; the second writes the
+// changes and commits.
+func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store.ForgetResult, error) {
+	results := make([]store.ForgetResult, len(reqs))
+	if len(reqs) == 0 {
+		return results, nil
+	}
+	reqHashes := make([][]byte, len(reqs))
+	subHashes := make([][]byte, len(reqs))
+	for i, r := range reqs {
+		reqHashes[i] = requestHash(r.RequestID)
+		h := s.hasher.Hash(r.SubjectID)
+		subHashes[i] = h[:]
+	}
+
+	err := s.with(ctx, func(conn *pgx.Conn) error {
+		done := make(map[string]store.ForgetResult)
+		subjects := make(map[store.SubjectHash]*forgetSubject)
+		for _, h := range subHashes {
+			subjects[store.SubjectHash(h)] = &forgetSubject{}
+		}
+		var seq int64
+
+		b := &pgx.Batch{}
+		b.Queue("BEGIN")
+		b.Queue(lockExclusive, guardLockClass, s.lockKey)
+		b.Queue(selectResults, reqHashes).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var rh []byte
+				var status int16
+				var at time.Time
+				if err := rows.Scan(&rh, &status, &at); err != nil {
+					return err
+				}
+				done[string(rh)] = store.ForgetResult{Status: store.ForgetStatus(status), CompletedAt: at.UTC()}
+			}
+			return rows.Err()
+		})
+		b.Queue(selectKeyHashes, subHashes).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var h []byte
+				if err := rows.Scan(&h); err != nil {
+					return err
+				}
+				subjects[store.SubjectHash(h)].hasKey = true
+			}
+			return rows.Err()
+		})
+		b.Queue(selectTombs, subHashes).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var h []byte
+				var at time.Time
+				if err := rows.Scan(&h, &at); err != nil {
+					return err
+				}
+				sub := subjects[store.SubjectHash(h)]
+				sub.tombstoned, sub.requestedAt = true, at.UTC()
+			}
+			return rows.Err()
+		})
+		b.Queue(selectCounter).QueryRow(func(row pgx.Row) error { return row.Scan(&seq) })
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+
+		now := time.Now().UTC().Truncate(time.Millisecond)
+		var del, logHashes, resHashes [][]byte
+		var logSeqs []int64
+		var resStatus []int16
+		var resAt []time.Time
+		for i, r := range reqs {
+			if res, ok := done[string(reqHashes[i])]; ok {
+				results[i] = res
+				continue
+			}
+			sub := subjects[store.SubjectHash(subHashes[i])]
+			var status store.ForgetStatus
+			switch {
+			case sub.hasKey:
+				status = store.Forgotten
+				del = append(del, subHashes[i])
+			case sub.tombstoned:
+				status = store.AlreadyForgotten
+			default:
+				status = store.UnknownSubject
+			}
+			at := ceilMilli(r.RequestedAt)
+			if !sub.tombstoned || at.After(sub.requestedAt) {
+				sub.requestedAt, sub.requestHash, sub.dirty = at, reqHashes[i], true
+			}
+			sub.hasKey, sub.tombstoned = false, true
+			seq++
+			logSeqs = append(logSeqs, seq)
+			logHashes = append(logHashes, subHashes[i])
+			res := store.ForgetResult{Status: status, CompletedAt: now}
+			results[i] = res
+			done[string(reqHashes[i])] = res
+			resHashes = append(resHashes, reqHashes[i])
+			resStatus = append(resStatus, int16(status))
+			resAt = append(resAt, now)
+		}
+
+		b = &pgx.Batch{}
+		if len(resHashes) > 0 {
+			var tombHashes, tombReqs [][]byte
+			var tombAt []time.Time
+			for h, sub := range subjects {
+				if sub.dirty {
+					tombHashes = append(tombHashes, h[:])
+					tombAt = append(tombAt, sub.requestedAt)
+					tombReqs = append(tombReqs, sub.requestHash)
+				}
+			}
+			if len(del) > 0 {
+				b.Queue(deleteKeys, del)
+			}
+			if len(tombHashes) > 0 {
+				b.Queue(upsertTombs, tombHashes, tombAt, tombReqs)
+			}
+			b.Queue(insertLog, logSeqs, logHashes)
+			b.Queue(insertResults, resHashes, resStatus, resAt)
+			b.Queue(advanceCounter, seq)
+		}
+		b.Queue("COMMIT")
+		return conn.SendBatch(ctx, b).Close()
+	})
+	if err != nil {
+		return nil, wrapErr("forget", err)
+	}
+	return results, nil
+}
