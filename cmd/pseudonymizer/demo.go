@@ -128,8 +128,13 @@ func newDemo(path string, keep bool, port int, verbose bool, stderr io.Writer) (
 		return nil, err
 	}
 	_, d.plan, _ = compilePlan(&cfg)
-	kopts, _ := kafkaOpts(cfg.Kafka, log)
-	if d.client, err = kgo.NewClient(append(kopts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))...); err != nil {
+	kopts, _ := kafkaOpts(cfg.Kafka, newLogger(config.Log{Level: "error", Format: "text"}, stderr))
+	var outputs []string
+	for _, s := range d.plan.Systems() {
+		outputs = append(outputs, cfg.Topics.PseudoPrefix+s)
+	}
+	if d.client, err = kgo.NewClient(append(kopts, kgo.ConsumeTopics(outputs...),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...); err != nil {
 		d.close()
 		return nil, err
 	}
@@ -286,13 +291,6 @@ func (d *demo) produceOrders(ctx context.Context, events ...*schema.OrderEvent) 
 // collect reads n more records from the systems' topics.
 func (d *demo) collect(ctx context.Context, n int) ([]output, error) {
 	systems := d.plan.Systems()
-	if d.client.GetConsumeTopics() == nil {
-		var topics []string
-		for _, s := range systems {
-			topics = append(topics, d.cfg.Topics.PseudoPrefix+s)
-		}
-		d.client.AddConsumeTopics(topics...)
-	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var outs []output
@@ -357,9 +355,36 @@ func indexOf(xs []string, x string) int {
 	return -1
 }
 
+// plain unwraps hamba's generic union values ({"ns.Name": value}) for
+// display.
+func plain(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		if len(x) == 1 {
+			for k, inner := range x {
+				if strings.Contains(k, ".") {
+					return plain(inner)
+				}
+			}
+		}
+		out := make(map[string]any, len(x))
+		for k, inner := range x {
+			out[k] = plain(inner)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, inner := range x {
+			out[i] = plain(inner)
+		}
+		return out
+	}
+	return v
+}
+
 // jsonLine renders v compactly with sorted keys.
 func jsonLine(v any) string {
-	b, err := json.Marshal(v)
+	b, err := json.Marshal(plain(v))
 	if err != nil {
 		return fmt.Sprint(v)
 	}

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -70,8 +71,24 @@ Usage:
   pseudonymizer version                              print the version
 `
 
+// oneLine keeps an error on one line (some driver errors span several), so
+// start-up failures read as one line that names the problem.
+type oneLine struct{ err error }
+
+func (e oneLine) Error() string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(e.err.Error(), "\n", " ")), " ")
+}
+func (e oneLine) Unwrap() error { return e.err }
+
 // run dispatches a subcommand; it is main without the process exit.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if err := dispatch(ctx, args, stdout, stderr); err != nil {
+		return oneLine{err}
+	}
+	return nil
+}
+
+func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return flag.ErrHelp

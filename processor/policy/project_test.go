@@ -326,10 +326,11 @@ func TestOtherTypesAndNesting(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got["flag"] != true || got["f"] != float32(1.5) || got["g"] != float64(-2) || !bytes.Equal(got["raw"].([]byte), []byte{1, 2}) ||
-		len(got["nulls"].([]any)) != 3 || got["multi"].(map[string]any)["int"] != 5 {
+		len(got["nulls"].([]any)) != 3 || got["multi"] != 5 {
 		t.Errorf("kept values differ: %#v", got)
 	}
-	next := got["next"].(map[string]any)["t.pseudo.a.Tree"].(map[string]any)
+	// Tree is projected three ways: the top level keeps the name.
+	next, _ := got["next"].(map[string]any)["t.pseudo.a.Tree_3"].(map[string]any)
 	if next["event_id"] != "n" || next["customer_id"] != d.String([]byte("k"), "a", "next.customer_id", "nc") {
 		t.Errorf("next = %#v", next)
 	}
@@ -406,6 +407,7 @@ func TestProjectZeroAllocs(t *testing.T) {
 	b := must(schema.MarshalOrderEvent(e))
 	key := subjectKey(r)
 	dst := make([]byte, 0, 64<<10)
+	cid := []byte(e.CustomerID)
 	if n := testing.AllocsPerRun(50, func() {
 		if _, err := p.Scan(b); err != nil {
 			t.Fatal(err)
@@ -416,7 +418,7 @@ func TestProjectZeroAllocs(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		dst = p.SubjectPseudonym(dst[:0], 0, key, []byte(e.CustomerID), d)
+		dst = p.SubjectPseudonym(dst[:0], 0, key, cid, d)
 	}); n != 0 {
 		t.Errorf("Scan+Project: %v allocs, want 0", n)
 	}

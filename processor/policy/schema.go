@@ -124,21 +124,20 @@ func buildNode(s avro.Schema, memo map[string]*node) (*node, error) {
 		if len(t.Types()) == 0 {
 			return nil, errors.New("empty union")
 		}
-		for _, b := range t.Types() {
-			c, err := buildNode(b, memo)
-			if err != nil {
+		n.sub = make([]*node, len(t.Types()))
+		for i, b := range t.Types() {
+			if err := buildChild(&n.sub[i], b, memo); err != nil {
 				return nil, err
 			}
-			n.sub = append(n.sub, c)
 		}
 		return n, nil
 	}
 	return nil, fmt.Errorf("unsupported schema type %s", s.Type())
 }
 
-// buildChild builds the child of an array or map. A record in construction
-// may be reached here: arrays and maps always take at least one byte, so
-// that recursion is finite.
+// buildChild builds an item of an array or map or a branch of a union. A
+// record in construction may be reached here: arrays, maps and unions
+// always take at least one byte, so that recursion is finite.
 func buildChild(dst **node, s avro.Schema, memo map[string]*node) error {
 	if r, ok := resolve(s).(*avro.RecordSchema); ok {
 		if n := memo[r.FullName()]; n != nil {
@@ -216,6 +215,7 @@ func (b *builder) build(n *node, t *tnode) (op, avro.Schema, error) {
 	case kRecord:
 		rec := n.schema.(*avro.RecordSchema)
 		o := op{act: actRecord, in: n, sub: make([]op, len(n.sub))}
+		name, ns := b.name(rec) // before the fields: outer records keep the plain name
 		var fields []*avro.Field
 		for i, f := range rec.Fields() {
 			c := t.child(f.Name())
@@ -244,7 +244,6 @@ func (b *builder) build(n *node, t *tnode) (op, avro.Schema, error) {
 			}
 			fields = append(fields, nf)
 		}
-		name, ns := b.name(rec)
 		doc := fmt.Sprintf("Derived by pseudonymizer from %s for system %s: fields not allowed by its policy are dropped, pseudonymized ones are UUID strings.", rec.FullName(), b.system)
 		s, err := avro.NewRecordSchema(name, ns, fields, avro.WithDoc(doc))
 		return o, s, err

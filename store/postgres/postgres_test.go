@@ -1,0 +1,184 @@
+package postgres_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/hygiene/pseudonymizer/store"
+	"github.com/hygiene/pseudonymizer/store/postgres"
+	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
+	"github.com/hygiene/pseudonymizer/store/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	dsns := storetest.PerTest[string]{New: func(t *testing.T) string { return pgtest.MustTempSchemaDSN(t) }}
+	storetest.Run(t, func(t *testing.T, kr *store.Keyring) (store.KeyStore, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return postgres.Open(ctx, dsns.Get(t), kr)
+	}, storetest.WithMultipleOpen(), storetest.WithRaw(func(t *testing.T) []byte {
+		return mustDump(t, dsns.Get(t))
+	}))
+}
+
+// mustDump returns every row of every table in the DSN's schema as text.
+func mustDump(t *testing.T, dsn string) []byte {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	if len(tables) == 0 {
+		t.Fatalf("no tables in the store's schema")
+	}
+	var buf bytes.Buffer
+	for _, table := range tables {
+		id := pgx.Identifier{table}.Sanitize()
+		rows, err := conn.Query(ctx, "SELECT t::text FROM "+id+" t")
+		if err != nil {
+			t.Fatalf("dump %s: %v", table, err)
+		}
+		lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatalf("dump %s: %v", table, err)
+		}
+		buf.WriteString(table + "\n" + strings.Join(lines, "\n") + "\n")
+	}
+	return buf.Bytes()
+}
+
+func TestOpenUnreachableIsUnavailable(t *testing.T) {
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := postgres.Open(ctx, "postgres://postgres@127.0.0.1:1/test?sslmode=disable&connect_timeout=5", kr)
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Open of a closed port: got %v, want ErrUnavailable", err)
+	}
+	if strings.Contains(err.Error(), "\n") {
+		t.Errorf("error is not one line: %q", err)
+	}
+}
+
+func TestWithSchemaCreatesSchema(t *testing.T) {
+	conn := pgtest.MustConnect(t)
+	_, schema := pgtest.MustTempSchema(t)
+	ctx := context.Background()
+	if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema); err != nil { // Open must create it
+		t.Fatalf("drop: %v", err)
+	}
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	s, err := postgres.Open(ctx, pgtest.URL(), kr, postgres.WithSchema(schema))
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	if _, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "alice"}}); err != nil {
+		t.Fatalf("Resolve: %v", err)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+schema+".pz_subject_keys").Scan(&n); err != nil || n != 1 {
+		t.Errorf("keys in %s: got %d, %v; want 1, nil", schema, n, err)
+	}
+}
+
+func TestConcurrentOpen(t *testing.T) {
+	dsn := pgtest.MustTempSchemaDSN(t)
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	const n = 8
+	stores := make([]*postgres.Store, n)
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			s, err := postgres.Open(context.Background(), dsn, kr)
+			stores[i] = s
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("Open: %v", err)
+		}
+	}
+	for _, s := range stores {
+		if s != nil {
+			defer s.Close()
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	for i, s := range stores {
+		if s.Hash("alice") != stores[0].Hash("alice") {
+			t.Errorf("store %d: got a different index key than store 0", i)
+		}
+	}
+}
+
+func TestSessionSettings(t *testing.T) {
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	ctx := context.Background()
+	s, err := postgres.Open(ctx, pgtest.MustTempSchemaDSN(t), kr)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	for name, want := range map[string]string{
+		"application_name":                    "pseudonymizer",
+		"idle_in_transaction_session_timeout": "30s",
+	} {
+		got, err := postgres.SessionSetting(ctx, s, name)
+		if err != nil || got != want {
+			t.Errorf("%s: got %q, %v; want %q", name, got, err, want)
+		}
+	}
+}
+
+func TestStalledGuardIsEndedByServer(t *testing.T) {
+	dsn := pgtest.MustTempSchemaDSN(t)
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	ctx := context.Background()
+	s, err := postgres.Open(ctx, dsn, kr, postgres.WithIdleInTransactionTimeout(500*time.Millisecond))
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	g, err := s.Guard(ctx, 0) // never released in time: a stalled holder
+	if err != nil {
+		t.Fatalf("Guard: %v", err)
+	}
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	res, err := s.Forget(fctx, []store.ForgetRequest{{RequestID: "r1", SubjectID: "alice"}})
+	if err != nil {
+		t.Fatalf("Forget behind a stalled guard: %v", err)
+	}
+	if got, want := res[0].Status, store.UnknownSubject; got != want {
+		t.Errorf("status: got %v, want %v", got, want)
+	}
+	if err := g.Release(ctx); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Release of a guard ended by the server: got %v, want ErrUnavailable", err)
+	}
+	if err := g.Release(ctx); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("second Release: got %v, want the same error", err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Errorf("Ping after a lost guard: %v", err)
+	}
+}
