@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
@@ -89,7 +90,7 @@ func newEnv(t *testing.T, kind string, opts ...kfake.Opt) *env {
 			return nopClose{shared}
 		}
 	case "postgres":
-		dsn, schemaName := pgtest.MustSchema(t)
+		dsn, schemaName := pgtest.MustTempSchema(t)
 		e.open = func(t *testing.T) store.KeyStore {
 			s, err := postgres.Open(context.Background(), dsn, e.kr, postgres.WithSchema(schemaName))
 			if err != nil {
@@ -173,6 +174,11 @@ func (e *env) start(t *testing.T, txnID string, tweak ...func(*processor.Config)
 	}
 	p, err := processor.New(cfg)
 	if err != nil {
+		t.Fatal(err)
+	}
+	tctx, tcancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer tcancel()
+	if err := p.EnsureTopics(tctx, kadm.NewClient(e.client(t))); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -80,9 +80,9 @@ type Processor struct {
 // Stats are running totals, for the demo, tests and benchmarks.
 type Stats struct {
 	Batches, Committed, Aborted, Stale int
-	OrdersIn, ForgetsIn              int
-	Out, DeadLetters, Suppressed     int
-	StoreCalls                       int
+	OrdersIn, ForgetsIn                int
+	Out, DeadLetters, Suppressed       int
+	StoreCalls                         int
 }
 
 // New validates cfg and returns a Processor. It connects to nothing.

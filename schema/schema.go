@@ -8,7 +8,9 @@
 package schema
 
 import (
+	"bytes"
 	_ "embed"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -153,11 +155,18 @@ func UnmarshalForgetConfirmation(b []byte) (*ForgetConfirmation, error) {
 	return &c, nil
 }
 
-// UnmarshalForgetRequest decodes bare Avro binary written with the bundled schema.
+// UnmarshalForgetRequest strictly decodes bare Avro binary written with the
+// bundled schema: truncated input, trailing bytes and non-canonical
+// encodings are errors. (A ForgetRequest has no arrays or maps, so its
+// binary encoding is canonical and re-encoding must give the input back.)
 func UnmarshalForgetRequest(b []byte) (*ForgetRequest, error) {
 	var r ForgetRequest
 	if err := avro.Unmarshal(ForgetRequestSchema(), b, &r); err != nil {
 		return nil, err
+	}
+	again, err := avro.Marshal(ForgetRequestSchema(), &r)
+	if err != nil || !bytes.Equal(again, b) {
+		return nil, errors.New("forget request: not a canonical hygiene.v1.ForgetRequest encoding")
 	}
 	return &r, nil
 }

@@ -60,13 +60,18 @@ type reader struct {
 
 func fail(at int, reason string) error { return &DecodeError{Offset: at, Reason: reason} }
 
-// long reads a zigzag varint of at most 10 bytes.
+// long reads a zigzag varint of at most 10 bytes. The one-byte case is
+// inlined into callers.
 func (r *reader) long() (int64, error) {
 	if r.pos < len(r.b) && r.b[r.pos] < 0x80 {
 		c := uint64(r.b[r.pos])
 		r.pos++
 		return int64(c>>1) ^ -int64(c&1), nil
 	}
+	return r.longSlow()
+}
+
+func (r *reader) longSlow() (int64, error) {
 	var u uint64
 	for i := uint(0); ; i++ {
 		if r.pos >= len(r.b) {

@@ -66,6 +66,11 @@ type Store struct {
 	// guard is a reader/writer lock: Guard holds weight 1, Forget all of it.
 	guard *semaphore.Weighted
 
+	// rewrapMu guards rewrapAfter, the subject hash after which the next
+	// Rewrap continues (nil: from the start).
+	rewrapMu    sync.Mutex
+	rewrapAfter []byte
+
 	closeOnce sync.Once
 	closeErr  error
 }

@@ -13,6 +13,8 @@ import (
 
 // Rewrap re-wraps up to limit keys (the index key counts as one) that are
 // not wrapped by the keyring's active KEK, in one write transaction.
+// Successive calls continue where the last one stopped; 0 means a pass over
+// every key found none to change.
 func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 	if limit <= 0 {
 		return 0, fmt.Errorf("embedded: rewrap: limit must be positive, got %d", limit)
@@ -20,10 +22,30 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, fmt.Errorf("embedded: rewrap: %w", err)
 	}
+	s.rewrapMu.Lock()
+	defer s.rewrapMu.Unlock()
+	for {
+		from := s.rewrapAfter
+		n, next, err := s.rewrapFrom(from, limit)
+		if err != nil {
+			s.rewrapAfter = nil
+			return 0, fmt.Errorf("embedded: rewrap: %w", err)
+		}
+		s.rewrapAfter = next
+		if n == 0 && from != nil {
+			continue // nothing after the cursor: check from the start once
+		}
+		return n, nil
+	}
+}
+
+// rewrapFrom re-wraps up to limit keys after the subject hash from (nil:
+// from the start) and returns how many it changed and where the next call
+// continues (nil: from the start).
+func (s *Store) rewrapFrom(from []byte, limit int) (changed int, next []byte, err error) {
 	active := s.kr.ActiveID()
-	changed := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		changed = 0
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		changed, next = 0, nil
 		meta := tx.Bucket(bucketMeta)
 		if w := meta.Get(metaIndexKey); !current(w, active) {
 			nw, err := rewrap(s.kr, w, store.PurposeIndexKey, nil)
@@ -39,7 +61,13 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 		type update struct{ h, w []byte }
 		var updates []update
 		c := keys.Cursor()
-		for k, v := c.First(); k != nil && changed+len(updates) < limit; k, v = c.Next() {
+		k, v := c.First()
+		if from != nil {
+			if k, v = c.Seek(from); bytes.Equal(k, from) {
+				k, v = c.Next()
+			}
+		}
+		for ; k != nil && changed+len(updates) < limit; k, v = c.Next() {
 			if current(v, active) {
 				continue
 			}
@@ -49,6 +77,12 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 			}
 			updates = append(updates, update{h: bytes.Clone(k), w: nw})
 		}
+		if k != nil { // stopped at the limit
+			next = from
+			if len(updates) > 0 {
+				next = updates[len(updates)-1].h
+			}
+		}
 		for _, u := range updates {
 			if err := keys.Put(u.h, u.w); err != nil {
 				return err
@@ -57,10 +91,7 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 		changed += len(updates)
 		return nil
 	})
-	if err != nil {
-		return 0, fmt.Errorf("embedded: rewrap: %w", err)
-	}
-	return changed, nil
+	return changed, next, err
 }
 
 // current reports whether wrapped names the active KEK.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -65,6 +66,11 @@ type Store struct {
 	// lockKey is the objid half of the guard advisory lock, derived from the
 	// store's schema.
 	lockKey int32
+
+	// rewrapMu guards rewrapAfter, the subject hash after which the next
+	// Rewrap continues (nil: from the start).
+	rewrapMu    sync.Mutex
+	rewrapAfter []byte
 }
 
 var _ store.KeyStore = (*Store)(nil)

@@ -13,8 +13,13 @@ import (
 )
 
 const (
-	selectIndexKey    = "SELECT value FROM pz_meta WHERE name = 'index_key'"
-	selectStaleKeys   = "SELECT subject_hash, wrapped_key FROM pz_subject_keys WHERE substring(wrapped_key FROM 2 FOR 4) <> $1::bytea LIMIT $2"
+	selectIndexKey = "SELECT value FROM pz_meta WHERE name = 'index_key'"
+	// selectStaleKeys walks the keys in hash order from a cursor, so that a
+	// full rotation reads each row about once.
+	selectStaleKeys = `
+SELECT subject_hash, wrapped_key FROM pz_subject_keys
+WHERE subject_hash > $1::bytea AND substring(wrapped_key FROM 2 FOR 4) <> $2::bytea
+ORDER BY subject_hash LIMIT $3`
 	updateIndexKey    = "UPDATE pz_meta SET value = $2 WHERE name = 'index_key' AND value = $1"
 	updateWrappedKeys = `
 UPDATE pz_subject_keys k SET wrapped_key = u.w
@@ -23,36 +28,61 @@ WHERE k.subject_hash = u.h AND k.wrapped_key = u.old`
 )
 
 // Rewrap re-wraps up to limit keys (the index key counts as one) that are
-// not wrapped by the keyring's active KEK, in two round trips: one read, one
-// compare-and-swap write, so concurrent Forgets and Rewraps stay correct.
+// not wrapped by the keyring's active KEK. It reads in one round trip and
+// writes with compare-and-swap in another, so concurrent Forgets and Rewraps
+// stay correct. Successive calls continue where the last one stopped; 0
+// means a pass over every key found none to change.
 func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 	if limit <= 0 {
 		return 0, fmt.Errorf("postgres: rewrap: limit must be positive, got %d", limit)
 	}
+	s.rewrapMu.Lock()
+	defer s.rewrapMu.Unlock()
 	active := make([]byte, 4)
 	binary.BigEndian.PutUint32(active, s.kr.ActiveID())
 	changed := 0
 	err := s.with(ctx, func(conn *pgx.Conn) error {
 		var index []byte
 		var hashes, olds [][]byte
-		b := &pgx.Batch{}
-		b.Queue(selectIndexKey).QueryRow(func(row pgx.Row) error { return row.Scan(&index) })
-		b.Queue(selectStaleKeys, active, limit).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var h, w []byte
-				if err := rows.Scan(&h, &w); err != nil {
-					return err
-				}
-				hashes, olds = append(hashes, h), append(olds, w)
+		for {
+			from := s.rewrapAfter
+			if from == nil {
+				from = []byte{}
 			}
-			return rows.Err()
-		})
-		if err := conn.SendBatch(ctx, b).Close(); err != nil {
-			return err
+			hashes, olds = hashes[:0], olds[:0]
+			b := &pgx.Batch{}
+			b.Queue(selectIndexKey).QueryRow(func(row pgx.Row) error { return row.Scan(&index) })
+			b.Queue(selectStaleKeys, from, active, limit).Query(func(rows pgx.Rows) error {
+				for rows.Next() {
+					var h, w []byte
+					if err := rows.Scan(&h, &w); err != nil {
+						return err
+					}
+					hashes, olds = append(hashes, h), append(olds, w)
+				}
+				return rows.Err()
+			})
+			if err := conn.SendBatch(ctx, b).Close(); err != nil {
+				return err
+			}
+			indexStale := !current(index, s.kr.ActiveID())
+			if indexStale && len(hashes) == limit {
+				hashes, olds = hashes[:limit-1], olds[:limit-1]
+			}
+			wrapped := s.rewrapAfter != nil
+			if len(hashes) < limit-boolInt(indexStale) {
+				s.rewrapAfter = nil // reached the end: start over next time
+			} else {
+				s.rewrapAfter = hashes[len(hashes)-1]
+			}
+			if len(hashes) == 0 && !indexStale && wrapped {
+				continue // nothing after the cursor: check from the start once
+			}
+			break
 		}
 
-		b = &pgx.Batch{}
-		if id, _ := store.WrappedBy(index); id != s.kr.ActiveID() {
+		b := &pgx.Batch{}
+		if !current(index, s.kr.ActiveID()) {
 			w, err := rewrap(s.kr, index, store.PurposeIndexKey, nil)
 			if err != nil {
 				return err
@@ -61,9 +91,6 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 				changed += int(ct.RowsAffected())
 				return nil
 			})
-			if len(hashes) == limit {
-				hashes, olds = hashes[:limit-1], olds[:limit-1]
-			}
 		}
 		if len(hashes) > 0 {
 			news := make([][]byte, len(hashes))
@@ -84,6 +111,7 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 		return conn.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
+		s.rewrapAfter = nil
 		if errors.Is(err, store.ErrWrongKEK) {
 			return 0, fmt.Errorf("postgres: rewrap: %w", err)
 		}
@@ -92,8 +120,21 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 	return changed, nil
 }
 
-// rewrap unwraps a key and wraps it again with the active KEK. The error
-// always matches store.ErrWrongKEK.
+// current reports whether wrapped names the active KEK.
+func current(wrapped []byte, active uint32) bool {
+	id, ok := store.WrappedBy(wrapped)
+	return ok && id == active
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// rewrap unwraps a key and wraps it again with the active KEK. An unwrap
+// failure always matches store.ErrWrongKEK.
 func rewrap(kr *store.Keyring, wrapped []byte, purpose string, binding []byte) ([]byte, error) {
 	key, err := kr.Unwrap(wrapped, purpose, binding)
 	if err != nil {

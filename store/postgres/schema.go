@@ -75,13 +75,27 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
 				return err
 			}
+			// DDL runs only when something is missing, so that a role
+			// without CREATE privileges can open an existing store.
 			if schema != "" {
-				if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{schema}.Sanitize()); err != nil {
+				var exists bool
+				if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); err != nil {
 					return err
 				}
+				if !exists {
+					if _, err := tx.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
+						return err
+					}
+				}
 			}
-			if _, err := tx.Exec(ctx, metaDDL); err != nil {
+			var hasMeta bool
+			if err := tx.QueryRow(ctx, "SELECT to_regclass('pz_meta') IS NOT NULL").Scan(&hasMeta); err != nil {
 				return err
+			}
+			if !hasMeta {
+				if _, err := tx.Exec(ctx, metaDDL); err != nil {
+					return err
+				}
 			}
 			version := 0
 			var v []byte
@@ -109,7 +123,9 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 					return err
 				}
 			}
-			if err := tx.QueryRow(ctx, "SELECT current_schema()").Scan(&current); err != nil {
+			// The lock key follows the schema that actually holds the tables.
+			if err := tx.QueryRow(ctx, `SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+				WHERE c.oid = 'pz_meta'::regclass`).Scan(&current); err != nil {
 				return err
 			}
 			err = tx.QueryRow(ctx, "SELECT value FROM pz_meta WHERE name = 'index_key'").Scan(&wrapped)
