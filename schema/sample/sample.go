@@ -94,7 +94,7 @@ func (g *Generator) ForCustomer(c int) *schema.OrderEvent {
 		e.Phone = &phone
 	}
 	if c%5 != 4 {
-		e.ShippingAddress = &schema.Address{Line1: firstLines[loc], PostalCode: fmt.Sprintf("%05d", 10000+c%89999), City: cities[loc], Country: countries[loc]}
+		e.ShippingAddress = &schema.Address{Line1: firstLines[loc], PostalCode: fmt.Sprintf("%s-%05d", countries[loc], 10000+c%89999), City: cities[loc], Country: countries[loc]}
 	}
 	n := 1 + g.rng.IntN(4)
 	for i := 0; i < n; i++ {
