@@ -44,9 +44,10 @@ type batch struct {
 }
 
 type order struct {
-	rec  *kgo.Record
-	head policy.Head
-	subj *subject
+	rec   *kgo.Record
+	value []byte // bare Avro of the bundled schema
+	head  policy.Head
+	subj  *subject
 }
 
 type forgetDone struct {
@@ -112,8 +113,14 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	if err := p.forgets(ctx, b, forgets); err != nil {
 		return abort(err)
 	}
+	if len(b.forgets) > 0 {
+		p.failpoint("after-forget")
+	}
 	if err := p.orders(ctx, b, orders); err != nil {
 		return abort(err)
+	}
+	if len(b.lookups) > 0 {
+		p.failpoint("after-resolve")
 	}
 
 	promise := kgo.AbortingFirstErrPromise(sess.Client())
@@ -148,9 +155,11 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 		return o, err
 	}
 
+	p.failpoint("before-commit")
 	commitStart := time.Now()
 	committed, err := sess.End(ctx, kgo.TryCommit)
 	p.m.CommitDuration.Observe(time.Since(commitStart).Seconds())
+	p.failpoint("after-commit")
 	if err != nil {
 		return outcomeAborted, fmt.Errorf("%w: commit: %w", errSessionBroken, err)
 	}
@@ -275,7 +284,15 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 			p.deadLetter(b, dlq, r, ClassTooLarge, fmt.Sprintf("record of %d bytes exceeds the limit of %d", len(r.Value), p.cfg.MaxRecordBytes))
 			continue
 		}
-		h, err := plan.Scan(r.Value)
+		value, err := p.cfg.Wire.Order(ctx, r.Value)
+		if err != nil {
+			if re, ok := AsRecordError(err); ok {
+				p.deadLetter(b, dlq, r, re.Class, re.Reason)
+				continue
+			}
+			return fmt.Errorf("decode order: %w", err)
+		}
+		h, err := plan.Scan(value)
 		if err != nil {
 			p.deadLetter(b, dlq, r, ClassDecode, err.Error())
 			continue
@@ -291,7 +308,7 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 			p.deadLetter(b, dlq, r, ClassContract, "customer_id is empty")
 			continue
 		}
-		o := order{rec: r, head: h}
+		o := order{rec: r, value: value, head: h}
 		if s := p.cache.get(h.CustomerID); s != nil && !s.needsKey(h.OccurredAt) {
 			o.subj = s
 			hits++
@@ -353,8 +370,9 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 			b.arena = plan.SubjectPseudonym(b.arena, sys, s.key, o.head.CustomerID, p.d)
 			key := b.arena[start:len(b.arena):len(b.arena)]
 			start = len(b.arena)
+			b.arena = p.cfg.Wire.AppendOutputPrefix(b.arena, sys)
 			var err error
-			b.arena, err = plan.Project(b.arena, sys, o.rec.Value, s.key, p.d)
+			b.arena, err = plan.Project(b.arena, sys, o.value, s.key, p.d)
 			if err != nil {
 				// Scan accepted the record, so this is a defect, not bad input.
 				return fmt.Errorf("project for system %s: %w", p.systems[sys], err)
@@ -397,10 +415,13 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 			p.deadLetter(b, dlq, r, ClassTooLarge, fmt.Sprintf("record of %d bytes exceeds the limit of %d", len(r.Value), p.cfg.MaxRecordBytes))
 			continue
 		}
-		fr, err := schema.UnmarshalForgetRequest(r.Value)
+		fr, err := p.cfg.Wire.Forget(ctx, r.Value)
 		if err != nil {
-			p.deadLetter(b, dlq, r, ClassDecode, "decode: not a hygiene.v1.ForgetRequest")
-			continue
+			if re, ok := AsRecordError(err); ok {
+				p.deadLetter(b, dlq, r, re.Class, re.Reason)
+				continue
+			}
+			return fmt.Errorf("decode forget request: %w", err)
 		}
 		switch {
 		case fr.RequestID == "":
@@ -432,7 +453,7 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 		if res.Status != store.UnknownSubject {
 			systems = p.systems
 		}
-		val, err := schema.MarshalForgetConfirmation(&schema.ForgetConfirmation{
+		val, err := p.cfg.Wire.Confirmation(&schema.ForgetConfirmation{
 			RequestID:   req.RequestID,
 			SubjectID:   req.SubjectID,
 			Status:      res.Status.String(),

@@ -30,6 +30,8 @@ type Config struct {
 	Plan *policy.Plan
 	// Store holds the subject keys.
 	Store store.KeyStore
+	// Wire is the framing of values; nil means BareWire.
+	Wire Wire
 	// Kafka are client options: seed brokers, TLS, SASL, logger. The
 	// processor adds the group, topics and transaction options.
 	Kafka []kgo.Opt
@@ -53,6 +55,11 @@ type Config struct {
 	Metrics *Metrics
 	// Now returns the current time (tests may replace it).
 	Now func() time.Time
+	// Failpoint, if set, is called at named points of a batch, for crash
+	// tests: "after-forget" (store forget committed), "after-resolve"
+	// (new keys committed), "before-commit" (guard held, before EndTxn),
+	// "after-commit" (EndTxn returned, guard still held).
+	Failpoint func(name string)
 }
 
 // Processor consumes orders.raw and subjects.forget and produces the
@@ -100,6 +107,9 @@ func New(cfg Config) (*Processor, error) {
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = NewMetrics(nil)
+	}
+	if cfg.Wire == nil {
+		cfg.Wire = BareWire{}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -285,6 +295,12 @@ func (p *Processor) session(ctx context.Context) error {
 				return nil
 			}
 		}
+	}
+}
+
+func (p *Processor) failpoint(name string) {
+	if p.cfg.Failpoint != nil {
+		p.cfg.Failpoint(name)
 	}
 }
 

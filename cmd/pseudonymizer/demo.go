@@ -355,27 +355,27 @@ func indexOf(xs []string, x string) int {
 	return -1
 }
 
-// plain unwraps hamba's generic union values ({"ns.Name": value}) for
+// unwrapUnions unwraps hamba's generic union values ({"ns.Name": value}) for
 // display.
-func plain(v any) any {
+func unwrapUnions(v any) any {
 	switch x := v.(type) {
 	case map[string]any:
 		if len(x) == 1 {
 			for k, inner := range x {
 				if strings.Contains(k, ".") {
-					return plain(inner)
+					return unwrapUnions(inner)
 				}
 			}
 		}
 		out := make(map[string]any, len(x))
 		for k, inner := range x {
-			out[k] = plain(inner)
+			out[k] = unwrapUnions(inner)
 		}
 		return out
 	case []any:
 		out := make([]any, len(x))
 		for i, inner := range x {
-			out[i] = plain(inner)
+			out[i] = unwrapUnions(inner)
 		}
 		return out
 	}
@@ -384,7 +384,7 @@ func plain(v any) any {
 
 // jsonLine renders v compactly with sorted keys.
 func jsonLine(v any) string {
-	b, err := json.Marshal(plain(v))
+	b, err := json.Marshal(unwrapUnions(v))
 	if err != nil {
 		return fmt.Sprint(v)
 	}

@@ -9,6 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -100,6 +104,7 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		MaxBackoff:         cfg.Processing.MaxBackoff,
 		Logger:             log.With("component", "processor"),
 		Metrics:            processor.NewMetrics(reg),
+		Failpoint:          failpointFromEnv(log),
 	})
 	if err != nil {
 		st.Close()
@@ -179,4 +184,28 @@ func (s *service) handler() http.Handler {
 		fmt.Fprintln(w, "ready")
 	})
 	return mux
+}
+
+// failpointFromEnv returns a crash hook for fault-injection tests, set by
+// PSEUDONYMIZER_FAILPOINT=NAME:N: the process exits with status 137 (as if
+// SIGKILLed) the N-th time the processor reaches failpoint NAME. Unset, it
+// is nil and costs nothing.
+func failpointFromEnv(log *slog.Logger) func(string) {
+	spec := os.Getenv("PSEUDONYMIZER_FAILPOINT")
+	if spec == "" {
+		return nil
+	}
+	name, nth, _ := strings.Cut(spec, ":")
+	n, err := strconv.Atoi(nth)
+	if err != nil || n < 1 {
+		n = 1
+	}
+	var hits atomic.Int64
+	log.Warn("failpoint armed: this process will crash on purpose", "failpoint", name, "hit", n)
+	return func(at string) {
+		if at == name && hits.Add(1) == int64(n) {
+			fmt.Fprintf(os.Stderr, "pseudonymizer: failpoint %s hit %d: exiting 137\n", name, n)
+			os.Exit(137)
+		}
+	}
 }

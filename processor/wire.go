@@ -1,0 +1,69 @@
+package processor
+
+import (
+	"context"
+	"errors"
+
+	"github.com/hygiene/pseudonymizer/schema"
+)
+
+// Wire is the framing of Avro values on the topics: bare Avro with the
+// bundled schemas (BareWire), or the Confluent wire format with a schema
+// registry (schema/registry).
+//
+// Errors that are the record's fault are *RecordError and send the record
+// to the dead-letter topic; any other error is treated as transient (an
+// outage): the batch is aborted and retried, nothing is dead-lettered.
+// Implementations must be safe for use by one goroutine at a time.
+type Wire interface {
+	// Order returns the value's OrderEvent as bare Avro binary of the
+	// bundled schema. It may return value itself.
+	Order(ctx context.Context, value []byte) ([]byte, error)
+	// Forget decodes a ForgetRequest.
+	Forget(ctx context.Context, value []byte) (*schema.ForgetRequest, error)
+	// AppendOutputPrefix appends what precedes the Avro body of system i's
+	// output records (nothing for bare Avro).
+	AppendOutputPrefix(dst []byte, system int) []byte
+	// Confirmation encodes a ForgetConfirmation.
+	Confirmation(c *schema.ForgetConfirmation) ([]byte, error)
+}
+
+// RecordError is a problem of one record; it is dead-lettered with Class.
+type RecordError struct {
+	// Class is the dead-letter class (header error.class).
+	Class string
+	// Reason is a short description without any input bytes.
+	Reason string
+}
+
+func (e *RecordError) Error() string { return e.Class + ": " + e.Reason }
+
+// AsRecordError reports whether err is a RecordError.
+func AsRecordError(err error) (*RecordError, bool) {
+	var re *RecordError
+	ok := errors.As(err, &re)
+	return re, ok
+}
+
+// BareWire is bare Avro binary with the bundled schemas, the default.
+type BareWire struct{}
+
+// Order returns value: the pipeline's scanner validates it.
+func (BareWire) Order(_ context.Context, value []byte) ([]byte, error) { return value, nil }
+
+// Forget strictly decodes a bare ForgetRequest.
+func (BareWire) Forget(_ context.Context, value []byte) (*schema.ForgetRequest, error) {
+	fr, err := schema.UnmarshalForgetRequest(value)
+	if err != nil {
+		return nil, &RecordError{Class: ClassDecode, Reason: "not a hygiene.v1.ForgetRequest in bare Avro"}
+	}
+	return fr, nil
+}
+
+// AppendOutputPrefix appends nothing.
+func (BareWire) AppendOutputPrefix(dst []byte, _ int) []byte { return dst }
+
+// Confirmation encodes bare Avro.
+func (BareWire) Confirmation(c *schema.ForgetConfirmation) ([]byte, error) {
+	return schema.MarshalForgetConfirmation(c)
+}
