@@ -46,6 +46,7 @@ type env struct {
 	pols    []policy.Policy
 	plan    *policy.Plan
 	kr      *store.Keyring
+	kek     *store.KEK // the first active KEK
 	open    func(t *testing.T) store.KeyStore
 	log     *slog.Logger
 	logMu   sync.Mutex
@@ -72,19 +73,26 @@ func newEnv(t *testing.T, kind string, opts ...kfake.Opt) *env {
 	_, _ = rand.Read(kekBytes)
 	kek, _ := store.NewKEK(kekBytes)
 	e.kr, _ = store.NewKeyring(kek)
+	e.kek = kek
 	switch kind {
 	case "embedded":
 		path := filepath.Join(t.TempDir(), "keys.db")
 		var shared store.KeyStore
+		var sharedKR *store.Keyring
 		e.open = func(t *testing.T) store.KeyStore {
 			// bbolt allows one opener per file: instances of one test
 			// share the store, as threads of one single-node service.
+			// A new keyring (KEK rotation) reopens it.
+			if shared != nil && sharedKR != e.kr {
+				shared.Close()
+				shared = nil
+			}
 			if shared == nil {
 				s, err := embedded.Open(path, e.kr)
 				if err != nil {
 					t.Fatal(err)
 				}
-				shared = s
+				shared, sharedKR = s, e.kr
 				t.Cleanup(func() { s.Close() })
 			}
 			return nopClose{shared}

@@ -55,12 +55,13 @@ func runService(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 // service is the wired-up service: store, processor, HTTP endpoint.
 type service struct {
-	cfg   config.Config
-	log   *slog.Logger
-	store store.KeyStore
-	proc  *processor.Processor
-	reg   *prometheus.Registry
-	kopts []kgo.Opt
+	cfg     config.Config
+	log     *slog.Logger
+	store   store.KeyStore
+	proc    *processor.Processor
+	reg     *prometheus.Registry
+	metrics *processor.Metrics
+	kopts   []kgo.Opt
 }
 
 // newService checks everything that can be checked before consuming: the
@@ -88,6 +89,7 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		return nil, err
 	}
 	kopts = append(kopts, kgo.WithHooks(kprom.NewMetrics("pseudonymizer_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))))
+	metrics := processor.NewMetrics(reg)
 	proc, err := processor.New(processor.Config{
 		Topics:             cfg.Topics,
 		Policies:           pols,
@@ -103,14 +105,14 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		CacheSubjects:      cfg.Processing.CacheSubjects,
 		MaxBackoff:         cfg.Processing.MaxBackoff,
 		Logger:             log.With("component", "processor"),
-		Metrics:            processor.NewMetrics(reg),
+		Metrics:            metrics,
 		Failpoint:          failpointFromEnv(log),
 	})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	return &service{cfg: cfg, log: log, store: st, proc: proc, reg: reg, kopts: kopts}, nil
+	return &service{cfg: cfg, log: log, store: st, proc: proc, reg: reg, metrics: metrics, kopts: kopts}, nil
 }
 
 func (s *service) close() {
@@ -144,9 +146,27 @@ func (s *service) run(ctx context.Context) error {
 	}
 	s.log.Info("pseudonymizer started", "version", Version, "systems", len(s.proc.OutputTopics()),
 		"group", s.cfg.Kafka.GroupID, "transactional_id", s.cfg.TxnID())
-	err := s.proc.Run(ctx)
-	s.log.Info("pseudonymizer stopped")
-	return err
+	lagCtx, stopLag := context.WithCancel(ctx)
+	defer stopLag()
+	go reportLag(lagCtx, s.kopts, s.cfg.Kafka.GroupID, s.metrics, 15*time.Second)
+
+	done := make(chan error, 1)
+	go func() { done <- s.proc.Run(ctx) }()
+	select {
+	case err := <-done:
+		s.log.Info("pseudonymizer stopped")
+		return err
+	case <-ctx.Done():
+	}
+	// Shutting down: the open transaction is finished or aborted, the group
+	// left; bounded by processing.shutdown_timeout.
+	select {
+	case err := <-done:
+		s.log.Info("pseudonymizer stopped")
+		return err
+	case <-time.After(s.cfg.Processing.ShutdownTimeout):
+		return fmt.Errorf("shutdown did not finish within %s (processing.shutdown_timeout); open transactions are aborted by the broker", s.cfg.Processing.ShutdownTimeout)
+	}
 }
 
 // ensureTopics creates missing output topics; a failure is logged, not
