@@ -88,14 +88,16 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		st.Close()
 		return nil, err
 	}
-	kopts = append(kopts, kgo.WithHooks(kprom.NewMetrics("pseudonymizer_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))))
+	// Only the processor's client reports through kprom: kprom registers
+	// its collectors once per live client.
+	procOpts := append(append([]kgo.Opt{}, kopts...), kgo.WithHooks(kprom.NewMetrics("pseudonymizer_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))))
 	metrics := processor.NewMetrics(reg)
 	proc, err := processor.New(processor.Config{
 		Topics:             cfg.Topics,
 		Policies:           pols,
 		Plan:               plan,
 		Store:              st,
-		Kafka:              kopts,
+		Kafka:              procOpts,
 		GroupID:            cfg.Kafka.GroupID,
 		TransactionalID:    cfg.TxnID(),
 		TransactionTimeout: cfg.Kafka.TransactionTimeout,
