@@ -107,7 +107,11 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = defaultConnectTimeout
 	}
-	s := &Store{pool: newPool(cfg, o.maxConns), kr: kr}
+	pl, err := newPool(cfg, o.maxConns)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
+	s := &Store{pool: pl, kr: kr}
 	if err := s.migrate(ctx, o.schema); err != nil {
 		s.pool.close()
 		return nil, err
