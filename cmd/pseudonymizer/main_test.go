@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 const validSystems = `
@@ -126,5 +128,27 @@ func TestDemo(t *testing.T) {
 	}
 	if marketing < 8 {
 		t.Errorf("only %d marketing lines in the demo output:\n%s", marketing, text)
+	}
+}
+
+// TestForgetCommandTimesOut: without a running service the forget command
+// gives up after --timeout with exit status 3 and a clear message.
+func TestForgetCommandTimesOut(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.SeedTopics(1, "subjects.forget", "subjects.forgotten"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg := writeFile(t, t.TempDir(), "config.yaml", "kafka: {brokers: ["+strings.Join(cluster.ListenAddrs(), ",")+"]}\n"+validSystems)
+	var out, errb bytes.Buffer
+	err = run(context.Background(), []string{"forget", "--config", cfg, "--timeout", "1s", "cust-1"}, &out, &errb)
+	if err == nil {
+		t.Fatal("forget without a service succeeded")
+	}
+	if got := exitCode(err); got != 3 {
+		t.Errorf("exit code %d, want 3 (%v)", got, err)
+	}
+	if !strings.Contains(err.Error(), "no confirmation") || strings.Contains(err.Error(), "cust-1") {
+		t.Errorf("message %q should say no confirmation arrived and not echo the subject", err.Error())
 	}
 }
