@@ -43,9 +43,13 @@ func runForget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *reason != "" {
 		req.Reason = reason
 	}
+	codec, err := newForgetCodec(ctx, cfg)
+	if err != nil {
+		return err
+	}
 	wctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	conf, err := forget(wctx, kopts, cfg.Topics, req)
+	conf, err := forgetWith(wctx, kopts, cfg.Topics, req, codec)
 	if err != nil {
 		if wctx.Err() != nil && ctx.Err() == nil {
 			return &exitError{code: 3, err: fmt.Errorf("no confirmation for request %s within %s (is `pseudonymizer run` running?)", req.RequestID, *timeout)}
@@ -58,8 +62,13 @@ func runForget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 // forget publishes req and waits on the confirmations topic for the
-// confirmation of req.RequestID.
+// confirmation of req.RequestID, in bare Avro.
 func forget(ctx context.Context, kopts []kgo.Opt, topics config.Topics, req schema.ForgetRequest) (*schema.ForgetConfirmation, error) {
+	return forgetWith(ctx, kopts, topics, req, bareForget{})
+}
+
+// forgetWith is forget with the framing of codec.
+func forgetWith(ctx context.Context, kopts []kgo.Opt, topics config.Topics, req schema.ForgetRequest, codec forgetCodec) (*schema.ForgetConfirmation, error) {
 	admCl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: %w", err)
@@ -88,7 +97,7 @@ func forget(ctx context.Context, kopts []kgo.Opt, topics config.Topics, req sche
 	}
 	defer cons.Close()
 
-	val, err := schema.MarshalForgetRequest(&req)
+	val, err := codec.Request(&req)
 	if err != nil {
 		return nil, fmt.Errorf("encode request: %w", err)
 	}
@@ -101,7 +110,7 @@ func forget(ctx context.Context, kopts []kgo.Opt, topics config.Topics, req sche
 			return nil, err
 		}
 		for _, r := range fetches.Records() {
-			c, err := schema.UnmarshalForgetConfirmation(r.Value)
+			c, err := codec.Confirmation(ctx, r.Value)
 			if err == nil && c.RequestID == req.RequestID {
 				return c, nil
 			}

@@ -92,11 +92,17 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 	// its collectors once per live client.
 	procOpts := append(append([]kgo.Opt{}, kopts...), kgo.WithHooks(kprom.NewMetrics("pseudonymizer_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))))
 	metrics := processor.NewMetrics(reg)
+	wire, err := newWire(ctx, cfg, plan, log, reg)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	proc, err := processor.New(processor.Config{
 		Topics:             cfg.Topics,
 		Policies:           pols,
 		Plan:               plan,
 		Store:              st,
+		Wire:               wire,
 		Kafka:              procOpts,
 		GroupID:            cfg.Kafka.GroupID,
 		TransactionalID:    cfg.TxnID(),
