@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor/policy"
+	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/store"
 )
@@ -32,15 +35,18 @@ const (
 
 // batch holds the per-transaction buffers, reused across transactions.
 type batch struct {
-	arena   []byte
-	recs    []kgo.Record
-	orders  []order
-	lookups []store.Lookup
-	pending map[string]int // subject ID -> index in lookups
-	used    map[store.SubjectHash]struct{}
-	stats   Stats
-	forgets []forgetDone
-	dlq     []deadLettered
+	inForgets []*kgo.Record
+	inOrders  []*kgo.Record
+	recs      []kgo.Record
+	emitted   int      // orders emitted, each once per system
+	prefix    [][]byte // each system's output value prefix, this batch
+	orders    []order
+	lookups   []store.Lookup
+	pending   map[string]int // subject ID -> index in lookups
+	used      map[store.SubjectHash]struct{}
+	stats     Stats
+	forgets   []forgetDone
+	dlq       []deadLettered
 }
 
 type order struct {
@@ -48,7 +54,21 @@ type order struct {
 	value []byte // bare Avro of the bundled schema
 	head  policy.Head
 	subj  *subject
+	slot  int // index in recs of its first output; -1: suppressed
 }
+
+// worker derives and projects a share of a batch's events. Each has its own
+// Deriver and buffers, reused across batches; the output records point
+// into its arena, so a worker's buffers are reused only by the next batch.
+type worker struct {
+	d     *pseudonym.Deriver
+	arena []byte
+	hdrs  []kgo.RecordHeader
+	err   error
+}
+
+// minShare is the least number of events worth a goroutine of their own.
+const minShare = 256
 
 type forgetDone struct {
 	status    string
@@ -58,9 +78,13 @@ type forgetDone struct {
 type deadLettered struct{ topic, class string }
 
 func (b *batch) reset() {
-	b.arena = b.arena[:0]
+	clear(b.inForgets)
+	b.inForgets = b.inForgets[:0]
+	clear(b.inOrders)
+	b.inOrders = b.inOrders[:0]
 	clear(b.recs)
 	b.recs = b.recs[:0]
+	b.emitted = 0
 	clear(b.orders)
 	b.orders = b.orders[:0]
 	b.lookups = b.lookups[:0]
@@ -101,22 +125,21 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 		return outcomeAborted, cause
 	}
 
-	var forgets, orders []*kgo.Record
 	for _, r := range recs {
 		switch r.Topic {
 		case p.cfg.Topics.Forget:
-			forgets = append(forgets, r)
+			b.inForgets = append(b.inForgets, r)
 		case p.cfg.Topics.Orders:
-			orders = append(orders, r)
+			b.inOrders = append(b.inOrders, r)
 		}
 	}
-	if err := p.forgets(ctx, b, forgets); err != nil {
+	if err := p.forgets(ctx, b, b.inForgets); err != nil {
 		return abort(err)
 	}
 	if len(b.forgets) > 0 {
 		p.failpoint("after-forget")
 	}
-	if err := p.orders(ctx, b, orders); err != nil {
+	if err := p.orders(ctx, b, b.inOrders); err != nil {
 		return abort(err)
 	}
 	if len(b.lookups) > 0 {
@@ -191,12 +214,9 @@ func (p *Processor) committed(b *batch, now time.Time) {
 	for _, d := range b.dlq {
 		p.m.DeadLetters.WithLabelValues(d.topic, d.class).Inc()
 	}
-	for i := range b.recs {
-		r := &b.recs[i]
-		for s, t := range p.topics {
-			if r.Topic == t {
-				p.m.RecordsOut.WithLabelValues(p.systems[s]).Inc()
-			}
+	if b.emitted > 0 {
+		for _, sys := range p.systems {
+			p.m.RecordsOut.WithLabelValues(sys).Add(float64(b.emitted))
 		}
 	}
 	p.m.CachedSubjects.Set(float64(p.cache.len()))
@@ -351,6 +371,11 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 		}
 	}
 
+	// Decide, in input order, which events are emitted; give each emitted
+	// event len(systems) consecutive slots in b.recs, so that the outputs
+	// keep the input order whichever worker fills them.
+	nsys := len(p.systems)
+	base := len(b.recs)
 	for i := range b.orders {
 		o := &b.orders[i]
 		if o.subj == nil {
@@ -359,45 +384,112 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 		s := o.subj
 		if o.head.OccurredAt <= s.forgottenAt {
 			b.stats.Suppressed++
+			o.slot = -1
 			continue
 		}
 		if s.key == nil {
 			return fmt.Errorf("store resolve: no key for a subject that needs one")
 		}
 		b.used[s.hash] = struct{}{}
-		for sys := range p.systems {
-			start := len(b.arena)
-			b.arena = plan.SubjectPseudonym(b.arena, sys, s.key, o.head.CustomerID, p.d)
-			key := b.arena[start:len(b.arena):len(b.arena)]
-			start = len(b.arena)
-			b.arena = p.cfg.Wire.AppendOutputPrefix(b.arena, sys)
-			var err error
-			b.arena, err = plan.Project(b.arena, sys, o.value, s.key, p.d)
-			if err != nil {
-				// Scan accepted the record, so this is a defect, not bad input.
-				return fmt.Errorf("project for system %s: %w", p.systems[sys], err)
+		if s.pseudo == nil {
+			// Once per cached key: every later event of the subject reuses
+			// its pseudonyms as record keys and as its customer_id values.
+			buf := make([]byte, 0, nsys*pseudonym.Size)
+			for sys := range nsys {
+				buf = plan.SubjectPseudonym(buf, sys, s.key, o.head.CustomerID, p.d)
 			}
-			val := b.arena[start:len(b.arena):len(b.arena)]
-			b.add(kgo.Record{Topic: p.topics[sys], Key: key, Value: val, Headers: p.allowedHeaders(sys, o.rec.Headers)})
-			b.stats.Out++
+			s.pseudo = buf
+		}
+		o.slot = base + b.emitted*nsys
+		b.emitted++
+	}
+	if b.emitted == 0 {
+		return nil
+	}
+	b.recs = slices.Grow(b.recs, b.emitted*nsys)[:base+b.emitted*nsys]
+	b.stats.Out += b.emitted * nsys
+	// Wire is used by one goroutine at a time: take the prefixes here.
+	b.prefix = b.prefix[:0]
+	for sys := range nsys {
+		b.prefix = append(b.prefix, p.cfg.Wire.AppendOutputPrefix(nil, sys))
+	}
+	return p.project(b)
+}
+
+// project fills the output records of the batch's emitted events, spread
+// over up to p.workers goroutines in contiguous shares.
+func (p *Processor) project(b *batch) error {
+	n := min(p.workers, len(b.orders)/minShare)
+	n = max(n, 1)
+	for len(p.work) < n {
+		p.work = append(p.work, &worker{d: pseudonym.NewDeriver()})
+	}
+	if n == 1 {
+		return p.projectShare(p.work[0], b, b.orders)
+	}
+	per := (len(b.orders) + n - 1) / n
+	var wg sync.WaitGroup
+	for i, w := range p.work[:n] {
+		share := b.orders[min(i*per, len(b.orders)):min((i+1)*per, len(b.orders))]
+		wg.Go(func() { w.err = p.projectShare(w, b, share) })
+	}
+	wg.Wait()
+	for _, w := range p.work[:n] {
+		if w.err != nil {
+			return w.err
 		}
 	}
 	return nil
 }
 
-// allowedHeaders returns the input headers that system sys's policy names.
-func (p *Processor) allowedHeaders(sys int, in []kgo.RecordHeader) []kgo.RecordHeader {
-	allowed := p.headers[sys]
+// projectShare writes the output records of orders, with w's Deriver and
+// buffers. It only reads shared state, and writes only its events' slots.
+func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
+	plan := p.cfg.Plan
+	w.arena, w.hdrs = w.arena[:0], w.hdrs[:0]
+	for i := range orders {
+		o := &orders[i]
+		if o.slot < 0 {
+			continue
+		}
+		s := o.subj
+		for sys, topic := range p.topics {
+			key := s.pseudo[sys*pseudonym.Size : (sys+1)*pseudonym.Size : (sys+1)*pseudonym.Size]
+			start := len(w.arena)
+			w.arena = append(w.arena, b.prefix[sys]...)
+			var err error
+			w.arena, err = plan.ProjectScanned(w.arena, sys, o.value, s.key, o.head.CustomerID, key, w.d)
+			if err != nil {
+				// Scan accepted the record, so this is a defect, not bad input.
+				return fmt.Errorf("project for system %s: %w", p.systems[sys], err)
+			}
+			b.recs[o.slot+sys] = kgo.Record{
+				Topic:   topic,
+				Key:     key,
+				Value:   w.arena[start:len(w.arena):len(w.arena)],
+				Headers: w.allowedHeaders(p.headers[sys], o.rec.Headers),
+			}
+		}
+	}
+	return nil
+}
+
+// allowedHeaders returns the input headers that a system's policy names
+// (allowed), in w's header slab.
+func (w *worker) allowedHeaders(allowed map[string]bool, in []kgo.RecordHeader) []kgo.RecordHeader {
 	if len(allowed) == 0 || len(in) == 0 {
 		return nil
 	}
-	var out []kgo.RecordHeader
+	start := len(w.hdrs)
 	for _, h := range in {
 		if allowed[h.Key] {
-			out = append(out, h)
+			w.hdrs = append(w.hdrs, h)
 		}
 	}
-	return out
+	if len(w.hdrs) == start {
+		return nil
+	}
+	return w.hdrs[start:len(w.hdrs):len(w.hdrs)]
 }
 
 // forgets destroys the keys of the batch's forget requests and queues their

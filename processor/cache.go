@@ -9,6 +9,11 @@ type subject struct {
 	hash        store.SubjectHash
 	key         []byte // nil: no key (forgotten, nothing newer asked for one)
 	forgottenAt int64  // ms since epoch of the newest tombstone; 0 if none
+	// pseudo holds the subject's customer pseudonym in each system, in plan
+	// order, pseudonym.Size bytes each: the record key of every output of
+	// this subject, derived once per cached key (nil until first needed).
+	// It goes with the entry, so forget drops it with the key.
+	pseudo []byte
 }
 
 // needsKey reports whether an event that occurred at ms needs a key that
@@ -61,10 +66,15 @@ func (c *subjectCache) put(s *subject) {
 	if c.max <= 0 {
 		return
 	}
+	// The hot generation holds up to half of max, and never more than the
+	// cold one leaves: the two never hold more than max entries together.
 	half := (c.max + 1) / 2
-	if len(c.hot.byID) >= half {
+	if h := len(c.hot.byID); c.hot.byID[s.id] == nil && (h >= half || h+len(c.cold.byID) >= c.max) {
 		c.cold = c.hot
-		c.hot = newGeneration(half)
+		if len(c.cold.byID) >= c.max {
+			c.cold = newGeneration(0) // max 1: only the newest entry fits
+		}
+		c.hot = newGeneration(min(half, c.max-len(c.cold.byID)))
 	}
 	if old := c.hot.byID[s.id]; old != nil {
 		delete(c.hot.byHash, old.hash)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -78,6 +79,11 @@ type Processor struct {
 	d     *pseudonym.Deriver
 	b     batch
 
+	// workers is the number of goroutines that derive and project the
+	// events of a batch (GOMAXPROCS); work are their states.
+	workers int
+	work    []*worker
+
 	joined  atomic.Bool
 	storeOK atomic.Bool
 	stats   Stats
@@ -136,6 +142,7 @@ func New(cfg Config) (*Processor, error) {
 		systems: cfg.Plan.Systems(),
 		cache:   newSubjectCache(cfg.CacheSubjects),
 		d:       pseudonym.NewDeriver(),
+		workers: runtime.GOMAXPROCS(0),
 	}
 	for i, sys := range p.systems {
 		p.topics = append(p.topics, cfg.Topics.PseudoPrefix+sys)

@@ -68,6 +68,7 @@ Usage:
   pseudonymizer schema --config FILE --system NAME   print a system's output Avro schema
   pseudonymizer forget --config FILE SUBJECT_ID      publish a forget request, await its confirmation
   pseudonymizer rewrap --config FILE                 re-wrap stored keys with the active KEK
+  pseudonymizer bench [--quick] [--events N] [--no-postgres]  throughput against plain and transactional copies
   pseudonymizer version                              print the version
 `
 
@@ -105,6 +106,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runForget(ctx, rest, stdout, stderr)
 	case "rewrap":
 		return runRewrap(ctx, rest, stdout, stderr)
+	case "bench", "bench-worker":
+		return runBench(ctx, cmd, rest, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, Version)
 		return nil

@@ -56,6 +56,9 @@ type reader struct {
 	b     []byte
 	pos   int
 	depth int
+	// scanned means b was accepted by Scan: its strings are known to be
+	// valid UTF-8 and are not checked again (bounds still are).
+	scanned bool
 }
 
 func fail(at int, reason string) error { return &DecodeError{Offset: at, Reason: reason} }
@@ -127,7 +130,7 @@ func (r *reader) str() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !utf8.Valid(v) {
+	if !r.scanned && !utf8.Valid(v) {
 		return nil, fail(at, reasonUTF8)
 	}
 	return v, nil

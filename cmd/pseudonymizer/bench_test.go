@@ -1,0 +1,71 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary serve as `pseudonymizer bench-worker`, which
+// `bench` starts by re-executing itself.
+func TestMain(m *testing.M) {
+	if os.Getenv(benchWorkerEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "bench-worker" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+		stop()
+		if err != nil {
+			os.Stderr.WriteString("bench-worker: " + err.Error() + "\n")
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func TestBenchQuick(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	if err := run(ctx, []string{"bench", "--quick", "--events", "5000", "--no-postgres"}, &out, &errOut); err != nil {
+		t.Fatalf("bench: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
+	}
+	rates := map[string]float64{}
+	for _, line := range strings.Split(out.String(), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 3 {
+			continue
+		}
+		for _, name := range []string{"a", "b", "c", "c-cold", "d", "d-cold"} {
+			if f[0] == name {
+				// The rate follows the label; skipped pipelines say so.
+				for _, x := range f[1:] {
+					if v, err := strconv.ParseFloat(x, 64); err == nil {
+						rates[name] = v
+						break
+					}
+					if x == "skipped" {
+						rates[name] = -1
+						break
+					}
+				}
+			}
+		}
+	}
+	for _, name := range []string{"a", "b", "d-cold", "d"} {
+		if rates[name] <= 0 {
+			t.Errorf("pipeline %s: no positive events/s in the table:\n%s", name, out.String())
+		}
+	}
+	if rates["c"] != -1 || rates["c-cold"] != -1 {
+		t.Errorf("PostgreSQL pipelines not reported as skipped:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "d/b ") {
+		t.Errorf("no d/b ratio:\n%s", out.String())
+	}
+}

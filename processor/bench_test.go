@@ -1,0 +1,198 @@
+package processor
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/processor/policy"
+	"github.com/hygiene/pseudonymizer/schema"
+	"github.com/hygiene/pseudonymizer/schema/sample"
+	"github.com/hygiene/pseudonymizer/store"
+	"github.com/hygiene/pseudonymizer/store/embedded"
+)
+
+// benchPolicies are three systems that each pseudonymize the event, the
+// order and the customer, as in the demo.
+func benchPolicies() []policy.Policy {
+	return []policy.Policy{
+		{System: "google-analytics", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "items", "attributes.utm_source"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
+		{System: "meta", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "shipping_address.country"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
+		{System: "tiktok", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "attributes.utm_campaign"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
+	}
+}
+
+// benchProcessor returns a processor over an embedded store and n sample
+// order records of customers customers.
+func benchProcessor(tb testing.TB, n, customers, cacheSubjects int) (*Processor, []*kgo.Record) {
+	tb.Helper()
+	pols := benchPolicies()
+	plan, err := policy.Compile(schema.OrderEventSchema(), pols)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	kekBytes := make([]byte, 32)
+	_, _ = rand.Read(kekBytes)
+	kek, _ := store.NewKEK(kekBytes)
+	kr, _ := store.NewKeyring(kek)
+	st, err := embedded.Open(filepath.Join(tb.TempDir(), "keys.db"), kr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { st.Close() })
+	p, err := New(Config{
+		Topics: config.Default().Topics, Policies: pols, Plan: plan, Store: st,
+		GroupID: "bench", TransactionalID: "bench", CacheSubjects: cacheSubjects,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	gen := sample.New(7, customers, time.Now().Add(-24*time.Hour))
+	recs := make([]*kgo.Record, n)
+	for i := range recs {
+		ev := gen.Next()
+		v, err := schema.MarshalOrderEvent(ev)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		recs[i] = &kgo.Record{Topic: p.cfg.Topics.Orders, Key: []byte(ev.CustomerID), Value: v, Partition: int32(i % 3), Offset: int64(i)}
+	}
+	return p, recs
+}
+
+// BenchmarkEventPath measures the per-event path of a warm batch: scan,
+// cache lookup, policy projection with pseudonym derivation and record
+// building, for three systems, in batches of 10,000 records (no Kafka, no
+// store round trip). It reports ns/event and allocs/event.
+func BenchmarkEventPath(b *testing.B) {
+	for _, workers := range []int{1, runtime.GOMAXPROCS(0)} {
+		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
+			const batchSize = 10000
+			p, recs := benchProcessor(b, batchSize, 20000, 1_000_000)
+			p.workers = workers
+			ctx := context.Background()
+			// Warm the cache: every subject resolved once.
+			p.b.reset()
+			if err := p.orders(ctx, &p.b, recs); err != nil {
+				b.Fatal(err)
+			}
+			before := p.Stats().StoreCalls
+			var ms0, ms1 runtime.MemStats
+			runtime.ReadMemStats(&ms0)
+			events := 0
+			for b.Loop() {
+				p.b.reset()
+				if err := p.orders(ctx, &p.b, recs); err != nil {
+					b.Fatal(err)
+				}
+				events += len(recs)
+			}
+			runtime.ReadMemStats(&ms1)
+			if calls := p.Stats().StoreCalls - before; calls != 0 {
+				b.Fatalf("warm batches made %d store calls", calls)
+			}
+			if got, want := len(p.b.recs), 3*batchSize; got != want {
+				b.Fatalf("%d output records, want %d", got, want)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
+			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(events), "allocs/event")
+			b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(events), "B/event")
+		})
+	}
+}
+
+// fakeSubject is a cache entry as the pipeline makes it: a 32-byte key and
+// the customer pseudonyms of three systems.
+func fakeSubject(i int) *subject {
+	s := &subject{id: sample.CustomerID(i), key: make([]byte, store.KeySize), pseudo: make([]byte, 3*36)}
+	s.hash[0], s.hash[1], s.hash[2], s.hash[3] = byte(i), byte(i>>8), byte(i>>16), byte(i>>24)
+	s.key[0] = byte(i)
+	return s
+}
+
+func TestCacheBound(t *testing.T) {
+	for _, max := range []int{1, 2, 3, 10, 1001} {
+		c := newSubjectCache(max)
+		for i := range 5*max + 7 {
+			s := fakeSubject(i)
+			c.put(s)
+			if n := c.len(); n > max {
+				t.Fatalf("max %d: %d entries after %d puts", max, n, i+1)
+			}
+			if c.get([]byte(s.id)) != s {
+				t.Fatalf("max %d: the newest entry is not cached", max)
+			}
+			if i > 0 && i%3 == 0 {
+				c.get([]byte(sample.CustomerID(i - 1))) // promote from cold, if there
+				if n := c.len(); n > max {
+					t.Fatalf("max %d: %d entries after a promotion", max, n)
+				}
+			}
+		}
+		s := fakeSubject(5 * max)
+		c.put(s)
+		if !c.forget(s.hash) || c.get([]byte(s.id)) != nil {
+			t.Fatalf("max %d: forget did not drop the entry", max)
+		}
+	}
+	c := newSubjectCache(0)
+	c.put(fakeSubject(1))
+	if c.len() != 0 {
+		t.Fatal("cache_subjects 0 cached an entry")
+	}
+}
+
+// BenchmarkCacheMemory fills the subject cache with 1,000,000 customers
+// (processing.cache_subjects default) and reports the heap and resident
+// memory they take, then checks the bound holds when 10% more arrive.
+func BenchmarkCacheMemory(b *testing.B) {
+	const n = 1_000_000
+	for b.Loop() {
+		runtime.GC()
+		var ms0, ms1 runtime.MemStats
+		runtime.ReadMemStats(&ms0)
+		rss0 := vmRSS()
+		c := newSubjectCache(n)
+		for i := range n {
+			c.put(fakeSubject(i))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&ms1)
+		b.ReportMetric(float64(ms1.HeapAlloc-ms0.HeapAlloc)/n, "heap-B/subject")
+		b.ReportMetric(float64(ms1.HeapAlloc-ms0.HeapAlloc)/(1<<20), "heap-MiB")
+		b.ReportMetric(float64(vmRSS()-rss0)/(1<<20), "rss-growth-MiB")
+		b.ReportMetric(float64(vmRSS())/(1<<20), "rss-MiB")
+		for i := n; i < n+n/10; i++ {
+			c.put(fakeSubject(i))
+		}
+		if c.len() > n {
+			b.Fatalf("%d cached subjects, bound %d", c.len(), n)
+		}
+		runtime.KeepAlive(c)
+	}
+}
+
+// vmRSS returns the process's resident set size in bytes (Linux), or 0.
+func vmRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
