@@ -49,7 +49,12 @@ var (
 	currencies = []string{"EUR", "EUR", "GBP", "EUR", "EUR", "EUR"}
 	sources    = []string{"google", "newsletter", "tiktok", "instagram", "direct"}
 	campaigns  = []string{"black-friday", "spring-sale", "retargeting", "brand"}
-	skus       = []string{"SKU-TSHIRT-M", "SKU-JEANS-32", "SKU-SNEAKER-42", "SKU-MUG", "SKU-POSTER-A2", "SKU-SOCKS-3P"}
+	userAgents = []string{
+		"Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148",
+		"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/131.0 Safari/537.36",
+		"Mozilla/5.0 (Linux; Android 15; Pixel 9) AppleWebKit/537.36 Chrome/131.0 Mobile Safari/537.36",
+	}
+	skus = []string{"SKU-TSHIRT-M", "SKU-JEANS-32", "SKU-SNEAKER-42", "SKU-MUG", "SKU-POSTER-A2", "SKU-SOCKS-3P"}
 )
 
 // Next returns the next event: mostly new orders (PLACED), sometimes an
@@ -85,6 +90,8 @@ func (g *Generator) ForCustomer(c int) *schema.OrderEvent {
 			"utm_source":   sources[g.rng.IntN(len(sources))],
 			"utm_campaign": campaigns[g.rng.IntN(len(campaigns))],
 			"gclid":        fmt.Sprintf("Cj0KCQiA%016x", g.rng.Uint64()),
+			"landing_page": "https://shop.example.com/" + campaigns[g.rng.IntN(len(campaigns))] + "?ref=" + sources[g.rng.IntN(len(sources))],
+			"user_agent":   userAgents[g.rng.IntN(len(userAgents))],
 		},
 	}
 	email := Email(id)
