@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -151,4 +152,16 @@ func TestForgetCommandTimesOut(t *testing.T) {
 	if !strings.Contains(err.Error(), "no confirmation") || strings.Contains(err.Error(), "cust-1") {
 		t.Errorf("message %q should say no confirmation arrived and not echo the subject", err.Error())
 	}
+}
+
+// syncWriter serializes writes from the service's goroutines.
+type syncWriter struct {
+	mu  sync.Mutex
+	buf *bytes.Buffer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Write(p)
 }
