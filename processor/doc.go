@@ -11,13 +11,18 @@
 //     keys and writes their tombstones in one store transaction, then the
 //     confirmations are queued. Forget is idempotent per request ID, so a
 //     batch that is aborted and redone confirms with the same status.
-//  2. Orders: each record is scanned (validated, IDs located, no
-//     allocation); bad ones are queued for the dead-letter topic. Subjects
-//     missing from the cache are resolved in one Store.Resolve call (one
-//     round trip; one more write transaction if some need a fresh key, which
-//     is durable before anything that uses it is committed to Kafka).
-//     Events that occurred at or before their subject's tombstone are
-//     suppressed; the others are projected once per system.
+//  2. Orders: each value is unframed by the Wire (bare Avro, or the
+//     Confluent wire format resolved to the bundled schema), then scanned
+//     (validated, IDs located, no allocation); bad ones are queued for the
+//     dead-letter topic. Subjects missing from the cache are resolved in one
+//     Store.Resolve call (one round trip; one more write transaction if some
+//     need a fresh key, which is durable before anything that uses it is
+//     committed to Kafka). Events that occurred at or before their subject's
+//     tombstone are suppressed. These decisions are made sequentially, in
+//     input order; then the emitted events are projected once per system by
+//     up to GOMAXPROCS workers, each writing its events' pre-assigned output
+//     slots, so outputs keep the input order. A subject's customer
+//     pseudonyms (the record keys) are derived once and cached with its key.
 //  3. Produce everything, flush, take the store Guard, commit the Kafka
 //     transaction (offsets included), release the Guard.
 //
