@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -47,6 +48,14 @@ type batch struct {
 	stats     Stats
 	forgets   []forgetDone
 	dlq       []deadLettered
+	// produce, if set, hands a record to the Kafka client; orders calls it
+	// for the records of recs as they are completed, in recs order, so
+	// that the client sends them while the rest is being projected.
+	// recs[:produced] have been handed over; orders[:nextOrder] have had
+	// their outputs handed over.
+	produce   func(*kgo.Record)
+	produced  int
+	nextOrder int
 }
 
 type order struct {
@@ -55,6 +64,10 @@ type order struct {
 	head  policy.Head
 	subj  *subject
 	slot  int // index in recs of its first output; -1: suppressed
+	// class and reason, while the batch's orders are being scanned, mark
+	// a record for the dead-letter topic (class "" means valid so far).
+	class, reason string
+	scanErr       error
 }
 
 // worker derives and projects a share of a batch's events. Each has its own
@@ -64,7 +77,6 @@ type worker struct {
 	d     *pseudonym.Deriver
 	arena []byte
 	hdrs  []kgo.RecordHeader
-	err   error
 }
 
 // minShare is the least number of events worth a goroutine of their own.
@@ -97,6 +109,7 @@ func (b *batch) reset() {
 	b.stats = Stats{}
 	b.forgets = b.forgets[:0]
 	b.dlq = b.dlq[:0]
+	b.produce, b.produced, b.nextOrder = nil, 0, 0
 }
 
 // add queues a record for production and returns it; records point into
@@ -139,6 +152,10 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	if len(b.forgets) > 0 {
 		p.failpoint("after-forget")
 	}
+	// Records go to the client as soon as they are complete (see
+	// batch.produce); a failed batch aborts them with the transaction.
+	promise := kgo.AbortingFirstErrPromise(sess.Client())
+	b.produce = func(r *kgo.Record) { sess.Produce(ctx, r, promise.Promise()) }
 	if err := p.orders(ctx, b, b.inOrders); err != nil {
 		return abort(err)
 	}
@@ -146,9 +163,8 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 		p.failpoint("after-resolve")
 	}
 
-	promise := kgo.AbortingFirstErrPromise(sess.Client())
-	for i := range b.recs {
-		sess.Produce(ctx, &b.recs[i], promise.Promise())
+	for i := b.produced; i < len(b.recs); i++ {
+		b.produce(&b.recs[i])
 	}
 	if err := sess.Client().Flush(ctx); err != nil {
 		return abort(fmt.Errorf("flush: %w", err))
@@ -298,23 +314,44 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 	plan := p.cfg.Plan
 	dlq := p.cfg.Topics.OrdersDeadLetter
 	hits := 0
+	// Unframe each record (Wire is used by one goroutine at a time), then
+	// scan them in parallel, then decide in input order: dead letters,
+	// cache lookups and the lookups for the store.
 	for _, r := range recs {
 		b.stats.OrdersIn++
+		o := order{rec: r}
 		if len(r.Value) > p.cfg.MaxRecordBytes {
-			p.deadLetter(b, dlq, r, ClassTooLarge, fmt.Sprintf("record of %d bytes exceeds the limit of %d", len(r.Value), p.cfg.MaxRecordBytes))
-			continue
-		}
-		value, err := p.cfg.Wire.Order(ctx, r.Value)
-		if err != nil {
-			if re, ok := AsRecordError(err); ok {
-				p.deadLetter(b, dlq, r, re.Class, re.Reason)
-				continue
+			o.class, o.reason = ClassTooLarge, fmt.Sprintf("record of %d bytes exceeds the limit of %d", len(r.Value), p.cfg.MaxRecordBytes)
+		} else if value, err := p.cfg.Wire.Order(ctx, r.Value); err != nil {
+			re, ok := AsRecordError(err)
+			if !ok {
+				return fmt.Errorf("decode order: %w", err)
 			}
-			return fmt.Errorf("decode order: %w", err)
+			o.class, o.reason = re.Class, re.Reason
+		} else {
+			o.value = value
 		}
-		h, err := plan.Scan(value)
-		if err != nil {
-			p.deadLetter(b, dlq, r, ClassDecode, err.Error())
+		b.orders = append(b.orders, o)
+	}
+	p.parallel(len(b.orders), func(lo, hi int) {
+		for i := range b.orders[lo:hi] {
+			o := &b.orders[lo+i]
+			if o.class == "" {
+				o.head, o.scanErr = plan.Scan(o.value)
+			}
+		}
+	})
+	// Compact b.orders in place to the valid records.
+	n := 0
+	for i := range b.orders {
+		o := &b.orders[i]
+		r, h := o.rec, &o.head
+		switch {
+		case o.class != "":
+			p.deadLetter(b, dlq, r, o.class, o.reason)
+			continue
+		case o.scanErr != nil:
+			p.deadLetter(b, dlq, r, ClassDecode, o.scanErr.Error())
 			continue
 		}
 		switch {
@@ -328,7 +365,6 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 			p.deadLetter(b, dlq, r, ClassContract, "customer_id is empty")
 			continue
 		}
-		o := order{rec: r, value: value, head: h}
 		if s := p.cache.get(h.CustomerID); s != nil && !s.needsKey(h.OccurredAt) {
 			o.subj = s
 			hits++
@@ -344,8 +380,13 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 				b.lookups = append(b.lookups, store.Lookup{SubjectID: id, Latest: at})
 			}
 		}
-		b.orders = append(b.orders, o)
+		if n != i {
+			b.orders[n] = *o
+		}
+		n++
 	}
+	clear(b.orders[n:])
+	b.orders = b.orders[:n]
 	p.m.CacheHits.Add(float64(hits))
 	p.m.CacheMisses.Add(float64(len(b.orders) - hits))
 
@@ -394,9 +435,10 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 		if s.pseudo == nil {
 			// Once per cached key: every later event of the subject reuses
 			// its pseudonyms as record keys and as its customer_id values.
+			s.pk = p.d.Prepare(s.key)
 			buf := make([]byte, 0, nsys*pseudonym.Size)
 			for sys := range nsys {
-				buf = plan.SubjectPseudonym(buf, sys, s.key, o.head.CustomerID, p.d)
+				buf = plan.SubjectPseudonymKey(buf, sys, &s.pk, o.head.CustomerID, p.d)
 			}
 			s.pseudo = buf
 		}
@@ -407,6 +449,12 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 		return nil
 	}
 	b.recs = slices.Grow(b.recs, b.emitted*nsys)[:base+b.emitted*nsys]
+	// b.recs does not move any more: hand over what precedes the outputs.
+	if b.produce != nil {
+		for ; b.produced < base; b.produced++ {
+			b.produce(&b.recs[b.produced])
+		}
+	}
 	b.stats.Out += b.emitted * nsys
 	// Wire is used by one goroutine at a time: take the prefixes here.
 	b.prefix = b.prefix[:0]
@@ -416,37 +464,105 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 	return p.project(b)
 }
 
-// project fills the output records of the batch's emitted events, spread
-// over up to p.workers goroutines in contiguous shares.
+// project fills the output records of the batch's emitted events, in
+// chunks of minShare events spread over up to p.workers goroutines, and
+// hands each chunk's records to b.produce in input order as soon as it and
+// every chunk before it are complete.
 func (p *Processor) project(b *batch) error {
 	n := min(p.workers, len(b.orders)/minShare)
 	n = max(n, 1)
 	for len(p.work) < n {
 		p.work = append(p.work, &worker{d: pseudonym.NewDeriver()})
 	}
-	if n == 1 {
-		return p.projectShare(p.work[0], b, b.orders)
-	}
-	per := (len(b.orders) + n - 1) / n
-	var wg sync.WaitGroup
-	for i, w := range p.work[:n] {
-		share := b.orders[min(i*per, len(b.orders)):min((i+1)*per, len(b.orders))]
-		wg.Go(func() { w.err = p.projectShare(w, b, share) })
-	}
-	wg.Wait()
 	for _, w := range p.work[:n] {
-		if w.err != nil {
-			return w.err
+		w.arena, w.hdrs = w.arena[:0], w.hdrs[:0]
+	}
+	nch := (len(b.orders) + minShare - 1) / minShare
+	bounds := func(c int) (lo, hi int) { return c * minShare, min((c+1)*minShare, len(b.orders)) }
+	if n == 1 {
+		for c := range nch {
+			lo, hi := bounds(c)
+			if err := p.projectShare(p.work[0], b, b.orders[lo:hi]); err != nil {
+				return err
+			}
+			p.emitOrders(b, hi)
+		}
+		return nil
+	}
+	type result struct {
+		chunk int
+		err   error
+	}
+	done := make(chan result, nch)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for _, w := range p.work[:n] {
+		wg.Go(func() {
+			for {
+				c := int(next.Add(1) - 1)
+				if c >= nch {
+					return
+				}
+				lo, hi := bounds(c)
+				done <- result{c, p.projectShare(w, b, b.orders[lo:hi])}
+			}
+		})
+	}
+	ready := make([]bool, nch)
+	var err error
+	for c := 0; c < nch; {
+		r := <-done
+		ready[r.chunk] = true
+		if r.err != nil && err == nil {
+			err = r.err
+		}
+		for ; c < nch && ready[c]; c++ {
+			if err == nil {
+				_, hi := bounds(c)
+				p.emitOrders(b, hi)
+			}
 		}
 	}
-	return nil
+	wg.Wait()
+	return err
+}
+
+// emitOrders hands the outputs of b.orders[b.nextOrder:hi] to b.produce.
+func (p *Processor) emitOrders(b *batch, hi int) {
+	if b.produce == nil {
+		return
+	}
+	nsys := len(p.systems)
+	for ; b.nextOrder < hi; b.nextOrder++ {
+		if slot := b.orders[b.nextOrder].slot; slot >= 0 {
+			for ; b.produced < slot+nsys; b.produced++ {
+				b.produce(&b.recs[b.produced])
+			}
+		}
+	}
+}
+
+// parallel calls f over [0, n) in contiguous shares, on up to p.workers
+// goroutines (one share of at least minShare items each), and waits.
+func (p *Processor) parallel(n int, f func(lo, hi int)) {
+	k := max(min(p.workers, n/minShare), 1)
+	if k == 1 {
+		f(0, n)
+		return
+	}
+	per := (n + k - 1) / k
+	var wg sync.WaitGroup
+	for i := range k {
+		lo, hi := min(i*per, n), min((i+1)*per, n)
+		wg.Go(func() { f(lo, hi) })
+	}
+	wg.Wait()
 }
 
 // projectShare writes the output records of orders, with w's Deriver and
 // buffers. It only reads shared state, and writes only its events' slots.
 func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 	plan := p.cfg.Plan
-	w.arena, w.hdrs = w.arena[:0], w.hdrs[:0]
 	for i := range orders {
 		o := &orders[i]
 		if o.slot < 0 {
@@ -458,7 +574,7 @@ func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 			start := len(w.arena)
 			w.arena = append(w.arena, b.prefix[sys]...)
 			var err error
-			w.arena, err = plan.ProjectScanned(w.arena, sys, o.value, s.key, o.head.CustomerID, key, w.d)
+			w.arena, err = plan.ProjectHead(w.arena, sys, o.value, &o.head, &s.pk, key, w.d)
 			if err != nil {
 				// Scan accepted the record, so this is a defect, not bad input.
 				return fmt.Errorf("project for system %s: %w", p.systems[sys], err)

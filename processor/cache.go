@@ -1,6 +1,9 @@
 package processor
 
-import "github.com/hygiene/pseudonymizer/store"
+import (
+	"github.com/hygiene/pseudonymizer/processor/pseudonym"
+	"github.com/hygiene/pseudonymizer/store"
+)
 
 // subject is what the processor knows about one customer: the key it
 // derives pseudonyms from, and its newest tombstone.
@@ -14,6 +17,8 @@ type subject struct {
 	// this subject, derived once per cached key (nil until first needed).
 	// It goes with the entry, so forget drops it with the key.
 	pseudo []byte
+	// pk is key prepared for derivation (pseudonym.Key), set with pseudo.
+	pk pseudonym.Key
 }
 
 // needsKey reports whether an event that occurred at ms needs a key that

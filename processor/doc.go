@@ -13,17 +13,20 @@
 //     batch that is aborted and redone confirms with the same status.
 //  2. Orders: each value is unframed by the Wire (bare Avro, or the
 //     Confluent wire format resolved to the bundled schema), then scanned
-//     (validated, IDs located, no allocation); bad ones are queued for the
-//     dead-letter topic. Subjects missing from the cache are resolved in one
+//     (validated, IDs and top-level field offsets located, no allocation;
+//     in parallel); bad ones are queued for the dead-letter topic. Subjects missing from the cache are resolved in one
 //     Store.Resolve call (one round trip; one more write transaction if some
 //     need a fresh key, which is durable before anything that uses it is
 //     committed to Kafka). Events that occurred at or before their subject's
 //     tombstone are suppressed. These decisions are made sequentially, in
 //     input order; then the emitted events are projected once per system by
-//     up to GOMAXPROCS workers, each writing its events' pre-assigned output
-//     slots, so outputs keep the input order. A subject's customer
-//     pseudonyms (the record keys) are derived once and cached with its key.
-//  3. Produce everything, flush, take the store Guard, commit the Kafka
+//     up to GOMAXPROCS workers, in chunks, each writing its events'
+//     pre-assigned output slots; each chunk's records are produced, in input
+//     order, as soon as it and every chunk before it are complete, so
+//     outputs keep the input order. A subject's customer pseudonyms (the
+//     record keys) and its prepared HMAC key are derived once and cached
+//     with its key.
+//  3. Produce the rest, flush, take the store Guard, commit the Kafka
 //     transaction (offsets included), release the Guard.
 //
 // Any error aborts the transaction; the session rewinds to the committed

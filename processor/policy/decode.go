@@ -49,7 +49,16 @@ type Head struct {
 	OrderID    []byte
 	CustomerID []byte
 	OccurredAt int64 // milliseconds since the Unix epoch
+
+	// off[i] is where top-level field i starts and off[i+1] where it ends,
+	// for the nOff-1 fields of a record that Scan accepted (nOff 0: not
+	// recorded). Projections copy or skip top-level fields by them.
+	off  [maxHeadFields + 1]int32
+	nOff int
 }
+
+// maxHeadFields is the most top-level fields whose offsets Scan records.
+const maxHeadFields = 15
 
 // reader walks Avro binary. It never allocates except for errors.
 type reader struct {
@@ -308,7 +317,11 @@ func (r *reader) unionIndex(n *node) (int, error) {
 func (p *Plan) Scan(b []byte) (Head, error) {
 	r := reader{b: b}
 	var h Head
+	record := len(p.in.sub) <= maxHeadFields && len(b) <= math.MaxInt32
 	for i, f := range p.in.sub {
+		if record {
+			h.off[i] = int32(r.pos)
+		}
 		var err error
 		switch i {
 		case p.head[0]:
@@ -328,6 +341,10 @@ func (p *Plan) Scan(b []byte) (Head, error) {
 	}
 	if r.pos != len(b) {
 		return Head{}, fail(r.pos, reasonTrailing)
+	}
+	if record {
+		h.off[len(p.in.sub)] = int32(r.pos)
+		h.nOff = len(p.in.sub) + 1
 	}
 	return h, nil
 }

@@ -14,6 +14,7 @@ type projector struct {
 	reader
 	system string
 	key    []byte
+	pk     *pseudonym.Key // if set, used instead of key
 	d      *pseudonym.Deriver
 	// customerID and subject, when set, are the event's customer_id and
 	// its pseudonym in this system, written without deriving it again.
@@ -61,6 +62,67 @@ func (p *Plan) ProjectScanned(dst []byte, i int, b []byte, key, customerID, subj
 		return dst, err
 	}
 	return out, nil
+}
+
+// ProjectHead is ProjectScanned for a record b and the Head that Scan(b)
+// returned, with the subject key prepared (k = d.Prepare(key)). Top-level
+// fields that the system drops are passed over and kept ones copied by the
+// offsets Scan recorded, without walking them again. Its output is byte for
+// byte that of Project.
+func (p *Plan) ProjectHead(dst []byte, i int, b []byte, h *Head, k *pseudonym.Key, subjectPseudonym []byte, d *pseudonym.Deriver) ([]byte, error) {
+	s := &p.systems[i]
+	w := projector{reader: reader{b: b, scanned: true}, system: s.name, pk: k, d: d}
+	if len(subjectPseudonym) == pseudonym.Size {
+		w.customerID, w.subject = h.CustomerID, subjectPseudonym
+	}
+	var out []byte
+	var err error
+	if root := &s.root; h.nOff == len(root.sub)+1 && root.act == actRecord && int(h.off[h.nOff-1]) == len(b) {
+		out, err = w.projectTop(dst, root, h.off[:h.nOff])
+	} else {
+		out, err = w.project(dst, &s.root)
+	}
+	if err == nil && w.pos != len(b) {
+		err = fail(w.pos, reasonTrailing)
+	}
+	if err != nil {
+		return dst, err
+	}
+	return out, nil
+}
+
+// projectTop projects the top-level record by the field offsets off.
+func (w *projector) projectTop(dst []byte, root *op, off []int32) ([]byte, error) {
+	if err := w.enter(); err != nil {
+		return dst, err
+	}
+	var err error
+	for i := range root.sub {
+		o := &root.sub[i]
+		start, end := int(off[i]), int(off[i+1])
+		if w.pos != start || end < start {
+			return dst, fail(w.pos, "field offsets do not match the record")
+		}
+		switch o.act {
+		case actDrop:
+			w.pos = end
+			continue
+		case actKeep:
+			dst = append(dst, w.b[start:end]...)
+			w.pos = end
+			continue
+		}
+		if dst, err = w.project(dst, o); err != nil {
+			return dst, err
+		}
+	}
+	w.depth--
+	return dst, nil
+}
+
+// SubjectPseudonymKey is SubjectPseudonym with a prepared key.
+func (p *Plan) SubjectPseudonymKey(dst []byte, i int, k *pseudonym.Key, customerID []byte, d *pseudonym.Deriver) []byte {
+	return d.AppendKey(dst, k, p.systems[i].name, FieldCustomerID, customerID)
 }
 
 // SubjectPseudonym appends system i's pseudonym of the customer to dst: the
@@ -115,6 +177,9 @@ func (w *projector) pseudo(dst []byte, n *node, path string) ([]byte, error) {
 		if w.subject != nil && path == FieldCustomerID && bytes.Equal(v, w.customerID) {
 			return append(append(dst, pseudoPrefix), w.subject...), nil
 		}
+		if w.pk != nil {
+			return w.d.AppendKey(append(dst, pseudoPrefix), w.pk, w.system, path, v), nil
+		}
 		return w.d.Append(append(dst, pseudoPrefix), w.key, w.system, path, v), nil
 	case kInt, kLong:
 		var v int64
@@ -126,6 +191,9 @@ func (w *projector) pseudo(dst []byte, n *node, path string) ([]byte, error) {
 		}
 		if err != nil {
 			return dst, err
+		}
+		if w.pk != nil {
+			return w.d.AppendIntKey(append(dst, pseudoPrefix), w.pk, w.system, path, v), nil
 		}
 		return w.d.AppendInt(append(dst, pseudoPrefix), w.key, w.system, path, v), nil
 	}

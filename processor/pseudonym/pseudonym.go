@@ -17,7 +17,9 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding"
+	"encoding/binary"
 	"hash"
+	"slices"
 	"strconv"
 )
 
@@ -27,25 +29,52 @@ const Domain = "pseudonymizer/v1\x00"
 // Size is the length in bytes of a pseudonym's text.
 const Size = 36
 
-const hexDigits = "0123456789abcdef"
+// hexPairs holds the two lowercase hex digits of every byte value.
+var hexPairs = func() (t [256][2]byte) {
+	const digits = "0123456789abcdef"
+	for i := range t {
+		t[i] = [2]byte{digits[i>>4], digits[i&0x0f]}
+	}
+	return t
+}()
 
-// Deriver computes pseudonyms without allocating in steady state. It caches
-// the HMAC state of the last key it saw, so consecutive derivations with the
-// same subject key cost three SHA-256 compressions or fewer for short values.
+// iv is SHA-256's initial chaining value.
+var iv = [8]uint32{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}
+
+// Key is a subject key prepared for derivation: the SHA-256 chaining values
+// of HMAC's inner and outer hashes after their key block (64 bytes). It is
+// exactly as secret as the key it was prepared from; Wipe it with the key.
+// With a Key at hand a pseudonym of a short value costs three SHA-256
+// compressions and no key schedule.
+type Key struct {
+	in, out [8]uint32
+}
+
+// Wipe overwrites k.
+func (k *Key) Wipe() { *k = Key{} }
+
+// Deriver computes pseudonyms without allocating in steady state. It keeps
+// the prepared Key of the last raw key given to Append, so consecutive
+// derivations with the same subject key skip the key schedule; callers that
+// hold many subjects prepare each key once (Prepare) and use AppendKey.
 //
 // A Deriver is not safe for concurrent use; use one per goroutine.
 type Deriver struct {
+	key []byte // copy of the raw key whose Key is cached
+	has bool
+	k   Key
+	buf []byte                 // the padded inner message
+	blk [sha256.BlockSize]byte // the padded outer message
+	pad [sha256.BlockSize]byte // a key block
+	num [24]byte
+
+	// crypto/sha256 (with its own hardware acceleration) does the
+	// compressions; the chaining value moves in and out through its binary
+	// marshaling, which lets HMAC's key blocks be absorbed once per key.
 	h     hash.Hash
 	app   encoding.BinaryAppender
 	unm   encoding.BinaryUnmarshaler
-	key   []byte // copy of the key whose midstates are cached
-	has   bool
-	inner []byte // marshaled SHA-256 state after absorbing key^ipad
-	outer []byte // marshaled SHA-256 state after absorbing key^opad
-	msg   []byte // header of the message (domain, system, field)
-	sum   [sha256.Size]byte
-	pad   [sha256.BlockSize]byte
-	num   [24]byte
+	state []byte
 }
 
 // NewDeriver returns a Deriver.
@@ -57,47 +86,96 @@ func NewDeriver() *Deriver {
 		// crypto/sha256 has supported both since Go 1.24.
 		panic("pseudonym: sha256 digest does not support state marshaling")
 	}
-	return &Deriver{h: h, app: app, unm: unm, msg: make([]byte, 0, 128)}
+	return &Deriver{h: h, app: app, unm: unm, buf: make([]byte, 0, 3*sha256.BlockSize), state: make([]byte, 0, marshaledSize)}
 }
 
 // Reset wipes the cached key material from d. Call it when a subject's key
 // has been destroyed and d may outlive that moment.
 func (d *Deriver) Reset() {
 	clear(d.key)
-	clear(d.inner)
-	clear(d.outer)
-	clear(d.sum[:])
+	d.key = d.key[:0]
+	d.k.Wipe()
+	d.has = false
+	clear(d.buf[:cap(d.buf)])
+	d.buf = d.buf[:0]
+	clear(d.blk[:])
 	clear(d.pad[:])
 	clear(d.num[:])
-	d.key, d.inner, d.outer = d.key[:0], d.inner[:0], d.outer[:0]
-	d.has = false
+	clear(d.state[:cap(d.state)])
+	d.state = d.state[:0]
 	d.h.Reset()
+}
+
+// Prepare returns the prepared Key of the raw subject key. key is normally
+// 32 bytes; any length is accepted, as in HMAC.
+func (d *Deriver) Prepare(key []byte) Key {
+	pad := &d.pad
+	clear(pad[:])
+	if len(key) > sha256.BlockSize {
+		s := sha256.Sum256(key)
+		copy(pad[:], s[:])
+		clear(s[:])
+	} else {
+		copy(pad[:], key)
+	}
+	k := Key{in: iv, out: iv}
+	for i := range pad {
+		pad[i] ^= 0x36
+	}
+	d.compress(&k.in, pad[:])
+	for i := range pad {
+		pad[i] ^= 0x36 ^ 0x5c
+	}
+	d.compress(&k.out, pad[:])
+	clear(pad[:])
+	return k
 }
 
 // Append appends the pseudonym (36 bytes of UUID text) of value, as a value
 // of field in system, under the subject key, to dst and returns the extended
 // buffer. key is normally 32 bytes; any length is accepted, as in HMAC.
 func (d *Deriver) Append(dst []byte, key []byte, system, field string, value []byte) []byte {
-	d.setKey(key)
-	m := append(d.msg[:0], Domain...)
+	if !d.has || !bytes.Equal(d.key, key) {
+		d.k = d.Prepare(key)
+		d.key = append(d.key[:0], key...)
+		d.has = true
+	}
+	return d.AppendKey(dst, &d.k, system, field, value)
+}
+
+// AppendKey is Append with a prepared key: AppendKey(dst, &k, ...) with k =
+// d.Prepare(key) equals Append(dst, key, ...).
+func (d *Deriver) AppendKey(dst []byte, k *Key, system, field string, value []byte) []byte {
+	// Inner hash: the key block is in k.in; what follows is the message,
+	// padded as SHA-256 pads (0x80, zeros, the bit length of key block and
+	// message).
+	m := append(d.buf[:0], Domain...)
 	m = append(m, system...)
 	m = append(m, 0)
 	m = append(m, field...)
 	m = append(m, 0)
-	d.msg = m
+	m = append(m, value...)
+	n := len(m)
+	padded := (n + 1 + 8 + sha256.BlockSize - 1) &^ (sha256.BlockSize - 1)
+	m = slices.Grow(m, padded-n)[:padded]
+	m[n] = 0x80
+	clear(m[n+1 : padded-8])
+	binary.BigEndian.PutUint64(m[padded-8:], uint64(sha256.BlockSize+n)<<3)
+	d.buf = m
+	h := k.in
+	d.compress(&h, m)
 
-	if err := d.unm.UnmarshalBinary(d.inner); err != nil {
-		panic("pseudonym: restoring HMAC state: " + err.Error())
+	// Outer hash: the inner digest, padded, after the outer key block.
+	b := &d.blk
+	for i, v := range h {
+		binary.BigEndian.PutUint32(b[4*i:], v)
 	}
-	d.h.Write(m)
-	d.h.Write(value)
-	s := d.h.Sum(d.sum[:0])
-	if err := d.unm.UnmarshalBinary(d.outer); err != nil {
-		panic("pseudonym: restoring HMAC state: " + err.Error())
-	}
-	d.h.Write(s)
-	s = d.h.Sum(d.sum[:0])
-	return appendUUID(dst, s)
+	b[32] = 0x80
+	clear(b[33:56])
+	binary.BigEndian.PutUint64(b[56:], (sha256.BlockSize+sha256.Size)<<3)
+	h = k.out
+	d.compress(&h, b[:])
+	return appendUUID(dst, &h)
 }
 
 // AppendInt is Append for a number: integers are pseudonymized over their
@@ -108,65 +186,69 @@ func (d *Deriver) AppendInt(dst []byte, key []byte, system, field string, v int6
 	return d.Append(dst, key, system, field, n)
 }
 
+// AppendIntKey is AppendInt with a prepared key.
+func (d *Deriver) AppendIntKey(dst []byte, k *Key, system, field string, v int64) []byte {
+	n := strconv.AppendInt(d.num[:0], v, 10)
+	return d.AppendKey(dst, k, system, field, n)
+}
+
 // String returns the pseudonym of value; a convenience that allocates.
 func (d *Deriver) String(key []byte, system, field, value string) string {
 	return string(d.Append(make([]byte, 0, Size), key, system, field, []byte(value)))
 }
 
-// setKey prepares the inner and outer HMAC midstates for key, unless they
-// are already cached.
-func (d *Deriver) setKey(key []byte) {
-	if d.has && bytes.Equal(d.key, key) {
-		return
+// marshaledSize is the length of crypto/sha256's marshaled state: a magic
+// of 4 bytes, the chaining value, the pending block and the length.
+const marshaledSize = 4 + sha256.Size + sha256.BlockSize + 8
+
+var zeroBlock [sha256.BlockSize]byte
+
+// compress runs the SHA-256 compression function over the 64-byte blocks
+// of p (len(p) is a multiple of 64), updating the chaining value h.
+func (d *Deriver) compress(h *[8]uint32, p []byte) {
+	// crypto/sha256 resumes from a state that has absorbed exactly one
+	// block with chaining value h.
+	s := append(d.state[:0], "sha\x03"...)
+	for _, v := range h {
+		s = binary.BigEndian.AppendUint32(s, v)
 	}
-	k := key
-	if len(k) > sha256.BlockSize {
-		d.h.Reset()
-		d.h.Write(k)
-		k = d.h.Sum(d.sum[:0])
+	s = append(s, zeroBlock[:]...)
+	s = binary.BigEndian.AppendUint64(s, sha256.BlockSize)
+	if err := d.unm.UnmarshalBinary(s); err != nil {
+		panic("pseudonym: restoring SHA-256 state: " + err.Error())
 	}
-	var err error
-	for i := range d.pad {
-		d.pad[i] = 0x36
+	d.h.Write(p)
+	s, err := d.app.AppendBinary(s[:0])
+	if err != nil || len(s) != marshaledSize || string(s[:4]) != "sha\x03" {
+		panic("pseudonym: saving SHA-256 state: unexpected format")
 	}
-	for i, c := range k {
-		d.pad[i] ^= c
+	for i := range h {
+		h[i] = binary.BigEndian.Uint32(s[4+4*i:])
 	}
-	d.h.Reset()
-	d.h.Write(d.pad[:])
-	if d.inner, err = d.app.AppendBinary(d.inner[:0]); err != nil {
-		panic("pseudonym: saving HMAC state: " + err.Error())
-	}
-	for i := range d.pad {
-		d.pad[i] ^= 0x36 ^ 0x5c
-	}
-	d.h.Reset()
-	d.h.Write(d.pad[:])
-	if d.outer, err = d.app.AppendBinary(d.outer[:0]); err != nil {
-		panic("pseudonym: saving HMAC state: " + err.Error())
-	}
-	clear(d.pad[:])
-	d.key = append(d.key[:0], key...)
-	d.has = true
+	d.state = s
 }
 
-// appendUUID formats the first 16 bytes of s as a version 8, RFC 9562
-// variant UUID.
-func appendUUID(dst []byte, s []byte) []byte {
+// uuidPos is where the hex digits of each byte of a UUID go in its text.
+var uuidPos = [16]uint8{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+
+// appendUUID formats the first 16 bytes of the digest with chaining value h
+// as a version 8, RFC 9562 variant UUID.
+func appendUUID(dst []byte, h *[8]uint32) []byte {
 	var u [16]byte
-	copy(u[:], s)
+	binary.BigEndian.PutUint32(u[0:], h[0])
+	binary.BigEndian.PutUint32(u[4:], h[1])
+	binary.BigEndian.PutUint32(u[8:], h[2])
+	binary.BigEndian.PutUint32(u[12:], h[3])
 	u[6] = u[6]&0x0f | 0x80 // version 8
 	u[8] = u[8]&0x3f | 0x80 // variant 10xx
-	var t [Size]byte
-	j := 0
+	n := len(dst)
+	dst = slices.Grow(dst, Size)[:n+Size]
+	t := (*[Size]byte)(dst[n:])
+	t[8], t[13], t[18], t[23] = '-', '-', '-', '-'
 	for i, c := range u {
-		if i == 4 || i == 6 || i == 8 || i == 10 {
-			t[j] = '-'
-			j++
-		}
-		t[j] = hexDigits[c>>4]
-		t[j+1] = hexDigits[c&0x0f]
-		j += 2
+		p := hexPairs[c]
+		j := uuidPos[i]
+		t[j], t[j+1] = p[0], p[1]
 	}
-	return append(dst, t[:]...)
+	return dst
 }
