@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor/policy"
@@ -154,8 +155,12 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	}
 	// Records go to the client as soon as they are complete (see
 	// batch.produce); a failed batch aborts them with the transaction.
-	promise := kgo.AbortingFirstErrPromise(sess.Client())
-	b.produce = func(r *kgo.Record) { sess.Produce(ctx, r, promise.Promise()) }
+	promise := &producePromise{cl: sess.Client()}
+	onProduced := promise.done
+	b.produce = func(r *kgo.Record) {
+		promise.wg.Add(1)
+		sess.Produce(ctx, r, onProduced)
+	}
 	if err := p.orders(ctx, b, b.inOrders); err != nil {
 		return abort(err)
 	}
@@ -170,6 +175,9 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 		return abort(fmt.Errorf("flush: %w", err))
 	}
 	if err := promise.Err(); err != nil {
+		if r := promise.largestRefused; r != nil {
+			p.markTooLarge(b, r)
+		}
 		return abort(fmt.Errorf("produce: %w", err))
 	}
 
@@ -247,6 +255,93 @@ func (p *Processor) committed(b *batch, now time.Time) {
 	})
 }
 
+// producePromise collects the outcome of a batch's produce calls: like
+// kgo.AbortingFirstErrPromise it keeps the first error and aborts the
+// buffered records at once. It also keeps the largest record refused as too
+// large: the broker refuses whole record batches, so records that merely
+// shared a batch with an oversized one are refused too. Blaming only the
+// largest, one per attempt, never dead-letters a record that fits.
+type producePromise struct {
+	cl     *kgo.Client
+	wg     sync.WaitGroup
+	failed atomic.Bool
+	err    error
+
+	mu             sync.Mutex
+	largestRefused *kgo.Record // read after wg.Wait
+}
+
+// done is the promise of every produced record.
+func (f *producePromise) done(r *kgo.Record, err error) {
+	defer f.wg.Done()
+	if err == nil {
+		return
+	}
+	if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
+		f.mu.Lock()
+		if l := f.largestRefused; l == nil || len(r.Key)+len(r.Value) > len(l.Key)+len(l.Value) {
+			f.largestRefused = r
+		}
+		f.mu.Unlock()
+	}
+	if !f.failed.Swap(true) {
+		f.err = err
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			f.cl.AbortBufferedRecords(context.Background())
+		}()
+	}
+}
+
+// Err waits for every record's promise and returns the first error.
+func (f *producePromise) Err() error {
+	f.wg.Wait()
+	return f.err
+}
+
+// markTooLarge records the input of an output record that the broker (or
+// the client's batch limit) refused as too large, so that the redone batch
+// dead-letters it instead of retrying it for ever.
+func (p *Processor) markTooLarge(b *batch, r *kgo.Record) {
+	i := -1
+	for j := range b.recs {
+		if &b.recs[j] == r {
+			i = j
+			break
+		}
+	}
+	nsys := len(p.systems)
+	for k := range b.orders {
+		o := &b.orders[k]
+		if o.slot >= 0 && i >= o.slot && i < o.slot+nsys {
+			p.tooLargeMu.Lock()
+			if p.tooLarge == nil {
+				p.tooLarge = map[inputRef]struct{}{}
+			}
+			p.tooLarge[inputRef{o.rec.Topic, o.rec.Partition, o.rec.Offset}] = struct{}{}
+			p.tooLargeMu.Unlock()
+			return
+		}
+	}
+	// A dead letter or a confirmation: its own input topic took it, so the
+	// output topic's limit is lower than the input's; only an operator can
+	// fix that.
+	p.log.Error("a dead letter or confirmation is too large for its topic; raise the topic's max.message.bytes", "topic", r.Topic)
+}
+
+// takeTooLarge reports, once, whether r's output was refused as too large.
+func (p *Processor) takeTooLarge(r *kgo.Record) bool {
+	p.tooLargeMu.Lock()
+	defer p.tooLargeMu.Unlock()
+	ref := inputRef{r.Topic, r.Partition, r.Offset}
+	if _, ok := p.tooLarge[ref]; !ok {
+		return false
+	}
+	delete(p.tooLarge, ref)
+	return true
+}
+
 // storeGuard takes the store guard, measuring it as a store call.
 func (p *Processor) storeGuard(ctx context.Context) (store.Guard, error) {
 	t := time.Now()
@@ -322,6 +417,8 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 		o := order{rec: r}
 		if len(r.Value) > p.cfg.MaxRecordBytes {
 			o.class, o.reason = ClassTooLarge, fmt.Sprintf("record of %d bytes exceeds the limit of %d", len(r.Value), p.cfg.MaxRecordBytes)
+		} else if p.takeTooLarge(r) {
+			o.class, o.reason = ClassTooLarge, "a pseudonymized copy exceeds the message size limit of its topic"
 		} else if value, err := p.cfg.Wire.Order(ctx, r.Value); err != nil {
 			re, ok := AsRecordError(err)
 			if !ok {

@@ -84,10 +84,24 @@ type Processor struct {
 	workers int
 	work    []*worker
 
+	// tooLarge holds inputs whose pseudonymized output the broker (or the
+	// client's batch limit) refused as too large; the redone batch
+	// dead-letters them instead of retrying them for ever. Written by
+	// produce promises, hence the mutex.
+	tooLargeMu sync.Mutex
+	tooLarge   map[inputRef]struct{}
+
 	joined  atomic.Bool
 	storeOK atomic.Bool
 	stats   Stats
 	statsMu sync.Mutex
+}
+
+// inputRef names one consumed record.
+type inputRef struct {
+	topic     string
+	partition int32
+	offset    int64
 }
 
 // Stats are running totals, for the demo, tests and benchmarks.

@@ -1,0 +1,62 @@
+package processor_test
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+
+	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/schema"
+	"github.com/hygiene/pseudonymizer/schema/sample"
+)
+
+// TestOversizedOutputIsDeadLettered: when the broker refuses a system's
+// pseudonymized copy as too large for its topic, the event goes to the
+// dead-letter topic (class too_large) after the batch is redone, no system
+// receives it (fan-out is all or none), and the other events flow on.
+func TestOversizedOutputIsDeadLettered(t *testing.T) {
+	e := newEnv(t, "embedded")
+	systems := e.plan.Systems()
+	// google-analytics keeps the items: give its topic a small limit.
+	adm := kadm.NewClient(e.client(t))
+	small := "4096"
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := adm.CreateTopic(ctx, 3, 1, map[string]*string{"max.message.bytes": &small}, e.topics.PseudoPrefix+"google-analytics"); err != nil {
+		t.Fatal(err)
+	}
+	gen := sample.New(31, 3, time.Now().Add(-time.Hour))
+	big := gen.ForCustomer(0)
+	// Random SKUs: the copy must stay too large after compression.
+	rnd := make([]byte, 16)
+	for len(big.Items) < 1000 {
+		_, _ = rand.Read(rnd)
+		big.Items = append(big.Items, schema.LineItem{SKU: fmt.Sprintf("SKU-%x", rnd), Quantity: 1, UnitPriceMinor: 100})
+	}
+	normal := []*schema.OrderEvent{gen.ForCustomer(1), gen.ForCustomer(2), gen.ForCustomer(0)}
+	e.produce(t, e.orderRecord(t, normal[0]), e.orderRecord(t, big), e.orderRecord(t, normal[1]), e.orderRecord(t, normal[2]))
+	e.start(t, "pz-1")
+
+	defer func() {
+		if t.Failed() {
+			t.Log(e.logs())
+		}
+	}()
+	dlq := e.readAll(t, 1, 30*time.Second, e.topics.OrdersDeadLetter)
+	if len(dlq) != 1 || header(dlq[0], "error.class") != processor.ClassTooLarge {
+		t.Fatalf("dead letters %d, class %q; want one too_large", len(dlq), header(dlq[0], "error.class"))
+	}
+	outs := e.decode(t, e.readAll(t, len(normal)*len(systems), 30*time.Second, e.outputTopics()...))
+	if len(outs) != len(normal)*len(systems) {
+		t.Fatalf("%d outputs, want %d", len(outs), len(normal)*len(systems))
+	}
+	for _, d := range outs {
+		if d.at.Equal(big.OccurredAt) {
+			t.Fatalf("%s received the oversized event: fan-out must be all or none", d.system)
+		}
+	}
+}
