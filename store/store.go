@@ -12,6 +12,7 @@ package store
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"time"
 )
@@ -143,6 +144,18 @@ type Guard interface {
 	Complete() bool
 	// Release gives the guard up. It is safe to call more than once.
 	Release(ctx context.Context) error
+}
+
+// ForgetResultKey is what a store keeps to recognise a forget request when
+// it is repeated: a hash of its request ID together with the subject, so
+// that two requests that happen to share an ID but name different subjects
+// are both carried out.
+func ForgetResultKey(requestID string, subject SubjectHash) []byte {
+	h := sha256.New()
+	h.Write([]byte("pseudonymizer/forget-request/v1\x00"))
+	h.Write(subject[:])
+	h.Write([]byte(requestID))
+	return h.Sum(nil)
 }
 
 // ErrUnavailable wraps errors that mean the store could not be reached or

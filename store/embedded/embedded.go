@@ -11,7 +11,6 @@ package embedded
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -180,12 +179,6 @@ func wrongKEK(op string, err error) error {
 		return fmt.Errorf("embedded: %s: %w", op, err)
 	}
 	return fmt.Errorf("embedded: %s: %w: %v", op, store.ErrWrongKEK, err)
-}
-
-// requestHash is what the store keeps of a forget request ID.
-func requestHash(requestID string) []byte {
-	h := sha256.Sum256([]byte("pseudonymizer/request-id/v1\x00" + requestID))
-	return h[:]
 }
 
 // ceilMilli rounds t up to whole milliseconds (the store's precision), so

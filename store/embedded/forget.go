@@ -30,12 +30,12 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		log := tx.Bucket(bucketLog)
 		seq := getUint(meta.Get(metaSeq))
 		for i, r := range reqs {
-			rh := requestHash(r.RequestID)
+			h := s.hasher.Hash(r.SubjectID)
+			rh := store.ForgetResultKey(r.RequestID, h)
 			if v := done.Get(rh); len(v) == 9 {
 				results[i] = store.ForgetResult{Status: store.ForgetStatus(v[0]), CompletedAt: getTime(v[1:])}
 				continue
 			}
-			h := s.hasher.Hash(r.SubjectID)
 			status := store.UnknownSubject
 			tomb := tombs.Get(h[:])
 			switch {

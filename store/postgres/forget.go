@@ -62,8 +62,8 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 	reqHashes := make([][]byte, len(reqs))
 	subHashes := make([][]byte, len(reqs))
 	for i, r := range reqs {
-		reqHashes[i] = requestHash(r.RequestID)
 		h := s.hasher.Hash(r.SubjectID)
+		reqHashes[i] = store.ForgetResultKey(r.RequestID, h)
 		subHashes[i] = h[:]
 	}
 

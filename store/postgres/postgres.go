@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -155,12 +154,6 @@ func schemaLockKey(schema string) int32 {
 	h := fnv.New32a()
 	h.Write([]byte(schema))
 	return int32(h.Sum32())
-}
-
-// requestHash is what the store keeps of a forget request ID.
-func requestHash(requestID string) []byte {
-	h := sha256.Sum256([]byte("pseudonymizer/request-id/v1\x00" + requestID))
-	return h[:]
 }
 
 // ceilMilli rounds t up to whole milliseconds (the store's precision), so

@@ -70,7 +70,7 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 				hashes, olds = hashes[:limit-1], olds[:limit-1]
 			}
 			wrapped := s.rewrapAfter != nil
-			if len(hashes) < limit-boolInt(indexStale) {
+			if len(hashes) == 0 || len(hashes) < limit-boolInt(indexStale) {
 				s.rewrapAfter = nil // reached the end: start over next time
 			} else {
 				s.rewrapAfter = hashes[len(hashes)-1]

@@ -28,6 +28,17 @@ func (s *suite) testForgetStatuses(t *testing.T) {
 		store.Forgotten, store.AlreadyForgotten, store.UnknownSubject)
 }
 
+func (s *suite) testForgetRequestIDReusedForAnotherSubject(t *testing.T) {
+	ks := s.mustOpen(t, MustKeyring(t, MustKEK(t, 1)))
+	mustKey(t, ks, "alice", t0)
+	mustKey(t, ks, "bob", t0)
+	wantStatuses(t, mustForget(t, ks, forget("same", "alice", t0)), store.Forgotten)
+	wantStatuses(t, mustForget(t, ks, forget("same", "bob", t0)), store.Forgotten)
+	if e := mustResolve(t, ks, lookup("bob", t0))[0]; e.Key != nil || e.ForgottenAt.IsZero() {
+		t.Errorf("bob still has a key after a request that reused alice's request ID")
+	}
+}
+
 func (s *suite) testForgetTwiceInOneCall(t *testing.T) {
 	ks := s.mustOpen(t, MustKeyring(t, MustKEK(t, 1)))
 	mustKey(t, ks, "bob", t0)

@@ -35,6 +35,40 @@ func (s *suite) testWrongKEK(t *testing.T) {
 	mustKey(t, s.mustOpen(t, MustKeyring(t, MustKEK(t, 1))), "alice", t0)
 }
 
+func (s *suite) testRewrapOneAtATime(t *testing.T) {
+	oldKEK, newKEK := MustKEK(t, 1), MustKEK(t, 2)
+	ks := s.mustOpen(t, MustKeyring(t, oldKEK))
+	var lookups []store.Lookup
+	for i := range 5 {
+		lookups = append(lookups, lookup(fmt.Sprintf("subject-%d", i), t0))
+	}
+	before := mustResolve(t, ks, lookups...)
+	ks = s.mustReopen(t, ks, MustKeyring(t, newKEK, oldKEK))
+	total := 0
+	for round := 0; ; round++ {
+		if round > 20 {
+			t.Fatalf("Rewrap(1) did not finish after %d rounds (%d keys)", round, total)
+		}
+		n, err := ks.Rewrap(context.Background(), 1)
+		if err != nil {
+			t.Fatalf("Rewrap(1): %v", err)
+		}
+		if n == 0 {
+			break
+		}
+		total += n
+	}
+	if got, want := total, len(lookups)+1; got != want {
+		t.Errorf("Rewrap(1) changed %d keys, want %d (the subject keys and the index key)", got, want)
+	}
+	ks = s.mustReopen(t, ks, MustKeyring(t, newKEK))
+	for i, e := range mustResolve(t, ks, lookups...) {
+		if !bytes.Equal(e.Key, before[i].Key) {
+			t.Errorf("subject %d: key changed by Rewrap", i)
+		}
+	}
+}
+
 func (s *suite) testRewrap(t *testing.T) {
 	oldKEK, newKEK := MustKEK(t, 1), MustKEK(t, 2)
 	ks := s.mustOpen(t, MustKeyring(t, oldKEK))

@@ -52,6 +52,7 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"ForgetStatuses", s.testForgetStatuses},
 		{"ForgetSameSubjectTwiceInOneCall", s.testForgetTwiceInOneCall},
 		{"ForgetIdempotentPerRequestID", s.testForgetIdempotent},
+		{"ForgetRequestIDReusedForAnotherSubject", s.testForgetRequestIDReusedForAnotherSubject},
 		{"ResolveAfterForget", s.testResolveAfterForget},
 		{"LaterForgetMovesTombstoneForward", s.testLaterForget},
 		{"ForgetRacesResolve", s.testForgetRacesResolve},
@@ -61,6 +62,7 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"GuardIncompleteWhenLogTooLong", s.testGuardIncomplete},
 		{"WrongKEKFailsOpen", s.testWrongKEK},
 		{"RewrapKeepsKeys", s.testRewrap},
+		{"RewrapOneAtATime", s.testRewrapOneAtATime},
 		{"NoRawIDsOrKeysPersisted", s.testNoRawData},
 		{"PingAndClose", s.testPingAndClose},
 	}
