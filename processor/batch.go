@@ -130,8 +130,13 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	if err := sess.Begin(); err != nil {
 		return outcomeAborted, fmt.Errorf("%w: begin: %w", errSessionBroken, err)
 	}
+	var promise *producePromise
 	abort := func(cause error) (outcome, error) {
-		if _, err := sess.End(ctx, kgo.TryAbort); err != nil {
+		_, err := sess.End(ctx, kgo.TryAbort)
+		if promise != nil {
+			promise.Err() // every record's promise has run: nothing touches the next batch
+		}
+		if err != nil {
 			return outcomeAborted, fmt.Errorf("%w: abort: %w (after: %w)", errSessionBroken, err, cause)
 		}
 		p.m.Batches.WithLabelValues("aborted").Inc()
@@ -155,7 +160,7 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	}
 	// Records go to the client as soon as they are complete (see
 	// batch.produce); a failed batch aborts them with the transaction.
-	promise := &producePromise{cl: sess.Client()}
+	promise = &producePromise{cl: sess.Client()}
 	onProduced := promise.done
 	b.produce = func(r *kgo.Record) {
 		promise.wg.Add(1)
@@ -175,9 +180,7 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 		return abort(fmt.Errorf("flush: %w", err))
 	}
 	if err := promise.Err(); err != nil {
-		if r := promise.largestRefused; r != nil {
-			p.markTooLarge(b, r)
-		}
+		p.blameTooLarge(b, promise.refused)
 		return abort(fmt.Errorf("produce: %w", err))
 	}
 
@@ -215,6 +218,7 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 		p.count(func(s *Stats) { s.Batches++; s.Aborted++ })
 		return outcomeAborted, nil
 	}
+	p.clearTooLarge()
 	p.committed(b, time.Now())
 	return outcomeCommitted, nil
 }
@@ -257,18 +261,15 @@ func (p *Processor) committed(b *batch, now time.Time) {
 
 // producePromise collects the outcome of a batch's produce calls: like
 // kgo.AbortingFirstErrPromise it keeps the first error and aborts the
-// buffered records at once. It also keeps the largest record refused as too
-// large: the broker refuses whole record batches, so records that merely
-// shared a batch with an oversized one are refused too. Blaming only the
-// largest, one per attempt, never dead-letters a record that fits.
+// buffered records at once. It also keeps the records refused as too large.
 type producePromise struct {
 	cl     *kgo.Client
 	wg     sync.WaitGroup
 	failed atomic.Bool
 	err    error
 
-	mu             sync.Mutex
-	largestRefused *kgo.Record // read after wg.Wait
+	mu      sync.Mutex
+	refused []*kgo.Record // read after wg.Wait
 }
 
 // done is the promise of every produced record.
@@ -279,9 +280,7 @@ func (f *producePromise) done(r *kgo.Record, err error) {
 	}
 	if errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
 		f.mu.Lock()
-		if l := f.largestRefused; l == nil || len(r.Key)+len(r.Value) > len(l.Key)+len(l.Value) {
-			f.largestRefused = r
-		}
+		f.refused = append(f.refused, r)
 		f.mu.Unlock()
 	}
 	if !f.failed.Swap(true) {
@@ -298,6 +297,61 @@ func (f *producePromise) done(r *kgo.Record, err error) {
 func (f *producePromise) Err() error {
 	f.wg.Wait()
 	return f.err
+}
+
+// Timestamps the pipeline accepts: the years 1 to 9999, which every store
+// represents exactly. Others break the contract (and would overflow).
+var (
+	minMillis = time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC).UnixMilli()
+	maxMillis = time.Date(9999, 12, 31, 23, 59, 59, 999e6, time.UTC).UnixMilli()
+)
+
+func timeInRange(ms int64) bool { return ms >= minMillis && ms <= maxMillis }
+
+// recordOverhead bounds what a record batch adds to one record's key,
+// value and headers (batch header 61 bytes, record framing).
+const recordOverhead = 128
+
+// blameTooLarge decides which refused records are too large by themselves.
+// The broker refuses whole record batches, so records that merely shared a
+// batch with an oversized one are refused too: a record is blamed only when
+// it cannot fit its topic's max.message.bytes on its own. When the limit is
+// unknown, the largest refused record is blamed (one per attempt). When no
+// record is too large by itself, the producer's batches are larger than the
+// topic accepts: an operator must lower kafka.producer_batch_max_bytes or
+// raise the topic's limit, and the batch is retried meanwhile.
+func (p *Processor) blameTooLarge(b *batch, refused []*kgo.Record) {
+	if len(refused) == 0 {
+		return
+	}
+	p.tooLargeMu.Lock()
+	limits := p.topicLimits
+	p.tooLargeMu.Unlock()
+	var largest *kgo.Record
+	blamed := 0
+	for _, r := range refused {
+		size := len(r.Key) + len(r.Value) + recordOverhead
+		for _, h := range r.Headers {
+			size += len(h.Key) + len(h.Value)
+		}
+		limit, known := limits[r.Topic]
+		switch {
+		case known && size > limit:
+			p.markTooLarge(b, r)
+			blamed++
+		case !known && (largest == nil || len(r.Value) > len(largest.Value)):
+			largest = r
+		}
+	}
+	switch {
+	case blamed > 0:
+	case largest != nil:
+		p.markTooLarge(b, largest)
+	default:
+		p.log.Error("the broker refused a record batch as too large although each record fits: "+
+			"lower kafka.producer_batch_max_bytes to the topic's max.message.bytes, or raise that limit",
+			"topic", refused[0].Topic, "max_message_bytes", limits[refused[0].Topic])
+	}
 }
 
 // markTooLarge records the input of an output record that the broker (or
@@ -330,16 +384,23 @@ func (p *Processor) markTooLarge(b *batch, r *kgo.Record) {
 	p.log.Error("a dead letter or confirmation is too large for its topic; raise the topic's max.message.bytes", "topic", r.Topic)
 }
 
-// takeTooLarge reports, once, whether r's output was refused as too large.
+// takeTooLarge reports whether r's output was refused as too large. Marks
+// stay until a batch commits, so that two oversized events in one batch
+// cannot take turns being retried.
 func (p *Processor) takeTooLarge(r *kgo.Record) bool {
 	p.tooLargeMu.Lock()
 	defer p.tooLargeMu.Unlock()
-	ref := inputRef{r.Topic, r.Partition, r.Offset}
-	if _, ok := p.tooLarge[ref]; !ok {
-		return false
-	}
-	delete(p.tooLarge, ref)
-	return true
+	_, ok := p.tooLarge[inputRef{r.Topic, r.Partition, r.Offset}]
+	return ok
+}
+
+// clearTooLarge drops the marks once a batch committed: its marked inputs
+// are dead-lettered and committed, and inputs of partitions this instance
+// lost are marked again by whichever batch meets them.
+func (p *Processor) clearTooLarge() {
+	p.tooLargeMu.Lock()
+	clear(p.tooLarge)
+	p.tooLargeMu.Unlock()
 }
 
 // storeGuard takes the store guard, measuring it as a store call.
@@ -460,6 +521,9 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 			continue
 		case len(h.CustomerID) == 0:
 			p.deadLetter(b, dlq, r, ClassContract, "customer_id is empty")
+			continue
+		case !timeInRange(h.OccurredAt):
+			p.deadLetter(b, dlq, r, ClassContract, "occurred_at is outside the years 1 to 9999")
 			continue
 		}
 		if s := p.cache.get(h.CustomerID); s != nil && !s.needsKey(h.OccurredAt) {
@@ -734,6 +798,9 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 			continue
 		case fr.SubjectID == "":
 			p.deadLetter(b, dlq, r, ClassContract, "subject_id is empty")
+			continue
+		case !timeInRange(fr.RequestedAt.UnixMilli()):
+			p.deadLetter(b, dlq, r, ClassContract, "requested_at is outside the years 1 to 9999")
 			continue
 		}
 		reqs = append(reqs, store.ForgetRequest{RequestID: fr.RequestID, SubjectID: fr.SubjectID, RequestedAt: fr.RequestedAt})

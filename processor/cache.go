@@ -95,10 +95,21 @@ func (c *subjectCache) forget(h store.SubjectHash) bool {
 		if s := g.byHash[h]; s != nil {
 			delete(g.byHash, h)
 			delete(g.byID, s.id)
+			s.wipe()
 			found = true
 		}
 	}
 	return found
+}
+
+// wipe overwrites the subject's key material: after a forget no copy of the
+// destroyed key should linger in memory.
+func (s *subject) wipe() {
+	clear(s.key)
+	s.key = nil
+	clear(s.pseudo)
+	s.pseudo = nil
+	s.pk.Wipe()
 }
 
 // clear drops every entry.

@@ -80,6 +80,7 @@ func TestForgetStatuses(t *testing.T) {
 				e.forgetRecord(t, "r3", "cust-never-seen", now),
 				&kgo.Record{Topic: e.topics.Forget, Key: []byte("x"), Value: []byte{0xff, 0xff}},
 				e.forgetRecord(t, "r4", "", now),
+				e.forgetRecord(t, "r5", c0, time.UnixMilli(1<<55)),
 			)
 			got := e.confirmations(t, 3)
 			for id, want := range map[string]string{"r1": schema.StatusForgotten, "r2": schema.StatusAlreadyForgotten, "r3": schema.StatusUnknownSubject} {
@@ -94,7 +95,7 @@ func TestForgetStatuses(t *testing.T) {
 			if g := got["r1"].Systems; len(g) != len(e.plan.Systems()) {
 				t.Errorf("FORGOTTEN lists systems %v, want all %v", g, e.plan.Systems())
 			}
-			dlq := e.readAll(t, 2, 30*time.Second, e.topics.ForgetDeadLetter)
+			dlq := e.readAll(t, 3, 30*time.Second, e.topics.ForgetDeadLetter)
 			classes := map[string]bool{}
 			for _, r := range dlq {
 				classes[header(r, "error.class")] = true

@@ -34,6 +34,9 @@ func badInputs(t *testing.T) []badInput {
 	emptyOrder := sample.New(9, 1, time.Now()).Next()
 	emptyOrder.OrderID = ""
 	eo, _ := schema.MarshalOrderEvent(emptyOrder)
+	farFuture := sample.New(12, 1, time.Now()).Next()
+	farFuture.OccurredAt = time.UnixMilli(1 << 55)
+	ff, _ := schema.MarshalOrderEvent(farFuture)
 	huge := sample.New(10, 1, time.Now()).Next()
 	huge.Attributes["note"] = string(bytes.Repeat([]byte("x"), 100<<10))
 	hb, _ := schema.MarshalOrderEvent(huge)
@@ -46,6 +49,7 @@ func badInputs(t *testing.T) []badInput {
 		{"empty customer_id", []byte("k6"), ec, processor.ClassContract},
 		{"empty order_id", []byte("k7"), eo, processor.ClassContract},
 		{"too large", []byte("k8"), hb, processor.ClassTooLarge},
+		{"occurred_at out of range", []byte("k9"), ff, processor.ClassContract},
 	}
 }
 

@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor/config"
@@ -50,6 +52,10 @@ type Config struct {
 	CacheSubjects int
 	// MaxBackoff caps the retry backoff during outages.
 	MaxBackoff time.Duration
+	// ProducerBatchMaxBytes, if set, caps the producer's record batches
+	// (the client's default is 1,000,012 bytes). It must not exceed the
+	// smallest max.message.bytes of the output topics.
+	ProducerBatchMaxBytes int32
 	// Logger receives structured logs; never identifiers.
 	Logger *slog.Logger
 	// Metrics, if not nil, are updated.
@@ -88,8 +94,9 @@ type Processor struct {
 	// client's batch limit) refused as too large; the redone batch
 	// dead-letters them instead of retrying them for ever. Written by
 	// produce promises, hence the mutex.
-	tooLargeMu sync.Mutex
-	tooLarge   map[inputRef]struct{}
+	tooLargeMu  sync.Mutex
+	tooLarge    map[inputRef]struct{}
+	topicLimits map[string]int // max.message.bytes of the output topics, if known
 
 	joined  atomic.Bool
 	storeOK atomic.Bool
@@ -269,6 +276,10 @@ func (p *Processor) session(ctx context.Context) error {
 			p.updateReady()
 		}),
 	)
+	p.loadTopicLimits(ctx)
+	if p.cfg.ProducerBatchMaxBytes > 0 {
+		opts = append(opts, kgo.ProducerBatchMaxBytes(p.cfg.ProducerBatchMaxBytes))
+	}
 	sess, err := kgo.NewGroupTransactSession(opts...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
@@ -323,6 +334,42 @@ func (p *Processor) failpoint(name string) {
 	if p.cfg.Failpoint != nil {
 		p.cfg.Failpoint(name)
 	}
+}
+
+// loadTopicLimits learns the max.message.bytes of the topics the processor
+// writes, to tell a record that is too large by itself from one that was
+// refused with the rest of its batch. Unknown topics keep no limit.
+func (p *Processor) loadTopicLimits(ctx context.Context) {
+	cl, err := kgo.NewClient(p.cfg.Kafka...)
+	if err != nil {
+		return
+	}
+	defer cl.Close()
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	topics := append([]string{p.cfg.Topics.Forgotten, p.cfg.Topics.OrdersDeadLetter, p.cfg.Topics.ForgetDeadLetter}, p.topics...)
+	configs, err := kadm.NewClient(cl).DescribeTopicConfigs(dctx, topics...)
+	if err != nil {
+		p.log.Debug("cannot describe the output topics' configs", "err", err)
+		return
+	}
+	limits := map[string]int{}
+	for _, rc := range configs {
+		if rc.Err != nil {
+			continue
+		}
+		for _, c := range rc.Configs {
+			if c.Key != "max.message.bytes" || c.Value == nil {
+				continue
+			}
+			if v, err := strconv.Atoi(*c.Value); err == nil && v > 0 {
+				limits[rc.Name] = v
+			}
+		}
+	}
+	p.tooLargeMu.Lock()
+	p.topicLimits = limits
+	p.tooLargeMu.Unlock()
 }
 
 // backoff is capped exponential backoff with full jitter.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/schema"
@@ -23,7 +24,7 @@ func TestOversizedOutputIsDeadLettered(t *testing.T) {
 	systems := e.plan.Systems()
 	// google-analytics keeps the items: give its topic a small limit.
 	adm := kadm.NewClient(e.client(t))
-	small := "4096"
+	small := "262144"
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := adm.CreateTopic(ctx, 3, 1, map[string]*string{"max.message.bytes": &small}, e.topics.PseudoPrefix+"google-analytics"); err != nil {
@@ -33,12 +34,21 @@ func TestOversizedOutputIsDeadLettered(t *testing.T) {
 	big := gen.ForCustomer(0)
 	// Random SKUs: the copy must stay too large after compression.
 	rnd := make([]byte, 16)
-	for len(big.Items) < 1000 {
+	for len(big.Items) < 12000 {
 		_, _ = rand.Read(rnd)
 		big.Items = append(big.Items, schema.LineItem{SKU: fmt.Sprintf("SKU-%x", rnd), Quantity: 1, UnitPriceMinor: 100})
 	}
-	normal := []*schema.OrderEvent{gen.ForCustomer(1), gen.ForCustomer(2), gen.ForCustomer(0)}
-	e.produce(t, e.orderRecord(t, normal[0]), e.orderRecord(t, big), e.orderRecord(t, normal[1]), e.orderRecord(t, normal[2]))
+	var normal []*schema.OrderEvent
+	var recs []*kgo.Record
+	for i := 0; i < 1500; i++ {
+		ev := gen.ForCustomer(i % 3)
+		normal = append(normal, ev)
+		recs = append(recs, e.orderRecord(t, ev))
+		if i == 700 {
+			recs = append(recs, e.orderRecord(t, big))
+		}
+	}
+	e.produce(t, recs...)
 	e.start(t, "pz-1")
 
 	defer func() {

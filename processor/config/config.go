@@ -55,6 +55,10 @@ type Kafka struct {
 	// CreateTopics creates missing output, confirmation and dead-letter
 	// topics at start-up.
 	CreateTopics bool `yaml:"create_topics"`
+	// ProducerBatchMaxBytes caps the producer's record batches; 0 keeps
+	// the client's default (1,000,012). Set it no higher than the smallest
+	// max.message.bytes of the output topics.
+	ProducerBatchMaxBytes int `yaml:"producer_batch_max_bytes"`
 	// TLS enables TLS to the brokers.
 	TLS TLS `yaml:"tls"`
 	// SASL configures SASL authentication.
@@ -247,8 +251,14 @@ func (c *Config) Validate() error {
 		return errors.New("config: kafka.brokers is empty")
 	case c.Kafka.GroupID == "":
 		return errors.New("config: kafka.group_id is empty")
-	case c.Kafka.TransactionTimeout < time.Second:
-		return errors.New("config: kafka.transaction_timeout must be at least 1s")
+	case c.Kafka.TransactionTimeout < time.Second || c.Kafka.TransactionTimeout > 15*time.Second:
+		// The broker aborts a stalled transaction within its timeout plus
+		// about 10s; that must come before PostgreSQL ends the stalled
+		// instance's guard (30s idle-in-transaction timeout), see
+		// processor/doc.go.
+		return errors.New("config: kafka.transaction_timeout must be between 1s and 15s")
+	case c.Kafka.ProducerBatchMaxBytes < 0:
+		return errors.New("config: kafka.producer_batch_max_bytes must not be negative")
 	case c.Store.Postgres == "" && c.Store.Path == "":
 		return errors.New("config: no key store: set store.postgres or store.path")
 	case c.Store.Postgres != "" && c.Store.Path != "":
