@@ -1,0 +1,989 @@
+//go:build linux
+
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hamba/avro/v2"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/processor/policy"
+	"github.com/hygiene/pseudonymizer/schema"
+	"github.com/hygiene/pseudonymizer/schema/sample"
+	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
+)
+
+const (
+	envIntegration = "PSEUDONYMIZER_INTEGRATION"
+	envLogs        = "PSEUDONYMIZER_INTEGRATION_LOGS"
+	envRace        = "PSEUDONYMIZER_INTEGRATION_RACE"
+
+	groupID            = "pz-it"
+	partitions         = 4
+	sessionTimeout     = 6 * time.Second
+	transactionTimeout = 8 * time.Second
+	maxBackoff         = time.Second
+	maxPollRecords     = 200
+)
+
+// binPath is the service binary TestMain built, "" when the suite is off.
+var binPath string
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envIntegration) != "1" {
+		os.Exit(m.Run())
+	}
+	dir, err := os.MkdirTemp("", "pz-integration-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "pseudonymizer")
+	args := []string{"build", "-o", binPath}
+	if os.Getenv(envRace) == "1" {
+		args = append(args, "-race")
+	}
+	args = append(args, "github.com/hygiene/pseudonymizer/cmd/pseudonymizer")
+	cmd := exec.Command(goTool(), args...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "integration: go build ./cmd/pseudonymizer:", err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	fmt.Fprintf(os.Stderr, "integration: built the service in %s\n", time.Since(start).Round(time.Millisecond))
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	return filepath.Join(runtime.GOROOT(), "bin", "go")
+}
+
+// MustIntegration skips the test unless the integration suite is enabled.
+func MustIntegration(t testing.TB) {
+	t.Helper()
+	if os.Getenv(envIntegration) != "1" || binPath == "" {
+		t.Skipf("integration suite: set %s=1 to run it (it builds the service and runs it against kfake and PostgreSQL for minutes)", envIntegration)
+	}
+}
+
+// testPolicies are the systems of the suite. Every system keeps occurred_at,
+// which the sample generator makes unique per event, so outputs can be
+// matched to inputs; no system keeps a raw identifier.
+func testPolicies() []policy.Policy {
+	return []policy.Policy{
+		{System: "crm", Keep: []string{"event_type", "occurred_at", "total_minor"}, Pseudonymize: []string{"order_id", "customer_id"}},
+		{System: "google-analytics", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "items", "attributes.utm_source"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
+		{System: "meta", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "shipping_address.country"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
+	}
+}
+
+// leakMarkers are substrings of every raw identifier the suite produces:
+// customer IDs, order IDs, e-mail domains, click IDs and forget subjects.
+var leakMarkers = []string{"cust-1", "ord-1", "example.com", "Cj0KCQiA", "gone-"}
+
+// world is one test's universe: a kfake cluster, a key store schema, the
+// service instances and what was produced.
+type world struct {
+	t       testing.TB
+	cluster *kfake.Cluster
+	dsn     string
+	appName string
+	kek     string
+	dir     string
+	pols    []policy.Policy
+	plan    *policy.Plan
+	topics  config.Topics
+	cl      *kgo.Client
+	adm     *kadm.Client
+
+	mu        sync.Mutex
+	instances map[string]*instance
+	gen       *sample.Generator
+	events    map[int64]*schema.OrderEvent // by occurred_at (ms)
+	forgets   map[string]string            // request ID -> subject
+	streams   sync.WaitGroup
+}
+
+type worldConfig struct {
+	dsn string
+}
+
+// worldOpt configures MustNewWorld.
+type worldOpt func(*worldConfig)
+
+// withDSN uses a given PostgreSQL DSN instead of a fresh pgtest schema.
+func withDSN(dsn string) worldOpt { return func(c *worldConfig) { c.dsn = dsn } }
+
+// MustNewWorld starts a kfake cluster with every topic seeded and prepares
+// a key store schema; everything is torn down at cleanup, processes first.
+func MustNewWorld(t testing.TB, opts ...worldOpt) *world {
+	t.Helper()
+	MustIntegration(t)
+	var wc worldConfig
+	for _, o := range opts {
+		o(&wc)
+	}
+	w := &world{
+		t:         t,
+		topics:    config.Default().Topics,
+		pols:      testPolicies(),
+		instances: map[string]*instance{},
+		gen:       sample.New(uint64(time.Now().UnixNano()), 400, time.Now().Add(-72*time.Hour)),
+		events:    map[int64]*schema.OrderEvent{},
+		forgets:   map[string]string{},
+	}
+	var err error
+	if w.plan, err = policy.Compile(schema.OrderEventSchema(), w.pols); err != nil {
+		t.Fatal(err)
+	}
+	all := append([]string{w.topics.Orders, w.topics.Forget, w.topics.Forgotten, w.topics.OrdersDeadLetter, w.topics.ForgetDeadLetter}, w.outputTopics()...)
+	if w.cluster, err = kfake.NewCluster(kfake.NumBrokers(3), kfake.SeedTopics(partitions, all...)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.cluster.Close)
+
+	if wc.dsn == "" {
+		wc.dsn, _ = pgtest.MustTempSchema(t)
+	}
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	// A unique application_name lets a test terminate its own service's
+	// PostgreSQL backends without touching other tests'.
+	w.appName = "pseudonymizer-it-" + hex.EncodeToString(rnd[:])
+	w.dsn = withParam(wc.dsn, "application_name", w.appName)
+
+	kek := make([]byte, 32)
+	_, _ = rand.Read(kek)
+	w.kek = base64.StdEncoding.EncodeToString(kek)
+
+	if d := os.Getenv(envLogs); d != "" {
+		w.dir = filepath.Join(d, strings.ReplaceAll(t.Name(), "/", "_")+"-"+time.Now().Format("150405"))
+		if err := os.MkdirAll(w.dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		w.dir = t.TempDir()
+	}
+
+	if w.cl, err = kgo.NewClient(kgo.SeedBrokers(w.cluster.ListenAddrs()...), kgo.ProducerLinger(0)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.cl.Close)
+	w.adm = kadm.NewClient(w.cl)
+
+	// Registered last, so it runs first: no process outlives the test, and
+	// on failure the tail of each log is shown.
+	t.Cleanup(func() {
+		w.streams.Wait()
+		w.mu.Lock()
+		ins := make([]*instance, 0, len(w.instances))
+		for _, in := range w.instances {
+			ins = append(ins, in)
+		}
+		w.mu.Unlock()
+		for _, in := range ins {
+			in.kill()
+		}
+		if t.Failed() {
+			w.dumpLogs(t)
+		}
+	})
+	return w
+}
+
+// withParam adds a connection parameter to a URL or keyword/value DSN.
+func withParam(dsn, key, value string) string {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		if u, err := url.Parse(dsn); err == nil {
+			q := u.Query()
+			q.Set(key, value)
+			u.RawQuery = q.Encode()
+			return u.String()
+		}
+	}
+	return dsn + " " + key + "=" + value
+}
+
+func (w *world) outputTopics() []string {
+	var ts []string
+	for _, s := range w.plan.Systems() {
+		ts = append(ts, w.topics.PseudoPrefix+s)
+	}
+	return ts
+}
+
+func (w *world) allTopics() []string {
+	return append([]string{w.topics.Orders, w.topics.Forget, w.topics.Forgotten, w.topics.OrdersDeadLetter, w.topics.ForgetDeadLetter}, w.outputTopics()...)
+}
+
+// freeAddr returns a 127.0.0.1 address with a port that was free just now.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// instance is one service process (and its restarts) with one
+// transactional ID.
+type instance struct {
+	w       *world
+	name    string
+	cfgPath string
+	addr    string
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan struct{}
+	starts int
+	logs   []string
+}
+
+// configYAML is the service configuration of instance name.
+func (w *world) configYAML(name, addr string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "kafka:\n  brokers: [%s]\n  group_id: %s\n  transactional_id: %s\n  client_id: %s\n",
+		strings.Join(w.cluster.ListenAddrs(), ", "), groupID, name, name)
+	fmt.Fprintf(&b, "  session_timeout: %s\n  transaction_timeout: %s\n  create_topics: true\n", sessionTimeout, transactionTimeout)
+	fmt.Fprintf(&b, "store:\n  postgres: %q\n", w.dsn)
+	fmt.Fprintf(&b, "http:\n  listen: %s\n", addr)
+	fmt.Fprintf(&b, "log:\n  level: debug\n  format: json\n")
+	fmt.Fprintf(&b, "processing:\n  max_backoff: %s\n  max_poll_records: %d\n", maxBackoff, maxPollRecords)
+	b.WriteString("systems:\n")
+	for _, p := range w.pols {
+		fmt.Fprintf(&b, "  %s:\n    keep: [%s]\n    pseudonymize: [%s]\n", p.System, strings.Join(p.Keep, ", "), strings.Join(p.Pseudonymize, ", "))
+	}
+	return b.String()
+}
+
+// MustStart starts (or restarts) the instance with transactional ID name;
+// extra is added to its environment (such as a failpoint).
+func (w *world) MustStart(t testing.TB, name string, extra ...string) *instance {
+	t.Helper()
+	w.mu.Lock()
+	in := w.instances[name]
+	if in == nil {
+		in = &instance{w: w, name: name, addr: freeAddr(t), cfgPath: filepath.Join(w.dir, name+".yaml")}
+		w.instances[name] = in
+	}
+	w.mu.Unlock()
+	if in.running() {
+		t.Fatalf("instance %s is already running", name)
+	}
+	if in.starts == 0 {
+		if err := os.WriteFile(in.cfgPath, []byte(w.configYAML(name, in.addr)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.starts++
+	logPath := filepath.Join(w.dir, fmt.Sprintf("%s.%d.log", name, in.starts))
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(binPath, "run", "--config", in.cfgPath)
+	cmd.Env = append(serviceEnv(), "PSEUDONYMIZER_KEK="+w.kek)
+	cmd.Env = append(cmd.Env, extra...)
+	cmd.Stdout, cmd.Stderr = f, f
+	// The kernel kills the service if the test binary dies first.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		f.Close()
+		close(done)
+	}()
+	in.cmd, in.done = cmd, done
+	in.logs = append(in.logs, logPath)
+	return in
+}
+
+// serviceEnv is the test's environment without PSEUDONYMIZER_ variables,
+// which the service would read as configuration.
+func serviceEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PSEUDONYMIZER_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func (in *instance) current() (*exec.Cmd, chan struct{}) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.cmd, in.done
+}
+
+func (in *instance) running() bool {
+	cmd, done := in.current()
+	if cmd == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
+
+// signal sends sig to the running process, if any.
+func (in *instance) signal(sig syscall.Signal) {
+	if cmd, _ := in.current(); cmd != nil && in.running() {
+		_ = cmd.Process.Signal(sig)
+	}
+}
+
+// kill SIGKILLs the process, if running, and waits for it.
+func (in *instance) kill() {
+	cmd, done := in.current()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+	}
+}
+
+// MustKill SIGKILLs the instance and waits for it to be gone.
+func (in *instance) MustKill(t testing.TB) {
+	t.Helper()
+	in.kill()
+	if in.running() {
+		t.Fatalf("instance %s survived SIGKILL", in.name)
+	}
+}
+
+// MustWaitExit waits for the process to exit by itself and returns its
+// exit code (-1 when killed by a signal).
+func (in *instance) MustWaitExit(t testing.TB, timeout time.Duration) int {
+	t.Helper()
+	cmd, done := in.current()
+	if cmd == nil {
+		t.Fatalf("instance %s was never started", in.name)
+	}
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		t.Fatalf("instance %s did not exit within %s", in.name, timeout)
+	}
+	return cmd.ProcessState.ExitCode()
+}
+
+// MustStop stops the instance with SIGTERM and checks that it exits 0.
+func (in *instance) MustStop(t testing.TB) {
+	t.Helper()
+	if !in.running() {
+		return
+	}
+	in.signal(syscall.SIGCONT)
+	in.mustAwaitStarted(t)
+	in.signal(syscall.SIGTERM)
+	in.mustAwaitStopped(t)
+}
+
+// mustAwaitStarted waits until the process serves /healthz, so that it
+// handles SIGTERM (a process signaled before it installed its handler dies
+// of the signal, which is no clean stop).
+func (in *instance) mustAwaitStarted(t testing.TB) {
+	t.Helper()
+	c := http.Client{Timeout: 3 * time.Second}
+	deadline := time.Now().Add(60 * time.Second)
+	for in.running() && time.Now().Before(deadline) {
+		if resp, err := c.Get("http://" + in.addr + "/healthz"); err == nil {
+			resp.Body.Close()
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if in.running() {
+		t.Fatalf("instance %s does not serve /healthz after 60s", in.name)
+	}
+}
+
+// mustAwaitStopped waits for the process to exit after SIGTERM (a second
+// SIGTERM would make it exit at once) and checks that it exits 0.
+func (in *instance) mustAwaitStopped(t testing.TB) {
+	t.Helper()
+	cmd, done := in.current()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		in.kill()
+		t.Fatalf("instance %s did not stop within 60s of SIGTERM", in.name)
+	}
+	if got := cmd.ProcessState.ExitCode(); got != 0 {
+		t.Errorf("instance %s exit code after SIGTERM = %d, want 0", in.name, got)
+	}
+}
+
+// readyz returns the HTTP status of /readyz, 0 if it did not answer.
+func (in *instance) readyz() int {
+	c := http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + in.addr + "/readyz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// MustAwaitReadyz waits until /readyz answers want.
+func (in *instance) MustAwaitReadyz(t testing.TB, want int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	got := 0
+	for time.Now().Before(deadline) {
+		if got = in.readyz(); got == want {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("instance %s /readyz = %d after %s, want %d", in.name, got, timeout, want)
+}
+
+// MustStopAll stops every running instance cleanly, in parallel.
+func (w *world) MustStopAll(t testing.TB) {
+	t.Helper()
+	w.mu.Lock()
+	var ins []*instance
+	for _, in := range w.instances {
+		ins = append(ins, in)
+	}
+	w.mu.Unlock()
+	var stopping []*instance
+	for _, in := range ins {
+		if in.running() {
+			in.signal(syscall.SIGCONT)
+			in.mustAwaitStarted(t)
+			in.signal(syscall.SIGTERM)
+			stopping = append(stopping, in)
+		}
+	}
+	for _, in := range stopping {
+		in.mustAwaitStopped(t)
+	}
+}
+
+// instance returns the instance named name, nil if never started.
+func (w *world) instance(name string) *instance {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.instances[name]
+}
+
+// logFiles returns every log file of the world's processes.
+func (w *world) logFiles() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for _, in := range w.instances {
+		in.mu.Lock()
+		out = append(out, in.logs...)
+		in.mu.Unlock()
+	}
+	sort.Strings(out)
+	return out
+}
+
+// dumpLogs logs the last warnings and errors of every process.
+func (w *world) dumpLogs(t testing.TB) {
+	t.Helper()
+	for _, p := range w.logFiles() {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var keep []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, `"level":"WARN"`) || strings.Contains(l, `"level":"ERROR"`) || (l != "" && !strings.HasPrefix(l, "{")) {
+				keep = append(keep, l)
+			}
+		}
+		if len(keep) > 15 {
+			keep = keep[len(keep)-15:]
+		}
+		t.Logf("log %s (%d bytes), last warnings:\n%s", p, len(b), strings.Join(keep, "\n"))
+	}
+}
+
+// stream produces orders and forget requests.
+type stream struct {
+	n           int           // orders
+	forgetEvery int           // one forget request per this many orders; 0: none
+	chunk       int           // orders per produce call
+	pause       time.Duration // between chunks
+}
+
+// Stream produces s in the background; the returned channel is closed when
+// everything was produced. Failures are reported with t.Errorf.
+func (w *world) Stream(t testing.TB, s stream) <-chan struct{} {
+	t.Helper()
+	done := make(chan struct{})
+	w.streams.Add(1)
+	go func() {
+		defer w.streams.Done()
+		defer close(done)
+		for sent := 0; sent < s.n; {
+			k := min(s.chunk, s.n-sent)
+			if err := w.produce(sent, k, s.forgetEvery); err != nil {
+				t.Errorf("stream: %v", err)
+				return
+			}
+			sent += k
+			time.Sleep(s.pause)
+		}
+	}()
+	return done
+}
+
+// MustProduce produces n orders (and forgets) synchronously.
+func (w *world) MustProduce(t testing.TB, n, forgetEvery int) {
+	t.Helper()
+	if err := w.produce(0, n, forgetEvery); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// produce generates and writes k orders; offset is the count of orders of
+// this stream before them, to place forget requests.
+func (w *world) produce(offset, k, forgetEvery int) error {
+	var recs []*kgo.Record
+	w.mu.Lock()
+	for i := 0; i < k; i++ {
+		ev := w.gen.Next()
+		at := ev.OccurredAt.UnixMilli()
+		if _, dup := w.events[at]; dup {
+			w.mu.Unlock()
+			return fmt.Errorf("generator repeated occurred_at %d", at)
+		}
+		w.events[at] = ev
+		b, err := schema.MarshalOrderEvent(ev)
+		if err != nil {
+			w.mu.Unlock()
+			return err
+		}
+		recs = append(recs, &kgo.Record{Topic: w.topics.Orders, Key: []byte(ev.CustomerID), Value: b})
+		if forgetEvery > 0 && (offset+i+1)%forgetEvery == 0 {
+			n := len(w.forgets)
+			reqID := fmt.Sprintf("req-%06d", n)
+			subject := fmt.Sprintf("gone-%06d", n)
+			w.forgets[reqID] = subject
+			fb, err := schema.MarshalForgetRequest(&schema.ForgetRequest{RequestID: reqID, SubjectID: subject, RequestedAt: time.Now().Truncate(time.Millisecond)})
+			if err != nil {
+				w.mu.Unlock()
+				return err
+			}
+			recs = append(recs, &kgo.Record{Topic: w.topics.Forget, Key: []byte(subject), Value: fb})
+		}
+	}
+	w.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return w.cl.ProduceSync(ctx, recs...).FirstErr()
+}
+
+// counts returns how many orders and forget requests were produced.
+func (w *world) counts() (orders, forgets int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.events), len(w.forgets)
+}
+
+// MustAwaitConsumed waits until the group's committed offsets reach the end
+// of both input topics: everything produced so far is processed and
+// committed.
+func (w *world) MustAwaitConsumed(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	lastLog := time.Now()
+	for {
+		behind, err := w.lag()
+		if err == nil && behind == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("group still %d records behind after %s (err %v)", behind, timeout, err)
+		}
+		if time.Since(lastLog) > 15*time.Second {
+			t.Logf("waiting for the group: %d records behind", behind)
+			lastLog = time.Now()
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// lag is the number of input records not yet committed by the group.
+func (w *world) lag() (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	offs, err := w.adm.FetchOffsets(ctx, groupID)
+	if err != nil {
+		return -1, err
+	}
+	var behind int64
+	for _, topic := range []string{w.topics.Orders, w.topics.Forget} {
+		for _, pi := range w.cluster.PartitionInfos(topic) {
+			committed := int64(0)
+			if o, ok := offs.Lookup(topic, pi.Partition); ok && o.Err == nil && o.At > 0 {
+				committed = o.At
+			}
+			behind += pi.HighWatermark - committed
+		}
+	}
+	return behind, nil
+}
+
+// MustCommitted returns the sum of the group's committed input offsets.
+func (w *world) MustCommitted(t testing.TB) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	offs, err := w.adm.FetchOffsets(ctx, groupID)
+	if err != nil {
+		t.Fatalf("fetch group offsets: %v", err)
+	}
+	var sum int64
+	for _, topic := range []string{w.topics.Orders, w.topics.Forget} {
+		for _, pi := range w.cluster.PartitionInfos(topic) {
+			if o, ok := offs.Lookup(topic, pi.Partition); ok && o.Err == nil && o.At > 0 {
+				sum += o.At
+			}
+		}
+	}
+	return sum
+}
+
+// MustNoOpenTransaction waits until every partition's last stable offset
+// equals its high watermark: no transaction is left open.
+func (w *world) MustNoOpenTransaction(t testing.TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var open []string
+		for _, topic := range w.allTopics() {
+			for _, pi := range w.cluster.PartitionInfos(topic) {
+				if pi.LastStableOffset != pi.HighWatermark {
+					open = append(open, fmt.Sprintf("%s/%d (LSO %d, HWM %d)", topic, pi.Partition, pi.LastStableOffset, pi.HighWatermark))
+				}
+			}
+		}
+		if len(open) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("transactions still open after %s: %v", timeout, open)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// MustReadAll reads topics from the start to their high watermarks with a
+// read_committed consumer (control records kept only to track the position)
+// and returns the data records per topic.
+func (w *world) MustReadAll(t testing.TB, topics ...string) map[string][]*kgo.Record {
+	t.Helper()
+	type tp struct {
+		topic string
+		part  int32
+	}
+	end := map[tp]int64{}
+	for _, topic := range topics {
+		for _, pi := range w.cluster.PartitionInfos(topic) {
+			if pi.HighWatermark > 0 {
+				end[tp{topic, pi.Partition}] = pi.HighWatermark
+			}
+		}
+	}
+	out := map[string][]*kgo.Record{}
+	if len(end) == 0 {
+		return out
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(w.cluster.ListenAddrs()...), kgo.ConsumeTopics(topics...),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.KeepControlRecords())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	deadline := time.Now().Add(60 * time.Second)
+	for len(end) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("read_committed consumer did not reach the end of %d partitions: %v", len(end), end)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		f := cl.PollFetches(ctx)
+		cancel()
+		f.EachRecord(func(r *kgo.Record) {
+			k := tp{r.Topic, r.Partition}
+			if e, ok := end[k]; ok && r.Offset+1 >= e {
+				delete(end, k)
+			}
+			if !r.Attrs.IsControl() {
+				out[r.Topic] = append(out[r.Topic], r)
+			}
+		})
+	}
+	return out
+}
+
+// MustVerify stops nothing; call it after MustStopAll. It checks the
+// oracle of the package documentation and returns the number of records
+// per output topic.
+func (w *world) MustVerify(t testing.TB) {
+	t.Helper()
+	w.MustVerifyAllowing(t, 0)
+}
+
+// MustVerifyAllowing is MustVerify when up to maxTooLarge orders may have
+// been dead-lettered as too large (their copies refused by the broker):
+// such an order must reach no system at all. It returns the number of
+// orders dead-lettered.
+func (w *world) MustVerifyAllowing(t testing.TB, maxTooLarge int) int {
+	t.Helper()
+	w.MustNoOpenTransaction(t, 2*transactionTimeout)
+	recs := w.MustReadAll(t, append([]string{w.topics.Forgotten, w.topics.OrdersDeadLetter, w.topics.ForgetDeadLetter}, w.outputTopics()...)...)
+
+	w.mu.Lock()
+	events, forgets := maps.Clone(w.events), maps.Clone(w.forgets)
+	w.mu.Unlock()
+	wantOrders, wantForgets := len(events), len(forgets)
+	if wantOrders == 0 {
+		t.Fatal("no orders were produced")
+	}
+
+	// P6/P7: no dead letter, not even an aborted one, unless allowed.
+	dead := map[int64]bool{} // occurred_at of dead-lettered orders
+	for _, r := range recs[w.topics.OrdersDeadLetter] {
+		ev, err := schema.UnmarshalOrderEvent(r.Value)
+		if err != nil {
+			t.Errorf("dead letter at %d/%d: the original value does not decode: %v", r.Partition, r.Offset, err)
+			continue
+		}
+		dead[ev.OccurredAt.UnixMilli()] = true
+		if got := headerValue(r, "error.class"); maxTooLarge == 0 || got != "too_large" {
+			t.Errorf("P6: a valid order was dead-lettered with class %q", got)
+		}
+	}
+	if len(dead) > maxTooLarge {
+		t.Errorf("%d orders dead-lettered, want at most %d", len(dead), maxTooLarge)
+	}
+	dlqTopics := []string{w.topics.ForgetDeadLetter}
+	if maxTooLarge == 0 {
+		dlqTopics = append(dlqTopics, w.topics.OrdersDeadLetter)
+	}
+	for _, topic := range dlqTopics {
+		var hwm int64
+		for _, pi := range w.cluster.PartitionInfos(topic) {
+			hwm += pi.HighWatermark
+		}
+		if hwm != 0 {
+			t.Errorf("%s: %d records written (committed or aborted), want 0", topic, hwm)
+		}
+	}
+
+	// P4: one confirmation per forget request.
+	conf := map[string]int{}
+	for _, r := range recs[w.topics.Forgotten] {
+		c, err := schema.UnmarshalForgetConfirmation(r.Value)
+		if err != nil {
+			t.Errorf("confirmation does not decode: %v", err)
+			continue
+		}
+		conf[c.RequestID]++
+		if got, want := string(r.Key), forgets[c.RequestID]; got != want {
+			t.Errorf("confirmation of %s: key %q, want the subject %q", c.RequestID, got, want)
+		}
+		if got, want := c.Status, "UNKNOWN_SUBJECT"; got != want {
+			t.Errorf("confirmation of %s: status %s, want %s", c.RequestID, got, want)
+		}
+	}
+	for req := range forgets {
+		if got := conf[req]; got != 1 {
+			t.Errorf("P4: request %s has %d confirmations, want 1", req, got)
+		}
+	}
+	if got := len(conf); got != wantForgets {
+		t.Errorf("P4: confirmations for %d requests, want %d", got, wantForgets)
+	}
+
+	// P4, P3, P2, P1 on every system's topic.
+	owner := map[string]string{} // pseudonym -> system
+	for i, sys := range w.plan.Systems() {
+		topic := w.topics.PseudoPrefix + sys
+		seen := map[int64]int{}
+		pseudonym := map[string]string{} // customer -> key
+		unknown, leaks, splits := 0, 0, 0
+		for _, r := range recs[topic] {
+			if leak := leakIn(r); leak != "" {
+				leaks++
+				if leaks <= 3 {
+					t.Errorf("P1: %s record at %d/%d carries a raw identifier (marker %q)", sys, r.Partition, r.Offset, leak)
+				}
+			}
+			var v map[string]any
+			if err := avro.Unmarshal(w.plan.OutputSchema(i), r.Value, &v); err != nil {
+				t.Errorf("%s record at %d/%d does not decode: %v", sys, r.Partition, r.Offset, err)
+				continue
+			}
+			at, ok := v["occurred_at"].(time.Time)
+			if !ok {
+				t.Errorf("%s record at %d/%d: occurred_at is %T", sys, r.Partition, r.Offset, v["occurred_at"])
+				continue
+			}
+			ev := events[at.UnixMilli()]
+			if ev == nil {
+				unknown++
+				continue
+			}
+			seen[at.UnixMilli()]++
+			if dead[at.UnixMilli()] {
+				t.Errorf("P6: %s received a copy of a dead-lettered order", sys)
+			}
+			for _, raw := range sample.RawIdentifiers(ev) {
+				if bytes.Contains(r.Value, []byte(raw)) || bytes.Contains(r.Key, []byte(raw)) {
+					leaks++
+					t.Errorf("P1: %s output of an event carries one of its raw identifiers", sys)
+					break
+				}
+			}
+			key := string(r.Key)
+			if prev, ok := pseudonym[ev.CustomerID]; !ok {
+				pseudonym[ev.CustomerID] = key
+			} else if prev != key {
+				splits++
+			}
+			if o, ok := owner[key]; ok && o != sys {
+				t.Errorf("P2: pseudonym appears in %s and %s", o, sys)
+			}
+			owner[key] = sys
+		}
+		missing, dups := 0, 0
+		var example []string
+		for at := range events {
+			n := seen[at]
+			switch {
+			case n == 0 && dead[at]:
+				// Dead-lettered: reaches no system.
+			case n == 0:
+				missing++
+			case n > 1:
+				dups += n - 1
+			}
+			if n != 1 && !dead[at] && len(example) < 3 {
+				example = append(example, fmt.Sprintf("occurred_at %d seen %d times", at, n))
+			}
+		}
+		if missing > 0 || dups > 0 || unknown > 0 {
+			t.Errorf("P4: %s: %d records for %d events: %d missing, %d duplicates, %d unknown (e.g. %v)", sys, len(recs[topic]), wantOrders, missing, dups, unknown, example)
+		}
+		if splits > 0 {
+			t.Errorf("P3: %s: %d records carry a second pseudonym of their customer", sys, splits)
+		}
+		t.Logf("%s: %d committed records for %d events, %d customers", sys, len(recs[topic]), wantOrders, len(pseudonym))
+	}
+	t.Logf("%d forget requests, %d confirmed, %d orders dead-lettered", wantForgets, len(conf), len(dead))
+	w.mustCleanLogs(t)
+	return len(dead)
+}
+
+func headerValue(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// leakIn returns the leak marker found in r's key, value or headers.
+func leakIn(r *kgo.Record) string {
+	for _, m := range leakMarkers {
+		mb := []byte(m)
+		if bytes.Contains(r.Key, mb) || bytes.Contains(r.Value, mb) {
+			return m
+		}
+		for _, h := range r.Headers {
+			if strings.Contains(h.Key, m) || bytes.Contains(h.Value, mb) {
+				return m
+			}
+		}
+	}
+	return ""
+}
+
+// mustCleanLogs checks P8 on every process log: no raw identifier.
+func (w *world) mustCleanLogs(t testing.TB) {
+	t.Helper()
+	for _, p := range w.logFiles() {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Errorf("read log: %v", err)
+			continue
+		}
+		for _, m := range leakMarkers {
+			if i := bytes.Index(b, []byte(m)); i >= 0 {
+				t.Errorf("P8: log %s contains a raw identifier (marker %q)", filepath.Base(p), m)
+			}
+		}
+	}
+}
+
+// logContains reports whether some log of the instance contains s.
+func (in *instance) logContains(s string) bool {
+	in.mu.Lock()
+	logs := append([]string(nil), in.logs...)
+	in.mu.Unlock()
+	for _, p := range logs {
+		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(s)) {
+			return true
+		}
+	}
+	return false
+}
