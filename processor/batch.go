@@ -190,8 +190,17 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	if err != nil {
 		return abort(err)
 	}
+	committedWithGuard := false
 	defer func() {
-		if err := g.Release(context.WithoutCancel(ctx)); err != nil {
+		err := g.Release(context.WithoutCancel(ctx))
+		switch {
+		case err == nil:
+		case committedWithGuard:
+			// The guard was lost during the EndTxn round trip: a forget may
+			// have completed before this commit landed. See doc.go.
+			p.m.GuardLost.Inc()
+			p.log.Error("store guard lost while committing; a concurrent forget may have completed first", "err", err)
+		default:
 			p.log.Warn("releasing store guard", "err", err)
 		}
 	}()
@@ -205,9 +214,16 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 		return o, err
 	}
 
+	// A guard is lost with its connection (a killed backend, a restart):
+	// check it right before committing, so that only the EndTxn round trip
+	// itself remains exposed.
+	if err := g.Check(ctx); err != nil {
+		return abort(fmt.Errorf("store guard lost before commit: %w", err))
+	}
 	p.failpoint("before-commit")
 	commitStart := time.Now()
 	committed, err := sess.End(ctx, kgo.TryCommit)
+	committedWithGuard = err == nil && committed
 	p.m.CommitDuration.Observe(time.Since(commitStart).Seconds())
 	p.failpoint("after-commit")
 	if err != nil {

@@ -51,7 +51,15 @@
 //
 // So a batch that used S's old key either committed before Forget(S) could
 // take the lock, and thus before the confirmation exists, or it sees S in
-// its guard and aborts. The lock is never held while waiting for anything
+// its guard and aborts. A PostgreSQL guard is lost with its connection (a
+// killed backend, a server restart), so the batch checks the guard right
+// before EndTxn and aborts if it is gone. What remains is the EndTxn round
+// trip itself: if the guard's connection dies during it and a forget of a
+// subject of that batch completes within the same milliseconds, the batch's
+// records may become visible just after the confirmation. The batch then
+// finds the guard lost when it releases it; this is logged as an error and
+// counted (pseudonymizer_guard_lost_total). Closing it completely would
+// mean delaying every confirmation by the transaction timeout. The lock is never held while waiting for anything
 // but one EndTxn. A stalled (SIGSTOPped) holder cannot block forgets for
 // ever: the PostgreSQL store sets idle_in_transaction_session_timeout
 // (30s) above the Kafka transaction timeout (10s by default), so the broker

@@ -22,6 +22,7 @@ type Metrics struct {
 	CacheMisses     prometheus.Counter
 	CachedSubjects  prometheus.Gauge
 	Ready           prometheus.Gauge
+	GuardLost       prometheus.Counter
 	ConsumerLag     *prometheus.GaugeVec
 }
 
@@ -58,6 +59,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Order events whose subject key had to be resolved in the store."}),
 		CachedSubjects: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "cached_subjects",
 			Help: "Subjects currently in the key cache."}),
+		GuardLost: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "guard_lost_total",
+			Help: "Batches committed although the store guard was lost during the commit (see processor/doc.go)."}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
 			Help: "1 when the group is joined and the store reachable."}),
 		ConsumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_lag",
@@ -66,7 +69,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.RecordsIn, m.RecordsOut, m.DeadLetters, m.Suppressed, m.Forgets, m.ForgetLatency,
 			m.BatchDuration, m.CommitDuration, m.Batches, m.StoreRoundTrips, m.StoreLatency, m.CacheHits,
-			m.CacheMisses, m.CachedSubjects, m.Ready, m.ConsumerLag)
+			m.CacheMisses, m.CachedSubjects, m.Ready, m.GuardLost, m.ConsumerLag)
 	}
 	return m
 }

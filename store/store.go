@@ -142,7 +142,12 @@ type Guard interface {
 	// it, or it is too long to return). The caller must then drop every
 	// key it caches and must not commit work derived from cached keys.
 	Complete() bool
-	// Release gives the guard up. It is safe to call more than once.
+	// Check verifies that the guard is still held (a PostgreSQL guard is
+	// lost with its connection). The processor checks right before its
+	// Kafka commit and aborts the batch if the guard is gone.
+	Check(ctx context.Context) error
+	// Release gives the guard up. It is safe to call more than once. An
+	// error means the guard may have been lost before Release.
 	Release(ctx context.Context) error
 }
 

@@ -2,8 +2,10 @@ package embedded
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -47,6 +49,7 @@ type guard struct {
 	forgotten []store.SubjectHash
 	complete  bool
 	once      sync.Once
+	released  atomic.Bool
 }
 
 // Seq returns the newest forget sequence number at the time of the guard.
@@ -60,8 +63,20 @@ func (g *guard) Forgotten() []store.SubjectHash { return g.forgotten }
 // requested sequence number.
 func (g *guard) Complete() bool { return g.complete }
 
+// Check reports whether the guard is still held: an embedded guard lives
+// in this process and is lost only by Release.
+func (g *guard) Check(context.Context) error {
+	if g.released.Load() {
+		return errors.New("embedded: guard: already released")
+	}
+	return nil
+}
+
 // Release gives the guard up; later calls do nothing.
 func (g *guard) Release(context.Context) error {
-	g.once.Do(func() { g.s.guard.Release(1) })
+	g.once.Do(func() {
+		g.released.Store(true)
+		g.s.guard.Release(1)
+	})
 	return nil
 }

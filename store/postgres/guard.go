@@ -88,6 +88,23 @@ func (g *guard) Forgotten() []store.SubjectHash { return g.forgotten }
 // requested sequence number.
 func (g *guard) Complete() bool { return g.complete }
 
+// Check runs a trivial query in the guard's transaction: if it succeeds
+// and the transaction is still open, the shared lock is still held.
+func (g *guard) Check(ctx context.Context) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.conn == nil {
+		return errors.New("postgres: guard: already released")
+	}
+	ctx, cancel := context.WithTimeout(ctx, releaseTimeout)
+	defer cancel()
+	_, err := g.conn.Exec(ctx, "SELECT 1")
+	if err == nil && g.conn.PgConn().TxStatus() != 'T' {
+		err = errors.New("guard transaction is no longer open")
+	}
+	return wrapErr("guard: check", err)
+}
+
 // Release commits the guard's transaction and returns its connection. Later
 // calls return the first call's result. An error means the guard may have
 // been lost before Release (for example to the idle-in-transaction timeout).

@@ -172,6 +172,9 @@ func TestStalledGuardIsEndedByServer(t *testing.T) {
 	if got, want := res[0].Status, store.UnknownSubject; got != want {
 		t.Errorf("status: got %v, want %v", got, want)
 	}
+	if err := g.Check(ctx); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Check of a guard ended by the server: got %v, want ErrUnavailable", err)
+	}
 	if err := g.Release(ctx); !errors.Is(err, store.ErrUnavailable) {
 		t.Errorf("Release of a guard ended by the server: got %v, want ErrUnavailable", err)
 	}

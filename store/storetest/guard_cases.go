@@ -81,7 +81,13 @@ func (s *suite) testForgetWaitsForGuard(t *testing.T) {
 	if got := mustKey(t, stores[0], "alice", t0); !bytes.Equal(got, old) {
 		t.Errorf("key changed while the Guard was held")
 	}
+	if err := g.Check(context.Background()); err != nil {
+		t.Errorf("Check of a held Guard: %v", err)
+	}
 	mustRelease(t, g)
+	if err := g.Check(context.Background()); err == nil {
+		t.Errorf("Check of a released Guard succeeded")
+	}
 	select {
 	case r := <-done:
 		if r.err != nil {
