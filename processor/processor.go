@@ -287,7 +287,7 @@ func (p *Processor) session(ctx context.Context) error {
 	defer func() {
 		p.joined.Store(false)
 		p.updateReady()
-		sess.Close()
+		p.closeSession(sess, ctx.Err() != nil)
 	}()
 
 	bo := backoff{max: p.cfg.MaxBackoff}
@@ -333,6 +333,34 @@ func (p *Processor) session(ctx context.Context) error {
 func (p *Processor) failpoint(name string) {
 	if p.cfg.Failpoint != nil {
 		p.cfg.Failpoint(name)
+	}
+}
+
+// leaveTimeout bounds how long closing a session waits to leave the group.
+const leaveTimeout = 10 * time.Second
+
+// closeSession closes the transactional client. No transaction is open by
+// then, so all that is left is leaving the group; that waits for a JoinGroup
+// in flight, which the broker may hold until the rebalance ends (a member
+// that was killed is waited for up to its session timeout). When shutting
+// down, the processor stops waiting after leaveTimeout: the broker drops the
+// member after its session timeout, and the client finishes closing in the
+// background. Before a new session it waits, so that two clients of one
+// instance never overlap.
+func (p *Processor) closeSession(sess *kgo.GroupTransactSession, shuttingDown bool) {
+	if !shuttingDown {
+		sess.Close()
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sess.Close()
+	}()
+	select {
+	case <-done:
+	case <-time.After(leaveTimeout):
+		p.log.Warn("leaving the consumer group takes long (a rebalance is in progress); not waiting any longer", "waited", leaveTimeout)
 	}
 }
 

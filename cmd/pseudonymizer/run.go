@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/pprof"
 	"os"
 	"strconv"
 	"strings"
@@ -45,6 +46,7 @@ func runService(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	svc.stderr = stderr
 	defer svc.close()
 	if *check {
 		fmt.Fprintf(stdout, "configuration ok: %d systems, store reachable\n", len(svc.proc.OutputTopics()))
@@ -62,6 +64,7 @@ type service struct {
 	reg     *prometheus.Registry
 	metrics *processor.Metrics
 	kopts   []kgo.Opt
+	stderr  io.Writer
 }
 
 // newService checks everything that can be checked before consuming: the
@@ -121,7 +124,7 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		st.Close()
 		return nil, err
 	}
-	return &service{cfg: cfg, log: log, store: st, proc: proc, reg: reg, metrics: metrics, kopts: kopts}, nil
+	return &service{cfg: cfg, log: log, store: st, proc: proc, reg: reg, metrics: metrics, kopts: kopts, stderr: os.Stderr}, nil
 }
 
 func (s *service) close() {
@@ -174,6 +177,8 @@ func (s *service) run(ctx context.Context) error {
 		s.log.Info("pseudonymizer stopped")
 		return err
 	case <-time.After(s.cfg.Processing.ShutdownTimeout):
+		// Show where it hangs: goroutine stacks carry no record data.
+		_ = pprof.Lookup("goroutine").WriteTo(s.stderr, 1)
 		return fmt.Errorf("shutdown did not finish within %s (processing.shutdown_timeout); open transactions are aborted by the broker", s.cfg.Processing.ShutdownTimeout)
 	}
 }
