@@ -138,6 +138,21 @@ func (r *Keyring) Unwrap(wrapped []byte, purpose string, binding []byte) ([]byte
 	return key, nil
 }
 
+// Rewrap unwraps a key and wraps it again with the active KEK, for KEK
+// rotation: the key itself, and so every pseudonym, stays the same. An
+// unwrap failure always matches ErrWrongKEK.
+func (r *Keyring) Rewrap(wrapped []byte, purpose string, binding []byte) ([]byte, error) {
+	key, err := r.Unwrap(wrapped, purpose, binding)
+	if err != nil {
+		if errors.Is(err, ErrWrongKEK) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %v", ErrWrongKEK, err)
+	}
+	defer clear(key)
+	return r.Wrap(key, purpose, binding)
+}
+
 // WrappedBy returns the ID of the KEK that wrapped a key, or false when the
 // bytes are not a wrapped key.
 func WrappedBy(wrapped []byte) (uint32, bool) {

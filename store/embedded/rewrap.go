@@ -3,7 +3,6 @@ package embedded
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 
 	bolt "go.etcd.io/bbolt"
@@ -48,7 +47,7 @@ func (s *Store) rewrapFrom(from []byte, limit int) (changed int, next []byte, er
 		changed, next = 0, nil
 		meta := tx.Bucket(bucketMeta)
 		if w := meta.Get(metaIndexKey); !current(w, active) {
-			nw, err := rewrap(s.kr, w, store.PurposeIndexKey, nil)
+			nw, err := s.kr.Rewrap(w, store.PurposeIndexKey, nil)
 			if err != nil {
 				return err
 			}
@@ -71,7 +70,7 @@ func (s *Store) rewrapFrom(from []byte, limit int) (changed int, next []byte, er
 			if current(v, active) {
 				continue
 			}
-			nw, err := rewrap(s.kr, v, store.PurposeSubjectKey, k)
+			nw, err := s.kr.Rewrap(v, store.PurposeSubjectKey, k)
 			if err != nil {
 				return err
 			}
@@ -98,17 +97,4 @@ func (s *Store) rewrapFrom(from []byte, limit int) (changed int, next []byte, er
 func current(wrapped []byte, active uint32) bool {
 	id, ok := store.WrappedBy(wrapped)
 	return ok && id == active
-}
-
-// rewrap unwraps a key and wraps it again with the active KEK.
-func rewrap(kr *store.Keyring, wrapped []byte, purpose string, binding []byte) ([]byte, error) {
-	key, err := kr.Unwrap(wrapped, purpose, binding)
-	if err != nil {
-		if errors.Is(err, store.ErrWrongKEK) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w: %v", store.ErrWrongKEK, err)
-	}
-	defer clear(key)
-	return kr.Wrap(key, purpose, binding)
 }

@@ -83,7 +83,7 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 
 		b := &pgx.Batch{}
 		if !current(index, s.kr.ActiveID()) {
-			w, err := rewrap(s.kr, index, store.PurposeIndexKey, nil)
+			w, err := s.kr.Rewrap(index, store.PurposeIndexKey, nil)
 			if err != nil {
 				return err
 			}
@@ -96,7 +96,7 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 			news := make([][]byte, len(hashes))
 			for i := range hashes {
 				var err error
-				if news[i], err = rewrap(s.kr, olds[i], store.PurposeSubjectKey, hashes[i]); err != nil {
+				if news[i], err = s.kr.Rewrap(olds[i], store.PurposeSubjectKey, hashes[i]); err != nil {
 					return err
 				}
 			}
@@ -131,18 +131,4 @@ func boolInt(b bool) int {
 		return 1
 	}
 	return 0
-}
-
-// rewrap unwraps a key and wraps it again with the active KEK. An unwrap
-// failure always matches store.ErrWrongKEK.
-func rewrap(kr *store.Keyring, wrapped []byte, purpose string, binding []byte) ([]byte, error) {
-	key, err := kr.Unwrap(wrapped, purpose, binding)
-	if err != nil {
-		if errors.Is(err, store.ErrWrongKEK) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w: %v", store.ErrWrongKEK, err)
-	}
-	defer clear(key)
-	return kr.Wrap(key, purpose, binding)
 }
