@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // wrapVersion is the first byte of every wrapped key.
@@ -151,6 +152,35 @@ func (r *Keyring) Rewrap(wrapped []byte, purpose string, binding []byte) ([]byte
 	}
 	defer clear(key)
 	return r.Wrap(key, purpose, binding)
+}
+
+// FillEntries completes entries whose Hash is set from the stored state of
+// each subject (its wrapped key, nil if none, and its newest tombstone),
+// unwrapping each subject's key once. Every entry gets its own copy of the
+// key. An unwrap failure matches ErrWrongKEK.
+func (r *Keyring) FillEntries(entries []Entry, state func(SubjectHash) (wrapped []byte, forgottenAt time.Time)) error {
+	plain := make(map[SubjectHash][]byte)
+	for i := range entries {
+		h := entries[i].Hash
+		wrapped, forgottenAt := state(h)
+		entries[i].ForgottenAt = forgottenAt
+		if wrapped == nil {
+			continue
+		}
+		key, ok := plain[h]
+		if !ok {
+			var err error
+			if key, err = r.Unwrap(wrapped, PurposeSubjectKey, h[:]); err != nil {
+				if errors.Is(err, ErrWrongKEK) {
+					return err
+				}
+				return fmt.Errorf("%w: %v", ErrWrongKEK, err)
+			}
+			plain[h] = key
+		}
+		entries[i].Key = append([]byte(nil), key...)
+	}
+	return nil
 }
 
 // WrappedBy returns the ID of the KEK that wrapped a key, or false when the

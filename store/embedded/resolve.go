@@ -84,22 +84,12 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 		return nil, fmt.Errorf("embedded: resolve: %w", err)
 	}
 
-	plain := make(map[store.SubjectHash][]byte, len(hashes))
-	for i := range entries {
-		h := entries[i].Hash
+	stateOf := func(h store.SubjectHash) ([]byte, time.Time) {
 		st := states[h]
-		entries[i].ForgottenAt = st.forgottenAt
-		if st.wrapped == nil {
-			continue
-		}
-		key, ok := plain[h]
-		if !ok {
-			if key, err = s.kr.Unwrap(st.wrapped, store.PurposeSubjectKey, h[:]); err != nil {
-				return nil, wrongKEK("resolve", err)
-			}
-			plain[h] = key
-		}
-		entries[i].Key = append([]byte(nil), key...)
+		return st.wrapped, st.forgottenAt
+	}
+	if err := s.kr.FillEntries(entries, stateOf); err != nil {
+		return nil, wrongKEK("resolve", err)
 	}
 	return entries, nil
 }
