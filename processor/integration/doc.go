@@ -31,4 +31,15 @@
 // PSEUDONYMIZER_INTEGRATION_PG_RESTART=shared to stop and restart the shared
 // cluster with pg_ctlcluster instead (it is always restarted at cleanup).
 // PSEUDONYMIZER_INTEGRATION_LOGS=DIR keeps the service logs in DIR.
+//
+// One kfake gap is bridged by the harness: a group member whose process
+// died while its JoinGroup was held in a rebalance never gets a session
+// timer in kfake, so it stays in the group for good and every later
+// rebalance waits for it; since kfake restarts the rebalance timer on each
+// join, the group can stall forever (every instance logging a JoinGroup
+// "i/o timeout" every 70s). A Kafka broker expires such a member after its
+// session timeout. The harness's reaper does the same: it removes, with
+// LeaveGroup, the members of a process that exited at least one session
+// timeout ago, and logs each removal. Each process gets its own Kafka
+// client ID (name.start) so the reaper can tell them apart.
 package integration

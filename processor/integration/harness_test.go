@@ -28,6 +28,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/processor/policy"
@@ -132,6 +133,7 @@ type world struct {
 	events    map[int64]*schema.OrderEvent // by occurred_at (ms)
 	forgets   map[string]string            // request ID -> subject
 	streams   sync.WaitGroup
+	exited    map[string]time.Time // Kafka client ID of a process -> when it exited
 }
 
 type worldConfig struct {
@@ -161,6 +163,7 @@ func MustNewWorld(t testing.TB, opts ...worldOpt) *world {
 		gen:       sample.New(uint64(time.Now().UnixNano()), 400, time.Now().Add(-72*time.Hour)),
 		events:    map[int64]*schema.OrderEvent{},
 		forgets:   map[string]string{},
+		exited:    map[string]time.Time{},
 	}
 	var err error
 	if w.plan, err = policy.Compile(schema.OrderEventSchema(), w.pols); err != nil {
@@ -200,10 +203,12 @@ func MustNewWorld(t testing.TB, opts ...worldOpt) *world {
 	}
 	t.Cleanup(w.cl.Close)
 	w.adm = kadm.NewClient(w.cl)
+	stopReaper := w.startReaper(t)
 
 	// Registered last, so it runs first: no process outlives the test, and
 	// on failure the tail of each log is shown.
 	t.Cleanup(func() {
+		stopReaper()
 		w.streams.Wait()
 		w.mu.Lock()
 		ins := make([]*instance, 0, len(w.instances))
@@ -316,8 +321,11 @@ func (w *world) MustStart(t testing.TB, name string, extra ...string) *instance 
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Every incarnation has its own Kafka client ID, so the reaper can tell
+	// the group members of a dead process from those of its successor.
+	clientID := fmt.Sprintf("%s.%d", name, in.starts)
 	cmd := exec.Command(binPath, "run", "--config", in.cfgPath)
-	cmd.Env = append(serviceEnv(), "PSEUDONYMIZER_KEK="+w.kek)
+	cmd.Env = append(serviceEnv(), "PSEUDONYMIZER_KEK="+w.kek, "PSEUDONYMIZER_KAFKA_CLIENT_ID="+clientID)
 	cmd.Env = append(cmd.Env, extra...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// The kernel kills the service if the test binary dies first.
@@ -330,6 +338,9 @@ func (w *world) MustStart(t testing.TB, name string, extra ...string) *instance 
 	go func() {
 		_ = cmd.Wait()
 		f.Close()
+		w.mu.Lock()
+		w.exited[clientID] = time.Now()
+		w.mu.Unlock()
 		close(done)
 	}()
 	in.cmd, in.done = cmd, done
@@ -986,4 +997,89 @@ func (in *instance) logContains(s string) bool {
 		}
 	}
 	return false
+}
+
+// startReaper does for the test what a Kafka group coordinator does on its
+// own and kfake does not: it removes the group members of dead processes
+// once their session timeout has passed. kfake (as of 2026-09) starts a
+// member's session timer only when a JoinGroup or SyncGroup answer reaches
+// it; a member whose process died while its JoinGroup was held in a
+// rebalance never gets one, stays in the group for good and makes every
+// later rebalance wait the full rebalance timeout for it. That timer restarts
+// on every join, so with members joining more than the client's request
+// overhead (10s) apart, the rebalance never ends (seen as JoinGroup
+// "i/o timeout" every 70s in every instance). Evicting only members whose
+// process exited at least one session timeout ago is what Kafka does, so the
+// suite still tests the service's own recovery. The returned func stops the
+// reaper and waits for it.
+func (w *world) startReaper(t testing.TB) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			w.mu.Lock()
+			dead := map[string]bool{}
+			for id, at := range w.exited {
+				if time.Since(at) >= sessionTimeout {
+					dead[id] = true
+				}
+			}
+			w.mu.Unlock()
+			if len(dead) == 0 {
+				continue
+			}
+			for _, m := range w.reap(ctx, dead) {
+				t.Logf("reaper: removed member %s of %s, still in the group a session timeout after its process exited", m.MemberID, m.ClientID)
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
+
+// reap sends LeaveGroup for every member of the group whose client ID is
+// in dead and returns the members removed.
+func (w *world) reap(ctx context.Context, dead map[string]bool) []kadm.DescribedGroupMember {
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	groups, err := w.adm.DescribeGroups(rctx, groupID)
+	if err != nil {
+		return nil
+	}
+	ghosts := map[string]kadm.DescribedGroupMember{}
+	req := kmsg.NewPtrLeaveGroupRequest()
+	req.Group = groupID
+	for _, m := range groups[groupID].Members {
+		if dead[m.ClientID] {
+			ghosts[m.MemberID] = m
+			lm := kmsg.NewLeaveGroupRequestMember()
+			lm.MemberID = m.MemberID
+			req.Members = append(req.Members, lm)
+		}
+	}
+	if len(ghosts) == 0 {
+		return nil
+	}
+	resp, err := req.RequestWith(rctx, w.cl)
+	if err != nil || resp.ErrorCode != 0 {
+		return nil
+	}
+	var removed []kadm.DescribedGroupMember
+	for _, m := range resp.Members {
+		if g, ok := ghosts[m.MemberID]; ok && m.ErrorCode == 0 {
+			removed = append(removed, g)
+		}
+	}
+	return removed
 }
