@@ -119,6 +119,9 @@ func (b *batch) add(r kgo.Record) {
 	b.recs = append(b.recs, r)
 }
 
+// abortTimeout bounds aborting a batch's transaction.
+const abortTimeout = 10 * time.Second
+
 // processBatch runs one transaction: forgets first, then orders, then the
 // guarded commit. See doc.go.
 func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSession, recs []*kgo.Record) (outcome, error) {
@@ -132,7 +135,12 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	}
 	var promise *producePromise
 	abort := func(cause error) (outcome, error) {
-		_, err := sess.End(ctx, kgo.TryAbort)
+		// The abort gets its own time: the cause may be that the batch's
+		// deadline passed (a slow store), and an End cut short by its
+		// context leaves the client unusable.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+		defer cancel()
+		_, err := sess.End(actx, kgo.TryAbort)
 		if promise != nil {
 			promise.Err() // every record's promise has run: nothing touches the next batch
 		}
@@ -196,10 +204,10 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 		switch {
 		case err == nil:
 		case committedWithGuard:
-			// The guard was lost during the EndTxn round trip: a forget may
-			// have completed before this commit landed. See doc.go.
+			// The guard was lost during the EndTxn round trip; forgets
+			// wait for its lease to expire. See doc.go.
 			p.m.GuardLost.Inc()
-			p.log.Error("store guard lost while committing; a concurrent forget may have completed first", "err", err)
+			p.log.Warn("store guard lost while committing; forgets wait until its lease expires", "err", err)
 		default:
 			p.log.Warn("releasing store guard", "err", err)
 		}
@@ -215,8 +223,8 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	}
 
 	// A guard is lost with its connection (a killed backend, a restart):
-	// check it right before committing, so that only the EndTxn round trip
-	// itself remains exposed.
+	// check it right before committing; from then on its lease covers the
+	// EndTxn round trip (see doc.go).
 	if err := g.Check(ctx); err != nil {
 		return abort(fmt.Errorf("store guard lost before commit: %w", err))
 	}

@@ -116,7 +116,11 @@ type KeyStore interface {
 	// returns the hashes of the subjects forgotten after sequence number
 	// since, plus the newest sequence number. The processor holds a guard
 	// across its Kafka commit: a forget can then never complete between the
-	// check of its keys and the commit of outputs derived from them.
+	// check of its keys and the commit of outputs derived from them. A
+	// guard that is lost after a successful Check (a PostgreSQL guard dies
+	// with its connection) still keeps Forget from returning until a
+	// bounded time has passed, long enough for the broker to have decided
+	// the holder's transaction.
 	Guard(ctx context.Context, since uint64) (Guard, error)
 
 	// Rewrap re-wraps up to limit keys that are not wrapped by the active

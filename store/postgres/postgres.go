@@ -43,7 +43,8 @@ func WithSchema(name string) Option {
 }
 
 // WithMaxConns bounds the number of open connections (default
-// DefaultMaxConns). Every held Guard occupies one.
+// DefaultMaxConns, at least 2). Every held Guard occupies one, and another
+// while it is taken.
 func WithMaxConns(n int) Option {
 	return func(o *options) { o.maxConns = n }
 }
@@ -51,7 +52,10 @@ func WithMaxConns(n int) Option {
 // WithIdleInTransactionTimeout sets the sessions'
 // idle_in_transaction_session_timeout (default
 // DefaultIdleInTransactionTimeout). A Guard held longer than this is lost:
-// the server ends its session and its Release reports an error.
+// the server ends its session and its Release reports an error. It is also
+// how long a lost Guard's lease makes Forget wait (see Store.Guard), so it
+// must exceed the Kafka transaction timeout plus the broker's delay in
+// aborting a timed-out transaction.
 func WithIdleInTransactionTimeout(d time.Duration) Option {
 	return func(o *options) { o.idleInTx = d }
 }
@@ -65,6 +69,8 @@ type Store struct {
 	// lockKey is the objid half of the guard advisory lock, derived from the
 	// store's schema.
 	lockKey int32
+	// leaseTTL is how long a Guard's lease outlives a lost connection.
+	leaseTTL time.Duration
 
 	// rewrapMu guards rewrapAfter, the subject hash after which the next
 	// Rewrap continues (nil: from the start).
@@ -87,8 +93,8 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.maxConns < 1 {
-		return nil, fmt.Errorf("postgres: open: max conns must be positive, got %d", o.maxConns)
+	if o.maxConns < 2 {
+		return nil, fmt.Errorf("postgres: open: max conns must be at least 2 (a Guard takes two at once), got %d", o.maxConns)
 	}
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
@@ -110,7 +116,10 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
 	}
-	s := &Store{pool: pl, kr: kr}
+	s := &Store{pool: pl, kr: kr, leaseTTL: o.idleInTx}
+	if s.leaseTTL <= 0 {
+		s.leaseTTL = DefaultIdleInTransactionTimeout
+	}
 	if err := s.migrate(ctx, o.schema); err != nil {
 		s.pool.close()
 		return nil, err

@@ -185,3 +185,86 @@ func TestStalledGuardIsEndedByServer(t *testing.T) {
 		t.Errorf("Ping after a lost guard: %v", err)
 	}
 }
+
+// TestLostGuardHoldsForget loses a guard's connection, as when PostgreSQL
+// kills the backend while the holder's Kafka commit is under way: the lock
+// is gone at once, but Forget must not return (so no confirmation can be
+// published) until the guard's lease expired, while a guard released
+// normally leaves no lease to wait for.
+func TestLostGuardHoldsForget(t *testing.T) {
+	dsn := pgtest.MustTempSchemaDSN(t)
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	ctx := context.Background()
+	const ttl = 3 * time.Second
+	s, err := postgres.Open(ctx, dsn, kr, postgres.WithIdleInTransactionTimeout(ttl))
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	mustLeases := func(want int) {
+		t.Helper()
+		if got, err := postgres.LiveLeases(ctx, s); err != nil || got != want {
+			t.Fatalf("live leases: got %d, %v; want %d", got, err, want)
+		}
+	}
+
+	released, err := s.Guard(ctx, 0)
+	if err != nil {
+		t.Fatalf("Guard: %v", err)
+	}
+	mustLeases(1)
+	if err := released.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	mustLeases(0)
+
+	lost, err := s.Guard(ctx, 0)
+	if err != nil {
+		t.Fatalf("Guard: %v", err)
+	}
+	defer lost.Release(ctx) // before s.Close, which waits for its connection
+	if err := lost.Check(ctx); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	var ok bool
+	if err := pgtest.MustConnect(t).QueryRow(ctx, "SELECT pg_terminate_backend($1)", postgres.GuardPID(lost)).Scan(&ok); err != nil || !ok {
+		t.Fatalf("pg_terminate_backend: %v %v", ok, err)
+	}
+	mustLeases(1)
+
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Forget(ctx, []store.ForgetRequest{{RequestID: "r1", SubjectID: "alice"}})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("Forget returned after %s, while the lost guard's lease was live (err %v)", time.Since(start), err)
+	case <-time.After(ttl / 3):
+	}
+	// The forget is committed meanwhile: a new guard is not blocked and
+	// already lists the subject.
+	g, err := s.Guard(ctx, 0)
+	if err != nil {
+		t.Fatalf("Guard while Forget awaits a lease: %v", err)
+	}
+	defer g.Release(ctx)
+	if got := g.Forgotten(); len(got) != 1 || got[0] != s.Hash("alice") {
+		t.Errorf("a guard taken after the forget committed lists %d subjects, want alice", len(got))
+	}
+	if err := g.Release(ctx); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Forget: %v", err)
+		}
+	case <-time.After(10 * ttl):
+		t.Fatalf("Forget still waiting %s after the lease expired", 9*ttl)
+	}
+	if err := lost.Release(ctx); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Release of a lost guard: got %v, want ErrUnavailable", err)
+	}
+}
