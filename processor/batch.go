@@ -198,16 +198,22 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	if err != nil {
 		return abort(err)
 	}
-	committedWithGuard := false
+	committedWithGuard, commitUnknown := false, false
 	defer func() {
+		if commitUnknown {
+			// EndTxn may still land: keep the guard's lease, so that
+			// forgets wait until it expires.
+			g.Abandon()
+			return
+		}
 		err := g.Release(context.WithoutCancel(ctx))
 		switch {
 		case err == nil:
 		case committedWithGuard:
-			// The guard was lost during the EndTxn round trip; forgets
-			// wait for its lease to expire. See doc.go.
+			// The guard was lost during the EndTxn round trip; its lease
+			// held forgets back until now. See doc.go.
 			p.m.GuardLost.Inc()
-			p.log.Warn("store guard lost while committing; forgets wait until its lease expires", "err", err)
+			p.log.Warn("store guard lost while committing; its lease held forgets back", "err", err)
 		default:
 			p.log.Warn("releasing store guard", "err", err)
 		}
@@ -231,7 +237,7 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	p.failpoint("before-commit")
 	commitStart := time.Now()
 	committed, err := sess.End(ctx, kgo.TryCommit)
-	committedWithGuard = err == nil && committed
+	committedWithGuard, commitUnknown = err == nil && committed, err != nil
 	p.m.CommitDuration.Observe(time.Since(commitStart).Seconds())
 	p.failpoint("after-commit")
 	if err != nil {

@@ -60,12 +60,14 @@
 // Guard commits a row (on a second connection, in the same round-trip time)
 // that the guard's transaction deletes as it releases the lock. Forget,
 // once it holds the lock, lists the live leases and, after committing,
-// waits until each is gone or expired before it returns; a released guard
-// left none, a lost one stays until it expires, after the store's
-// idle-in-transaction timeout (30s by default), by when the broker has
-// aborted (or committed) the holder's transaction: the Kafka transaction
-// timeout is at most 15s. The confirmation is only queued after Forget
-// returned. A lost guard thus delays forgets by up to 30s, and is counted
+// waits until each is gone or expired before it returns. A released guard
+// left none. A guard lost with its connection keeps its lease until the
+// batch's EndTxn returned (Release then deletes it on another connection),
+// or, if the outcome of EndTxn is unknown or the process died, until it
+// expires after the store's idle-in-transaction timeout (30s by default),
+// by when the broker has aborted (or committed) the holder's transaction:
+// the Kafka transaction timeout is at most 15s. The confirmation is only
+// queued after Forget returned. Lost guards are counted
 // (pseudonymizer_guard_lost_total) and logged.
 //
 // The lock is never held while waiting for anything but one EndTxn. A

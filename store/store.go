@@ -150,9 +150,15 @@ type Guard interface {
 	// lost with its connection). The processor checks right before its
 	// Kafka commit and aborts the batch if the guard is gone.
 	Check(ctx context.Context) error
-	// Release gives the guard up. It is safe to call more than once. An
-	// error means the guard may have been lost before Release.
+	// Release gives the guard up once the caller's commit is decided
+	// (committed, or never to be committed). It is safe to call more than
+	// once. An error means the guard may have been lost before Release; its
+	// lease is dropped all the same, since the commit is decided.
 	Release(ctx context.Context) error
+	// Abandon gives the guard up when the outcome of the caller's commit is
+	// unknown (the commit call failed midway): a lost guard's lease then
+	// stays until it expires. After Release, it does nothing.
+	Abandon()
 }
 
 // ForgetResultKey is what a store keeps to recognise a forget request when

@@ -152,8 +152,21 @@ func (g *guard) Check(ctx context.Context) error {
 // which releases the lock at the same instant, and returns its connection.
 // Later calls return the first call's result. An error means the guard may
 // have been lost before Release (for example to the idle-in-transaction
-// timeout); its lease then stays until it expires.
+// timeout); its lease is then deleted on another connection, as the
+// caller's commit is decided (if that fails too, the lease expires).
 func (g *guard) Release(ctx context.Context) error {
+	return g.release(ctx, true)
+}
+
+// Abandon returns the guard's connection without waiting for the server:
+// the caller's commit is undecided, so the lease of a lost guard must stay
+// until it expires. A live guard's transaction is rolled back with its
+// connection, which keeps the lease too; it expires with the others.
+func (g *guard) Abandon() {
+	_ = g.release(context.Background(), false)
+}
+
+func (g *guard) release(ctx context.Context, decided bool) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.conn == nil {
@@ -161,6 +174,12 @@ func (g *guard) Release(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
+	if !decided {
+		g.pool.release(g.conn) // still in a transaction: closed, lock dropped
+		g.conn = nil
+		g.err = errors.New("postgres: guard: abandoned")
+		return g.err
+	}
 	b := &pgx.Batch{}
 	// Losing this commit in a server crash only leaves a lease behind,
 	// which is safe: it need not wait for the disk.
@@ -174,5 +193,11 @@ func (g *guard) Release(ctx context.Context) error {
 	g.pool.release(g.conn)
 	g.conn = nil
 	g.err = wrapErr("guard: release", err)
+	if err != nil {
+		if conn, aerr := g.pool.acquire(ctx); aerr == nil {
+			_, _ = conn.Exec(ctx, deleteLease, g.holder)
+			g.pool.release(conn)
+		}
+	}
 	return g.err
 }

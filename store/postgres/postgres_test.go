@@ -268,3 +268,64 @@ func TestLostGuardHoldsForget(t *testing.T) {
 		t.Errorf("Release of a lost guard: got %v, want ErrUnavailable", err)
 	}
 }
+
+// TestReleaseOfLostGuardFreesForget: once the holder's commit is decided,
+// Release of a lost guard deletes its lease on another connection, and the
+// waiting Forget returns; Abandon (commit outcome unknown) keeps the lease.
+func TestReleaseOfLostGuardFreesForget(t *testing.T) {
+	dsn := pgtest.MustTempSchemaDSN(t)
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	ctx := context.Background()
+	const ttl = time.Minute
+	s, err := postgres.Open(ctx, dsn, kr, postgres.WithIdleInTransactionTimeout(ttl))
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer s.Close()
+	admin := pgtest.MustConnect(t)
+	mustLose := func(g store.Guard) {
+		t.Helper()
+		var ok bool
+		if err := admin.QueryRow(ctx, "SELECT pg_terminate_backend($1)", postgres.GuardPID(g)).Scan(&ok); err != nil || !ok {
+			t.Fatalf("pg_terminate_backend: %v %v", ok, err)
+		}
+	}
+
+	lost, err := s.Guard(ctx, 0)
+	if err != nil {
+		t.Fatalf("Guard: %v", err)
+	}
+	defer lost.Release(ctx)
+	mustLose(lost)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Forget(ctx, []store.ForgetRequest{{RequestID: "r1", SubjectID: "alice"}})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("Forget returned while the lost guard's lease was live (err %v)", err)
+	case <-time.After(time.Second):
+	}
+	if err := lost.Release(ctx); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("Release of a lost guard: got %v, want ErrUnavailable", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Forget: %v", err)
+		}
+	case <-time.After(ttl / 2):
+		t.Fatal("Forget still waits for the lease of a released guard")
+	}
+
+	abandoned, err := s.Guard(ctx, 0)
+	if err != nil {
+		t.Fatalf("Guard: %v", err)
+	}
+	mustLose(abandoned)
+	abandoned.Abandon()
+	if got, err := postgres.LiveLeases(ctx, s); err != nil || got != 1 {
+		t.Errorf("live leases after Abandon of a lost guard: got %d, %v; want 1", got, err)
+	}
+}
