@@ -198,22 +198,16 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	if err != nil {
 		return abort(err)
 	}
-	committedWithGuard, commitUnknown := false, false
+	committedWithGuard := false
 	defer func() {
-		if commitUnknown {
-			// EndTxn may still land: keep the guard's lease, so that
-			// forgets wait until it expires.
-			g.Abandon()
-			return
-		}
 		err := g.Release(context.WithoutCancel(ctx))
 		switch {
 		case err == nil:
 		case committedWithGuard:
-			// The guard was lost during the EndTxn round trip; its lease
-			// held forgets back until now. See doc.go.
+			// The guard was lost during the EndTxn round trip: a forget may
+			// have completed before this commit landed. See doc.go.
 			p.m.GuardLost.Inc()
-			p.log.Warn("store guard lost while committing; its lease held forgets back", "err", err)
+			p.log.Error("store guard lost while committing; a concurrent forget may have completed first", "err", err)
 		default:
 			p.log.Warn("releasing store guard", "err", err)
 		}
@@ -229,15 +223,15 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	}
 
 	// A guard is lost with its connection (a killed backend, a restart):
-	// check it right before committing; from then on its lease covers the
-	// EndTxn round trip (see doc.go).
+	// check it right before committing, so that only the EndTxn round trip
+	// itself remains exposed.
 	if err := g.Check(ctx); err != nil {
 		return abort(fmt.Errorf("store guard lost before commit: %w", err))
 	}
 	p.failpoint("before-commit")
 	commitStart := time.Now()
 	committed, err := sess.End(ctx, kgo.TryCommit)
-	committedWithGuard, commitUnknown = err == nil && committed, err != nil
+	committedWithGuard = err == nil && committed
 	p.m.CommitDuration.Observe(time.Since(commitStart).Seconds())
 	p.failpoint("after-commit")
 	if err != nil {

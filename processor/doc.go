@@ -51,32 +51,19 @@
 //
 // So a batch that used S's old key either committed before Forget(S) could
 // take the lock, and thus before the confirmation exists, or it sees S in
-// its guard and aborts.
-//
-// A PostgreSQL advisory lock is lost with its connection (a killed
-// backend, a server restart), possibly while its holder's EndTxn is in
-// flight. Two more rules cover that. The batch checks the guard right
-// before EndTxn and aborts if it is gone. And every guard is also a lease:
-// Guard commits a row (on a second connection, in the same round-trip time)
-// that the guard's transaction deletes as it releases the lock. Forget,
-// once it holds the lock, lists the live leases and, after committing,
-// waits until each is gone or expired before it returns. A released guard
-// left none. A guard lost with its connection keeps its lease until the
-// batch's EndTxn returned (Release then deletes it on another connection),
-// or, if the outcome of EndTxn is unknown or the process died, until it
-// expires after the store's idle-in-transaction timeout (30s by default),
-// by when the broker has aborted (or committed) the holder's transaction:
-// the Kafka transaction timeout is at most 15s. The confirmation is only
-// queued after Forget returned. Lost guards are counted
-// (pseudonymizer_guard_lost_total) and logged.
-//
-// The lock is never held while waiting for anything but one EndTxn. A
-// stalled (SIGSTOPped) holder cannot block forgets for ever either: the
-// server ends its session after the idle-in-transaction timeout, above the
-// Kafka transaction timeout, so the broker aborts the stalled transaction
-// before the lock and the lease are gone. The embedded store has one
-// process and no connections to lose: its lock is an RWMutex and it needs
-// no lease.
+// its guard and aborts. A PostgreSQL guard is lost with its connection (a
+// killed backend, a server restart), so the batch checks the guard right
+// before EndTxn and aborts if it is gone. What remains is the EndTxn round
+// trip itself: if the guard's connection dies during it and a forget of a
+// subject of that batch completes within the same milliseconds, the batch's
+// records may become visible just after the confirmation. The batch then
+// finds the guard lost when it releases it; this is logged as an error and
+// counted (pseudonymizer_guard_lost_total). Closing it completely would
+// mean delaying every confirmation by the transaction timeout. The lock is never held while waiting for anything
+// but one EndTxn. A stalled (SIGSTOPped) holder cannot block forgets for
+// ever: the PostgreSQL store sets idle_in_transaction_session_timeout
+// (30s) above the Kafka transaction timeout (10s by default), so the broker
+// aborts the stalled transaction before PostgreSQL drops its lock.
 //
 // The cache needs no time-to-live for correctness: it is invalidated through
 // the guard, and it is bounded (processing.cache_subjects) for memory only.

@@ -60,7 +60,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		CachedSubjects: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "cached_subjects",
 			Help: "Subjects currently in the key cache."}),
 		GuardLost: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "guard_lost_total",
-			Help: "Batches whose store guard was lost during the commit; forgets then wait for its lease (see processor/doc.go)."}),
+			Help: "Batches committed although the store guard was lost during the commit (see processor/doc.go)."}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
 			Help: "1 when the group is joined and the store reachable."}),
 		ConsumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_lag",

@@ -116,11 +116,7 @@ type KeyStore interface {
 	// returns the hashes of the subjects forgotten after sequence number
 	// since, plus the newest sequence number. The processor holds a guard
 	// across its Kafka commit: a forget can then never complete between the
-	// check of its keys and the commit of outputs derived from them. A
-	// guard that is lost after a successful Check (a PostgreSQL guard dies
-	// with its connection) still keeps Forget from returning until a
-	// bounded time has passed, long enough for the broker to have decided
-	// the holder's transaction.
+	// check of its keys and the commit of outputs derived from them.
 	Guard(ctx context.Context, since uint64) (Guard, error)
 
 	// Rewrap re-wraps up to limit keys that are not wrapped by the active
@@ -150,15 +146,9 @@ type Guard interface {
 	// lost with its connection). The processor checks right before its
 	// Kafka commit and aborts the batch if the guard is gone.
 	Check(ctx context.Context) error
-	// Release gives the guard up once the caller's commit is decided
-	// (committed, or never to be committed). It is safe to call more than
-	// once. An error means the guard may have been lost before Release; its
-	// lease is dropped all the same, since the commit is decided.
+	// Release gives the guard up. It is safe to call more than once. An
+	// error means the guard may have been lost before Release.
 	Release(ctx context.Context) error
-	// Abandon gives the guard up when the outcome of the caller's commit is
-	// unknown (the commit call failed midway): a lost guard's lease then
-	// stays until it expires. After Release, it does nothing.
-	Abandon()
 }
 
 // ForgetResultKey is what a store keeps to recognise a forget request when

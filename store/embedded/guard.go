@@ -80,6 +80,3 @@ func (g *guard) Release(context.Context) error {
 	})
 	return nil
 }
-
-// Abandon gives the guard up, like Release: an embedded guard is never lost.
-func (g *guard) Abandon() { _ = g.Release(context.Background()) }

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -17,14 +16,6 @@ const (
 	selectKeyHashes = "SELECT subject_hash FROM pz_subject_keys WHERE subject_hash = ANY($1::bytea[])"
 	selectTombs     = "SELECT subject_hash, requested_at FROM pz_tombstones WHERE subject_hash = ANY($1::bytea[])"
 	selectCounter   = "SELECT seq FROM pz_forget_counter"
-	// selectLeases lists the live leases of guards; run after the
-	// exclusive lock is granted, it sees every guard released before.
-	selectLeases = "SELECT holder FROM pz_guard_leases WHERE expires_at > clock_timestamp()"
-	// countLeases counts which of the leases $1 are still live.
-	countLeases = "SELECT count(*) FROM pz_guard_leases WHERE holder = ANY($1::bytea[]) AND expires_at > clock_timestamp()"
-	// pruneLeases deletes leases that expired long ago (their guards'
-	// connections were lost).
-	pruneLeases = "DELETE FROM pz_guard_leases WHERE expires_at < now() - interval '1 hour'"
 
 	deleteKeys  = "DELETE FROM pz_subject_keys WHERE subject_hash = ANY($1::bytea[])"
 	upsertTombs = `
@@ -63,16 +54,6 @@ type forgetSubject struct {
 // trips: the first begins it, takes the exclusive guard lock (waiting for
 // every Guard and key creation) and reads the state; the second writes the
 // changes and commits.
-//
-// The lock waits only for guards whose connections are alive. The first
-// round trip also lists the guards' live leases: a guard released normally
-// deleted its lease with the lock, so a lease seen here belongs to a guard
-// whose connection was lost (its Kafka commit may still be under way) or
-// to one being taken right now. After committing, Forget waits until each
-// such lease is gone or expired, so that the caller's confirmation cannot
-// be published before the lost holder's commit was decided. It waits on
-// every call, also for requests it had already carried out, so that a
-// retried Forget waits just the same.
 func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store.ForgetResult, error) {
 	results := make([]store.ForgetResult, len(reqs))
 	if len(reqs) == 0 {
@@ -93,21 +74,10 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			subjects[store.SubjectHash(h)] = &forgetSubject{}
 		}
 		var seq int64
-		var leases [][]byte
 
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
 		b.Queue(lockExclusive, guardLockClass, s.lockKey)
-		b.Queue(selectLeases).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var h []byte
-				if err := rows.Scan(&h); err != nil {
-					return err
-				}
-				leases = append(leases, h)
-			}
-			return rows.Err()
-		})
 		b.Queue(selectResults, reqHashes).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var rh []byte
@@ -204,39 +174,12 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			b.Queue(insertLog, logSeqs, logHashes)
 			b.Queue(insertResults, resHashes, resStatus, resAt)
 			b.Queue(advanceCounter, seq)
-			b.Queue(pruneLeases)
 		}
 		b.Queue("COMMIT")
-		if err := conn.SendBatch(ctx, b).Close(); err != nil {
-			return err
-		}
-		return awaitLeases(ctx, conn, leases)
+		return conn.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
 		return nil, wrapErr("forget", err)
 	}
 	return results, nil
-}
-
-// awaitLeases polls until none of leases is live any more.
-func awaitLeases(ctx context.Context, conn *pgx.Conn, leases [][]byte) error {
-	wait := 2 * time.Millisecond
-	for len(leases) > 0 {
-		var live int64
-		if err := conn.QueryRow(ctx, countLeases, leases).Scan(&live); err != nil {
-			return fmt.Errorf("committed, awaiting guard leases: %w", err)
-		}
-		if live == 0 {
-			return nil
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("committed, awaiting %d guard lease(s) (a guard's connection was lost while its Kafka commit may be under way): %w", live, ctx.Err())
-		case <-t.C:
-		}
-		wait = min(2*wait, 250*time.Millisecond)
-	}
-	return nil
 }

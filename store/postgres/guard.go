@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"math"
 	"sync"
@@ -25,8 +24,6 @@ const (
 SELECT l.subject_hash FROM pz_forget_log l
 WHERE l.seq > $1::int8 AND (SELECT c.seq FROM pz_forget_counter c) - $1::int8 <= ` + maxLogSQL + `
 ORDER BY l.seq`
-	insertLease = "INSERT INTO pz_guard_leases (holder, expires_at) VALUES ($1, clock_timestamp() + $2::int8 * interval '1 millisecond')"
-	deleteLease = "DELETE FROM pz_guard_leases WHERE holder = $1"
 )
 
 // Guard begins a transaction on a dedicated connection, takes the shared
@@ -34,30 +31,12 @@ ORDER BY l.seq`
 // transaction (and the connection) stay open until Release. A Guard held
 // longer than the idle-in-transaction timeout is ended by the server; its
 // Release then returns an error.
-//
-// The lock alone dies with its connection, possibly while the holder's
-// Kafka commit is still under way. So Guard also commits a lease row, on a
-// second connection and in the same round trip time, which the guard's
-// transaction deletes as it releases the lock: a Forget waits for every
-// lease it sees (see Forget), and the lease of a guard whose connection was
-// lost stays until it expires, after the idle-in-transaction timeout, by
-// when the broker has aborted or committed the holder's transaction.
 func (s *Store) Guard(ctx context.Context, since uint64) (store.Guard, error) {
-	holder := make([]byte, 16)
-	_, _ = rand.Read(holder)
-	leased := make(chan error, 1)
-	go func() {
-		leased <- s.with(ctx, func(conn *pgx.Conn) error {
-			_, err := conn.Exec(ctx, insertLease, holder, s.leaseTTL.Milliseconds())
-			return err
-		})
-	}()
 	conn, err := s.pool.acquire(ctx)
 	if err != nil {
-		s.dropLease(ctx, holder, <-leased)
 		return nil, wrapErr("guard", err)
 	}
-	g := &guard{pool: s.pool, conn: conn, holder: holder}
+	g := &guard{pool: s.pool, conn: conn}
 	sinceSQL := int64(math.MaxInt64)
 	if since < math.MaxInt64 {
 		sinceSQL = int64(since)
@@ -77,33 +56,13 @@ func (s *Store) Guard(ctx context.Context, since uint64) (store.Guard, error) {
 		}
 		return rows.Err()
 	})
-	err = conn.SendBatch(ctx, b).Close()
-	leaseErr := <-leased
-	if err == nil && leaseErr != nil {
-		err = leaseErr
-	}
-	if err != nil {
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		s.pool.release(conn) // still in a transaction: closed, lock dropped
-		s.dropLease(ctx, holder, leaseErr)
 		return nil, wrapErr("guard", err)
 	}
 	g.seq = uint64(seq)
 	g.complete = since <= g.seq && since >= uint64(pruned) && g.seq-since <= maxLog
 	return g, nil
-}
-
-// dropLease deletes the lease of a guard that was never handed out, so that
-// no Forget waits for it; if that fails too, the lease simply expires.
-func (s *Store) dropLease(ctx context.Context, holder []byte, insertErr error) {
-	if insertErr != nil {
-		return // most likely never written
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-	defer cancel()
-	_ = s.with(ctx, func(conn *pgx.Conn) error {
-		_, err := conn.Exec(ctx, deleteLease, holder)
-		return err
-	})
 }
 
 // guard is a held shared guard lock.
@@ -112,8 +71,6 @@ type guard struct {
 	seq       uint64
 	forgotten []store.SubjectHash
 	complete  bool
-
-	holder []byte // the lease row's key
 
 	mu   sync.Mutex
 	conn *pgx.Conn // nil once released
@@ -148,25 +105,10 @@ func (g *guard) Check(ctx context.Context) error {
 	return wrapErr("guard: check", err)
 }
 
-// Release deletes the guard's lease and commits the guard's transaction,
-// which releases the lock at the same instant, and returns its connection.
-// Later calls return the first call's result. An error means the guard may
-// have been lost before Release (for example to the idle-in-transaction
-// timeout); its lease is then deleted on another connection, as the
-// caller's commit is decided (if that fails too, the lease expires).
+// Release commits the guard's transaction and returns its connection. Later
+// calls return the first call's result. An error means the guard may have
+// been lost before Release (for example to the idle-in-transaction timeout).
 func (g *guard) Release(ctx context.Context) error {
-	return g.release(ctx, true)
-}
-
-// Abandon returns the guard's connection without waiting for the server:
-// the caller's commit is undecided, so the lease of a lost guard must stay
-// until it expires. A live guard's transaction is rolled back with its
-// connection, which keeps the lease too; it expires with the others.
-func (g *guard) Abandon() {
-	_ = g.release(context.Background(), false)
-}
-
-func (g *guard) release(ctx context.Context, decided bool) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.conn == nil {
@@ -174,30 +116,12 @@ func (g *guard) release(ctx context.Context, decided bool) error {
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
 	defer cancel()
-	if !decided {
-		g.pool.release(g.conn) // still in a transaction: closed, lock dropped
-		g.conn = nil
-		g.err = errors.New("postgres: guard: abandoned")
-		return g.err
-	}
-	b := &pgx.Batch{}
-	// Losing this commit in a server crash only leaves a lease behind,
-	// which is safe: it need not wait for the disk.
-	b.Queue("SET LOCAL synchronous_commit = off")
-	b.Queue(deleteLease, g.holder)
-	b.Queue("COMMIT")
-	err := g.conn.SendBatch(ctx, b).Close()
+	_, err := g.conn.Exec(ctx, "COMMIT")
 	if err == nil && g.conn.PgConn().TxStatus() != 'I' {
 		err = errors.New("guard transaction was not open")
 	}
 	g.pool.release(g.conn)
 	g.conn = nil
 	g.err = wrapErr("guard: release", err)
-	if err != nil {
-		if conn, aerr := g.pool.acquire(ctx); aerr == nil {
-			_, _ = conn.Exec(ctx, deleteLease, g.holder)
-			g.pool.release(conn)
-		}
-	}
 	return g.err
 }

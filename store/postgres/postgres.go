@@ -43,8 +43,7 @@ func WithSchema(name string) Option {
 }
 
 // WithMaxConns bounds the number of open connections (default
-// DefaultMaxConns, at least 2). Every held Guard occupies one, and another
-// while it is taken.
+// DefaultMaxConns). Every held Guard occupies one.
 func WithMaxConns(n int) Option {
 	return func(o *options) { o.maxConns = n }
 }
@@ -52,10 +51,7 @@ func WithMaxConns(n int) Option {
 // WithIdleInTransactionTimeout sets the sessions'
 // idle_in_transaction_session_timeout (default
 // DefaultIdleInTransactionTimeout). A Guard held longer than this is lost:
-// the server ends its session and its Release reports an error. It is also
-// how long a lost Guard's lease makes Forget wait (see Store.Guard), so it
-// must exceed the Kafka transaction timeout plus the broker's delay in
-// aborting a timed-out transaction.
+// the server ends its session and its Release reports an error.
 func WithIdleInTransactionTimeout(d time.Duration) Option {
 	return func(o *options) { o.idleInTx = d }
 }
@@ -69,8 +65,6 @@ type Store struct {
 	// lockKey is the objid half of the guard advisory lock, derived from the
 	// store's schema.
 	lockKey int32
-	// leaseTTL is how long a Guard's lease outlives a lost connection.
-	leaseTTL time.Duration
 
 	// rewrapMu guards rewrapAfter, the subject hash after which the next
 	// Rewrap continues (nil: from the start).
@@ -93,8 +87,8 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.maxConns < 2 {
-		return nil, fmt.Errorf("postgres: open: max conns must be at least 2 (a Guard takes two at once), got %d", o.maxConns)
+	if o.maxConns < 1 {
+		return nil, fmt.Errorf("postgres: open: max conns must be positive, got %d", o.maxConns)
 	}
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
@@ -116,10 +110,7 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
 	}
-	s := &Store{pool: pl, kr: kr, leaseTTL: o.idleInTx}
-	if s.leaseTTL <= 0 {
-		s.leaseTTL = DefaultIdleInTransactionTimeout
-	}
+	s := &Store{pool: pl, kr: kr}
 	if err := s.migrate(ctx, o.schema); err != nil {
 		s.pool.close()
 		return nil, err

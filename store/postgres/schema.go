@@ -58,14 +58,6 @@ CREATE TABLE IF NOT EXISTS pz_forget_counter (
 );
 INSERT INTO pz_forget_counter (id, seq, pruned_through) VALUES (true, 0, 0) ON CONFLICT DO NOTHING;
 `,
-	// Guard leases: a Guard's durable trace, which outlives its connection
-	// (see Store.Guard).
-	`
-CREATE TABLE IF NOT EXISTS pz_guard_leases (
-	holder     bytea PRIMARY KEY,
-	expires_at timestamptz NOT NULL
-);
-`,
 }
 
 const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (
