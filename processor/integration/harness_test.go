@@ -1000,18 +1000,9 @@ func (in *instance) logContains(s string) bool {
 }
 
 // startReaper does for the test what a Kafka group coordinator does on its
-// own and kfake does not: it removes the group members of dead processes
-// once their session timeout has passed. kfake (as of 2026-09) starts a
-// member's session timer only when a JoinGroup or SyncGroup answer reaches
-// it; a member whose process died while its JoinGroup was held in a
-// rebalance never gets one, stays in the group for good and makes every
-// later rebalance wait the full rebalance timeout for it. That timer restarts
-// on every join, so with members joining more than the client's request
-// overhead (10s) apart, the rebalance never ends (seen as JoinGroup
-// "i/o timeout" every 70s in every instance). Evicting only members whose
-// process exited at least one session timeout ago is what Kafka does, so the
-// suite still tests the service's own recovery. The returned func stops the
-// reaper and waits for it.
+// own and kfake does not (see the package documentation): it removes, with
+// LeaveGroup, the group members of processes that exited at least one
+// session timeout ago. The returned func stops the reaper and waits for it.
 func (w *world) startReaper(t testing.TB) func() {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
