@@ -283,6 +283,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("config: %s is empty", field)
 		}
 	}
+	if err := c.validateTopics(); err != nil {
+		return err
+	}
 	switch strings.ToUpper(c.Kafka.SASL.Mechanism) {
 	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
 	default:
@@ -297,6 +300,38 @@ func (c *Config) Validate() error {
 	case "auto", "json", "text":
 	default:
 		return fmt.Errorf("config: log.format %q is not auto, json or text", c.Log.Format)
+	}
+	return nil
+}
+
+// validateTopics rejects any two roles that share a topic: the inputs, the
+// confirmations, the dead letters and every system's output (pseudo_prefix
+// + system name). A dead-letter or confirmation topic that is also a
+// system's output would put raw orders or raw subject IDs on a marketing
+// system's topic (P1); an output that is an input would loop.
+func (c *Config) validateTopics() error {
+	type role struct{ key, topic string }
+	roles := []role{
+		{"topics.orders", c.Topics.Orders},
+		{"topics.forget", c.Topics.Forget},
+		{"topics.forgotten", c.Topics.Forgotten},
+		{"topics.orders_dead_letter", c.Topics.OrdersDeadLetter},
+		{"topics.forget_dead_letter", c.Topics.ForgetDeadLetter},
+	}
+	names := make([]string, 0, len(c.Systems))
+	for n := range c.Systems {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		roles = append(roles, role{"the output topic of systems." + n + " (topics.pseudo_prefix + system name)", c.Topics.PseudoPrefix + n})
+	}
+	seen := make(map[string]string, len(roles))
+	for _, r := range roles {
+		if first, dup := seen[r.topic]; dup {
+			return fmt.Errorf("config: %s and %s are the same topic %q; every input, confirmation, dead-letter and output topic must be distinct", first, r.key, r.topic)
+		}
+		seen[r.topic] = r.key
 	}
 	return nil
 }

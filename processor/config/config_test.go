@@ -88,6 +88,22 @@ func TestInvalid(t *testing.T) {
 		{"bad duration in env", minimal, "PSEUDONYMIZER_KAFKA_SESSION_TIMEOUT=soon", "SESSION_TIMEOUT"},
 		{"bad log level", minimal + "log: {level: loud}\n", "", "log.level"},
 		{"bad sasl", minimal + "kafka: {sasl: {mechanism: GSSAPI}}\n", "", "sasl"},
+		// Issue 12 case 5: raw orders or raw subject IDs on a marketing
+		// system's topic (P1).
+		{"dead letters on an output topic", minimal + "topics: {orders_dead_letter: orders.pseudo.meta}\n", "",
+			"topics.orders_dead_letter and the output topic of systems.meta"},
+		{"confirmations on an output topic", minimal + "topics: {forgotten: orders.pseudo.meta}\n", "",
+			"topics.forgotten and the output topic of systems.meta"},
+		{"forget dead letters on an output topic", minimal, "PSEUDONYMIZER_TOPICS_FORGET_DEAD_LETTER=orders.pseudo.meta",
+			"topics.forget_dead_letter and the output topic of systems.meta"},
+		{"prefix and system name make an input topic", "store: {path: a}\nkeys: {kek_file: k}\ntopics: {pseudo_prefix: orders.}\nsystems: {raw: {keep: [event_type], pseudonymize: [customer_id]}}\n", "",
+			"topics.orders and the output topic of systems.raw"},
+		{"one topic for both dead-letter kinds", minimal + "topics: {forget_dead_letter: orders.raw.dlq}\n", "",
+			"topics.orders_dead_letter and topics.forget_dead_letter"},
+		{"dead letters on an input topic", minimal + "topics: {orders_dead_letter: subjects.forget}\n", "",
+			"topics.forget and topics.orders_dead_letter"},
+		{"confirmations on the forget topic", minimal + "topics: {forgotten: subjects.forget}\n", "",
+			"topics.forget and topics.forgotten"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var env []string
