@@ -111,6 +111,10 @@ type Keys struct {
 	// OldKEKFiles hold retired KEKs, still used to unwrap keys until
 	// `pseudonymizer rewrap` has re-wrapped them with the active KEK.
 	OldKEKFiles []string `yaml:"old_kek_files"`
+	// AllowReadableKEKFiles accepts KEK files that group or others may
+	// access. By default such a file stops start-up: a KEK should be
+	// readable by the service's user only (chmod 600).
+	AllowReadableKEKFiles bool `yaml:"allow_readable_kek_files"`
 }
 
 // HTTP configures the operational HTTP endpoint.
