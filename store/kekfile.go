@@ -53,4 +53,3 @@ func ReadKEKFile(path string, allowReadable bool) (*KEK, error) {
 	}
 	return k, nil
 }
-
