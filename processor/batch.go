@@ -492,7 +492,7 @@ func (p *Processor) clearTooLarge() {
 // storeGuard takes the store guard, measuring it as a store call.
 func (p *Processor) storeGuard(ctx context.Context) (store.Guard, error) {
 	t := time.Now()
-	g, err := p.cfg.Store.Guard(ctx, p.seq)
+	g, err := p.cfg.Store.Guard(ctx, p.pos)
 	p.storeCall("guard", t, err)
 	if err != nil {
 		return nil, fmt.Errorf("store guard: %w", err)
@@ -510,6 +510,14 @@ func (p *Processor) storeCall(op string, start time.Time, err error) {
 // invalidate drops forgotten subjects from the cache and reports whether
 // the batch used a key that a forget destroyed after it was loaded.
 func (p *Processor) invalidate(g store.Guard, b *batch) (stale bool) {
+	if g.Diverged() {
+		// Keys this instance cached may have been destroyed by forgets
+		// that the restored store no longer lists (see doc.go).
+		p.m.StoreRewound.Inc()
+		p.log.Error("the key store's forget log was rewound (restored from a backup or recreated): dropping every cached key; "+
+			"forgets after the backup must be repeated, see README",
+			"seen_seq", p.pos.Seq, "store_seq", g.Seq())
+	}
 	if !g.Complete() {
 		p.cache.clear()
 		stale = len(b.used) > 0
@@ -520,7 +528,7 @@ func (p *Processor) invalidate(g store.Guard, b *batch) (stale bool) {
 			stale = true
 		}
 	}
-	p.seq = g.Seq()
+	p.pos = g.Position()
 	return stale
 }
 

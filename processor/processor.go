@@ -82,7 +82,7 @@ type Processor struct {
 	headers []map[string]bool
 
 	cache *subjectCache
-	seq   uint64 // newest forget sequence number seen by a guard
+	pos   store.Position // newest forget-log position seen by a guard
 	d     *pseudonym.Deriver
 	b     batch
 
@@ -257,12 +257,12 @@ func (p *Processor) Run(ctx context.Context) error {
 }
 
 func (p *Processor) baseline(ctx context.Context) error {
-	g, err := p.cfg.Store.Guard(ctx, 0)
+	g, err := p.cfg.Store.Guard(ctx, store.Position{})
 	p.setStoreOK(err == nil)
 	if err != nil {
 		return err
 	}
-	p.seq = g.Seq()
+	p.pos = g.Position()
 	return g.Release(ctx)
 }
 

@@ -58,6 +58,13 @@ CREATE TABLE IF NOT EXISTS pz_forget_counter (
 );
 INSERT INTO pz_forget_counter (id, seq, pruned_through) VALUES (true, 0, 0) ON CONFLICT DO NOTHING;
 `,
+	// Tags of the forget log (store.Position): each entry's, the newest
+	// entry's, and the log's epoch (the tag of position 0). migrate fills
+	// epoch (and tag, for an empty log) with random bytes.
+	`
+ALTER TABLE pz_forget_log ADD COLUMN IF NOT EXISTS tag bytea;
+ALTER TABLE pz_forget_counter ADD COLUMN IF NOT EXISTS epoch bytea, ADD COLUMN IF NOT EXISTS tag bytea;
+`,
 }
 
 const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (
@@ -120,6 +127,14 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 			if version < len(migrations) {
 				if _, err := tx.Exec(ctx, `INSERT INTO pz_meta (name, value) VALUES ('schema_version', $1)
 					ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`, []byte(fmt.Sprint(len(migrations)))); err != nil {
+					return err
+				}
+				epoch, err := store.NewTag()
+				if err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `UPDATE pz_forget_counter SET epoch = $1,
+					tag = CASE WHEN seq = 0 THEN $1 ELSE tag END WHERE epoch IS NULL`, epoch[:]); err != nil {
 					return err
 				}
 			}
