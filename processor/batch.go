@@ -137,6 +137,9 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	defer func() { p.m.BatchDuration.Observe(time.Since(start).Seconds()) }()
 	b := &p.b
 	b.reset()
+	// Every path out of this function has waited for its records'
+	// promises: no record points into an evicted subject any more.
+	defer p.cache.wipeEvicted()
 
 	if err := sess.Begin(); err != nil {
 		return outcomeAborted, fmt.Errorf("%w: begin: %w", errSessionBroken, err)

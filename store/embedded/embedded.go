@@ -157,7 +157,9 @@ func (s *Store) init() error {
 	if err != nil {
 		return wrongKEK("open: index key", err)
 	}
-	if s.hasher, err = store.NewHasher(key); err != nil {
+	s.hasher, err = store.NewHasher(key)
+	clear(key) // the Hasher holds its own copy, wiped on Close
+	if err != nil {
 		return fmt.Errorf("embedded: open: %w", err)
 	}
 	return nil
@@ -177,10 +179,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the file, after waiting for running transactions. It is safe
-// to call more than once.
+// Close closes the file, after waiting for running transactions, and wipes
+// the index key from memory (Hash must not be called after Close). It is
+// safe to call more than once.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	s.closeOnce.Do(func() {
+		s.closeErr = s.db.Close()
+		s.hasher.Wipe()
+	})
 	if s.closeErr != nil {
 		return fmt.Errorf("embedded: close: %w", s.closeErr)
 	}

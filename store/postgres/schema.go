@@ -165,7 +165,9 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 	if err != nil {
 		return wrongKEK("open: index key", err)
 	}
-	if s.hasher, err = store.NewHasher(key); err != nil {
+	s.hasher, err = store.NewHasher(key)
+	clear(key) // the Hasher holds its own copy, wiped on Close
+	if err != nil {
 		return fmt.Errorf("postgres: open: %w", err)
 	}
 	s.lockKey = schemaLockKey(current)

@@ -95,3 +95,17 @@ func (s *suite) testGuardDetectsRestore(t *testing.T) {
 		t.Errorf("Guard(position 0 of another log): got diverged %v, complete %v; want true, false", div, complete)
 	}
 }
+
+// testCloseWipesIndexKey: Close overwrites the store's index key in memory
+// (issue 12, case 6), so Hash no longer computes the stored hashes.
+func (s *suite) testCloseWipesIndexKey(t *testing.T) {
+	kr := MustKeyring(t, MustKEK(t, 1))
+	ks := s.mustOpen(t, kr)
+	before := ks.Hash("alice")
+	if err := ks.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if after := ks.Hash("alice"); after == before {
+		t.Errorf("Hash after Close still uses the index key: it was not wiped")
+	}
+}

@@ -66,6 +66,7 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"RewrapOneAtATime", s.testRewrapOneAtATime},
 		{"NoRawIDsOrKeysPersisted", s.testNoRawData},
 		{"PingAndClose", s.testPingAndClose},
+		{"CloseWipesIndexKey", s.testCloseWipesIndexKey},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
