@@ -143,3 +143,41 @@ func TestHugeRecordsDoNotWedge(t *testing.T) {
 		})
 	}
 }
+
+// TestOversizedConfirmationIsDeadLettered: a confirmation that the
+// confirmation topic refuses as too large (its max.message.bytes is below
+// what the IDs' bound lets through) dead-letters its request, which was
+// carried out, instead of retrying the batch for ever; the other request
+// of the batch is confirmed.
+func TestOversizedConfirmationIsDeadLettered(t *testing.T) {
+	e := newEnv(t, "embedded")
+	defer func() {
+		if t.Failed() {
+			t.Log(e.logs())
+		}
+	}()
+	adm := kadm.NewClient(e.client(t))
+	small := "1024"
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := adm.CreateTopic(ctx, 3, 1, map[string]*string{"max.message.bytes": &small}, e.topics.Forgotten); err != nil {
+		t.Fatal(err)
+	}
+	rnd := make([]byte, 600)
+	_, _ = rand.Read(rnd)
+	big := e.forgetRecord(t, "req-big", fmt.Sprintf("%x", rnd), time.Now()) // incompressible
+	ok := e.forgetRecord(t, "req-ok", "cust-1", time.Now())
+	big.Partition, ok.Partition = 0, 0
+	cl := e.client(t, kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err := cl.ProduceSync(ctx, big, ok).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	e.start(t, "pz-1")
+	if c := e.confirmations(t, 1); c["req-ok"] == nil {
+		t.Fatalf("the small request is not confirmed")
+	}
+	dlq := e.readAll(t, 1, 60*time.Second, e.topics.ForgetDeadLetter)
+	if len(dlq) != 1 || header(dlq[0], "error.class") != processor.ClassTooLarge || string(dlq[0].Value) != string(big.Value) {
+		t.Fatalf("forget dead letters %d; want the big request, whole, class too_large", len(dlq))
+	}
+}
