@@ -17,7 +17,7 @@
 // The forget log's entries carry random tags (store.Position): after a
 // restore from a backup (pg_restore, a PITR, a restored volume), a guard
 // whose caller saw an entry that the restore lost reports Diverged, even
-// when later forgets brought the sequence number back. Migration 2 adds the
+// when later forgets brought the sequence number back. A migration adds the
 // tags; entries written before it carry none and are not checked.
 //
 // Raw subject IDs and request IDs are never sent to the database: rows are
