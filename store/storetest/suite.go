@@ -65,6 +65,8 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"RewrapOneAtATime", s.testRewrapOneAtATime},
 		{"NoRawIDsOrKeysPersisted", s.testNoRawData},
 		{"PingAndClose", s.testPingAndClose},
+		{"SubjectReportsStateReadOnly", s.testSubject},
+		{"ForgetLogListsResultsInOrder", s.testForgetLog},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
