@@ -161,6 +161,63 @@ func NewTag() ([TagSize]byte, error) {
 	return t, nil
 }
 
+// Auditor answers an operator's questions about subjects and forget
+// requests without changing anything: the data subject's "what do you hold
+// about me" and "have you forgotten me", and the forget log as evidence.
+// Every KeyStore implementation is also an Auditor.
+type Auditor interface {
+	// Subject reports what the store holds about subjectID. It never
+	// creates a key.
+	Subject(ctx context.Context, subjectID string) (SubjectState, error)
+	// ForgetLog calls fn for every forget request completed at or after
+	// since, in order of completion, and stops at fn's first error.
+	ForgetLog(ctx context.Context, since time.Time, fn func(ForgetRecord) error) error
+}
+
+// SubjectState is what a store holds about one subject.
+type SubjectState struct {
+	// Hash is the subject's keyed hash.
+	Hash SubjectHash
+	// Key is the subject's current key (unwrapped), or nil when it has none.
+	// The caller should wipe it when done.
+	Key []byte
+	// KeyCreatedAt is when the current key was created; zero when it has
+	// no key or the key predates the recording of creation times.
+	KeyCreatedAt time.Time
+	// Forgotten describes the newest tombstone, or is nil when the subject
+	// was never forgotten.
+	Forgotten *Tombstone
+}
+
+// Tombstone is the trace a forget leaves: when it was requested, and by
+// which request.
+type Tombstone struct {
+	// RequestedAt is the request's requested_at: events that occurred at
+	// or before it are suppressed.
+	RequestedAt time.Time
+	// RequestID identifies the request; empty if it was recorded by a
+	// version that did not keep request IDs.
+	RequestID string
+	// CompletedAt is when the key was destroyed; zero if unknown.
+	CompletedAt time.Time
+}
+
+// ForgetRecord is one completed forget request, as kept for evidence. It
+// names the subject only by its keyed hash.
+type ForgetRecord struct {
+	// RequestID identifies the request; empty for requests recorded by a
+	// version that did not keep request IDs.
+	RequestID string
+	// Subject is the subject's keyed hash (zero if not recorded).
+	Subject SubjectHash
+	// Status is the request's outcome.
+	Status ForgetStatus
+	// RequestedAt is the request's requested_at (zero if not recorded).
+	RequestedAt time.Time
+	// CompletedAt is when the request was carried out.
+	CompletedAt time.Time
+}
+
 // Guard is a shared lock against Forget, held across a Kafka commit.
 type Guard interface {
 	// Seq is the newest forget sequence number at the time of the guard.

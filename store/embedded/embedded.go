@@ -42,8 +42,10 @@ const (
 	logRetention = 24 * time.Hour
 	// guardWeight is the weight of the exclusive (Forget) side of the lock.
 	guardWeight = 1 << 30
-	// schemaVersion is the layout version written to the meta bucket.
-	schemaVersion = 1
+	// schemaVersion is the layout version written to the meta bucket:
+	// 1 the first layout; 2 adds key creation times, the request ID,
+	// subject and requested_at to forget results, and the forget history.
+	schemaVersion = 2
 )
 
 // Bucket and meta key names.
@@ -53,6 +55,12 @@ var (
 	bucketTombs   = []byte("tombstones")
 	bucketResults = []byte("forget_results")
 	bucketLog     = []byte("forget_log")
+	// bucketCreated maps a subject hash to its key's creation time.
+	bucketCreated = []byte("key_created")
+	// bucketHistory orders forget results by completion: its keys are the
+	// completion time (8 bytes) followed by the request hash, its values
+	// empty.
+	bucketHistory = []byte("forget_history")
 
 	metaVersion  = []byte("schema_version")
 	metaIndexKey = []byte("index_key")
@@ -115,17 +123,24 @@ func Open(path string, kr *store.Keyring) (*Store, error) {
 func (s *Store) init() error {
 	var wrapped []byte
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketTombs, bucketResults, bucketLog} {
+		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketTombs, bucketResults, bucketLog, bucketCreated, bucketHistory} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
 		meta := tx.Bucket(bucketMeta)
 		if v := meta.Get(metaVersion); v != nil {
-			if got := getUint(v); got > schemaVersion {
+			got := getUint(v)
+			if got > schemaVersion {
 				return fmt.Errorf("file layout version %d is newer than this binary supports (%d)", got, schemaVersion)
 			}
-		} else if err := meta.Put(metaVersion, putUint(schemaVersion)); err != nil {
+			if got < 2 {
+				if err := upgradeHistory(tx); err != nil {
+					return fmt.Errorf("upgrade to layout 2: %w", err)
+				}
+			}
+		}
+		if err := meta.Put(metaVersion, putUint(schemaVersion)); err != nil {
 			return err
 		}
 		if meta.Get(metaEpoch) == nil {

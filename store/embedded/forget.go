@@ -32,7 +32,7 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		for i, r := range reqs {
 			h := s.hasher.Hash(r.SubjectID)
 			rh := store.ForgetResultKey(r.RequestID, h)
-			if v := done.Get(rh); len(v) == 9 {
+			if v := done.Get(rh); len(v) >= resultHead {
 				results[i] = store.ForgetResult{Status: store.ForgetStatus(v[0]), CompletedAt: getTime(v[1:])}
 				continue
 			}
@@ -42,6 +42,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			case keys.Get(h[:]) != nil:
 				status = store.Forgotten
 				if err := keys.Delete(h[:]); err != nil {
+					return err
+				}
+				if err := tx.Bucket(bucketCreated).Delete(h[:]); err != nil {
 					return err
 				}
 			case tomb != nil:
@@ -65,7 +68,10 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			if err := meta.Put(metaTag, tag[:]); err != nil {
 				return err
 			}
-			if err := done.Put(rh, putTime([]byte{byte(status)}, now)); err != nil {
+			if err := done.Put(rh, encodeResult(status, now, at, h, r.RequestID)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketHistory).Put(append(putTime(nil, now), rh...), nil); err != nil {
 				return err
 			}
 			results[i] = store.ForgetResult{Status: status, CompletedAt: now}

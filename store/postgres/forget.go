@@ -26,8 +26,8 @@ SET requested_at = EXCLUDED.requested_at, request_hash = EXCLUDED.request_hash
 WHERE EXCLUDED.requested_at > pz_tombstones.requested_at`
 	insertLog     = "INSERT INTO pz_forget_log (seq, subject_hash, tag) SELECT * FROM unnest($1::int8[], $2::bytea[], $3::bytea[])"
 	insertResults = `
-INSERT INTO pz_forget_results (request_hash, status, completed_at)
-SELECT * FROM unnest($1::bytea[], $2::int2[], $3::timestamptz[])`
+INSERT INTO pz_forget_results (request_hash, status, completed_at, request_id, subject_hash, requested_at)
+SELECT * FROM unnest($1::bytea[], $2::int2[], $3::timestamptz[], $4::text[], $5::bytea[], $6::timestamptz[])`
 	// advanceCounter stores the new sequence number and prunes the forget
 	// log to the newest maxLog rows of the last logRetention, recording the
 	// highest pruned sequence number.
@@ -122,7 +122,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		var logSeqs []int64
 		var logTags [][]byte
 		var resStatus []int16
-		var resAt []time.Time
+		var resAt, resRequested []time.Time
+		var resIDs []string
+		var resSubjects [][]byte
 		for i, r := range reqs {
 			if res, ok := done[string(reqHashes[i])]; ok {
 				results[i] = res
@@ -158,6 +160,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			resHashes = append(resHashes, reqHashes[i])
 			resStatus = append(resStatus, int16(status))
 			resAt = append(resAt, now)
+			resIDs = append(resIDs, r.RequestID)
+			resSubjects = append(resSubjects, subHashes[i])
+			resRequested = append(resRequested, at)
 		}
 
 		b = &pgx.Batch{}
@@ -178,7 +183,7 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 				b.Queue(upsertTombs, tombHashes, tombAt, tombReqs)
 			}
 			b.Queue(insertLog, logSeqs, logHashes, logTags)
-			b.Queue(insertResults, resHashes, resStatus, resAt)
+			b.Queue(insertResults, resHashes, resStatus, resAt, resIDs, resSubjects, resRequested)
 			b.Queue(advanceCounter, seq, logTags[len(logTags)-1])
 		}
 		b.Queue("COMMIT")

@@ -249,3 +249,65 @@ func TestStalledGuardIsEndedByServer(t *testing.T) {
 		t.Errorf("Ping after a lost guard: %v", err)
 	}
 }
+
+// TestUpgradeFromSchema2 opens a database as schema version 2 left it (no
+// key creation times, forget results without request ID): the upgrade keeps
+// every key and result, reports the old key's creation time as unknown
+// rather than the time of the upgrade, and lists old results.
+func TestUpgradeFromSchema2(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.MustTempSchemaDSN(t)
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	s, err := postgres.Open(ctx, dsn, kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	e, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "a", Latest: at}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Forget(ctx, []store.ForgetRequest{{RequestID: "r1", SubjectID: "b", RequestedAt: at}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `
+ALTER TABLE pz_subject_keys DROP COLUMN created_at;
+ALTER TABLE pz_forget_results DROP COLUMN request_id, DROP COLUMN subject_hash, DROP COLUMN requested_at;
+DROP INDEX pz_forget_results_completed_at;
+UPDATE pz_meta SET value = '2' WHERE name = 'schema_version'`); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+
+	s, err = postgres.Open(ctx, dsn, kr)
+	if err != nil {
+		t.Fatalf("open a version 2 schema: %v", err)
+	}
+	defer s.Close()
+	st, err := s.Subject(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(st.Key, e[0].Key) || !st.KeyCreatedAt.IsZero() {
+		t.Errorf("old key after upgrade: same key %v, created %v (want unknown)", bytes.Equal(st.Key, e[0].Key), st.KeyCreatedAt)
+	}
+	var got []store.ForgetRecord
+	if err := s.ForgetLog(ctx, time.Time{}, func(r store.ForgetRecord) error { got = append(got, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Status != store.UnknownSubject || got[0].RequestID != "" {
+		t.Errorf("ForgetLog after upgrade: %+v", got)
+	}
+	// New keys record their creation time.
+	if _, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "c", Latest: at}}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Subject(ctx, "c"); err != nil || st.KeyCreatedAt.IsZero() {
+		t.Errorf("new key after upgrade: created %v, %v", st.KeyCreatedAt, err)
+	}
+}

@@ -65,6 +65,17 @@ INSERT INTO pz_forget_counter (id, seq, pruned_through) VALUES (true, 0, 0) ON C
 ALTER TABLE pz_forget_log ADD COLUMN IF NOT EXISTS tag bytea;
 ALTER TABLE pz_forget_counter ADD COLUMN IF NOT EXISTS epoch bytea, ADD COLUMN IF NOT EXISTS tag bytea;
 `,
+	// 3: evidence for the status and forget-log commands. Existing keys keep
+	// a NULL creation time (unknown) rather than the time of the upgrade;
+	// existing forget results keep NULL request IDs.
+	`
+ALTER TABLE pz_subject_keys ADD COLUMN IF NOT EXISTS created_at timestamptz;
+ALTER TABLE pz_subject_keys ALTER COLUMN created_at SET DEFAULT now();
+ALTER TABLE pz_forget_results ADD COLUMN IF NOT EXISTS request_id text;
+ALTER TABLE pz_forget_results ADD COLUMN IF NOT EXISTS subject_hash bytea;
+ALTER TABLE pz_forget_results ADD COLUMN IF NOT EXISTS requested_at timestamptz;
+CREATE INDEX IF NOT EXISTS pz_forget_results_completed_at ON pz_forget_results (completed_at);
+`,
 }
 
 const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (

@@ -67,6 +67,8 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"NoRawIDsOrKeysPersisted", s.testNoRawData},
 		{"PingAndClose", s.testPingAndClose},
 		{"CloseWipesIndexKey", s.testCloseWipesIndexKey},
+		{"SubjectReportsStateReadOnly", s.testSubject},
+		{"ForgetLogListsResultsInOrder", s.testForgetLog},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
