@@ -211,7 +211,7 @@ func TestIdleStartStopLogs(t *testing.T) {
 			}
 		}
 	}
-	if info > 6 {
+	if info > 5 {
 		t.Errorf("%d info lines for an idle start and stop:\n%s", info, logs.String())
 	}
 }

@@ -31,7 +31,7 @@ import (
 func runService(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("run", "run --config FILE [--check-config]", "Runs the service: pseudonymizes orders.raw for every configured system and\nhonours forget requests, until SIGINT/SIGTERM. --check-config checks the\nconfiguration, the KEK, the key store and the brokers without writing\nanything, then exits.")
 	path := fs.String("config", "", "configuration file (YAML)")
-	check := fs.Bool("check-config", false, "validate the configuration, the KEK and the store connection, then exit")
+	check := fs.Bool("check-config", false, "check the configuration, KEK, key store, schema registry, brokers and topics without writing anything, then exit")
 	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
