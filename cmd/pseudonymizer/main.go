@@ -135,5 +135,5 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("unknown command %q", cmd)
+	return &exitError{code: 2, err: fmt.Errorf("unknown command %q", cmd)}
 }
