@@ -62,21 +62,21 @@ func TestHelp(t *testing.T) {
 // on stderr; no arguments at all print the general usage and exit 2.
 func TestUsageErrors(t *testing.T) {
 	for _, tc := range []struct {
-		args []string
-		want string
+		args        []string
+		want, usage string
 	}{
-		{[]string{"run", "--nope"}, "nope"},
-		{[]string{"forget", "--config", "x.yaml"}, "SUBJECT_ID"},
-		{[]string{"tail", "--config", "x.yaml"}, "--system"},
-		{[]string{"demo", "--broker-only", "--keep-running"}, "exclude"},
-		{[]string{"frobnicate"}, "unknown command"},
+		{[]string{"run", "--nope"}, "nope", "Usage: pseudonymizer run "},
+		{[]string{"forget", "--config", "x.yaml"}, "SUBJECT_ID", "Usage: pseudonymizer forget "},
+		{[]string{"tail", "--config", "x.yaml"}, "--system", "Usage: pseudonymizer tail "},
+		{[]string{"demo", "--broker-only", "--keep-running"}, "exclude", "Usage: pseudonymizer demo "},
+		{[]string{"frobnicate"}, "unknown command", "pseudonymizer help COMMAND"},
 	} {
 		var out, errb bytes.Buffer
 		err := run(context.Background(), tc.args, &out, &errb)
 		if got := exitCode(err); got != 2 {
 			t.Errorf("%v: exit %d (%v), want 2", tc.args, got, err)
 		}
-		if !strings.Contains(err.Error()+errb.String(), tc.want) || !strings.Contains(errb.String(), "Usage:") {
+		if !strings.Contains(err.Error()+errb.String(), tc.want) || !strings.Contains(errb.String(), tc.usage) {
 			t.Errorf("%v: error %v, stderr %q; want %q and the usage", tc.args, err, errb.String(), tc.want)
 		}
 	}
