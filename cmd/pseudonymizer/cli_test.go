@@ -19,11 +19,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 	"github.com/twmb/franz-go/plugin/kslog"
+
+	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
 )
 
 const testKEK = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"
@@ -383,5 +386,40 @@ func TestHealthcheck(t *testing.T) {
 	srv.Close()
 	if err := run(context.Background(), []string{"healthcheck", "--url", srv.URL + "/readyz"}, &out, &out); err == nil {
 		t.Error("unreachable service: no error")
+	}
+}
+
+// TestCheckConfigPostgresReadOnly: --check-config against an empty
+// PostgreSQL schema reports it empty and creates no table.
+func TestCheckConfigPostgresReadOnly(t *testing.T) {
+	dsn := pgtest.MustTempSchemaDSN(t)
+	cluster, err := kfake.NewCluster(kfake.SeedTopics(1, "orders.raw", "subjects.forget"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	dir := t.TempDir()
+	writeFile(t, dir, "kek.b64", testKEK)
+	cfg := writeFile(t, dir, "config.yaml", "kafka: {brokers: ["+strings.Join(cluster.ListenAddrs(), ",")+"]}\n"+
+		"store: {postgres: '"+dsn+"'}\nkeys: {kek_file: kek.b64}\n"+validSystems)
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"run", "--config", cfg, "--check-config"}, &out, &errb); err != nil {
+		t.Fatalf("check-config: %v", err)
+	}
+	if !strings.Contains(out.String(), "key store empty") {
+		t.Errorf("output %q does not report the empty store", out.String())
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var tables int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()").Scan(&tables); err != nil {
+		t.Fatal(err)
+	}
+	if tables != 0 {
+		t.Errorf("check-config created %d tables", tables)
 	}
 }
