@@ -26,6 +26,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 	"github.com/twmb/franz-go/plugin/kslog"
 
+	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
 )
 
@@ -421,5 +422,78 @@ func TestCheckConfigPostgresReadOnly(t *testing.T) {
 	}
 	if tables != 0 {
 		t.Errorf("check-config created %d tables", tables)
+	}
+}
+
+// TestTailFromEnd: --from-end skips what the topic already holds; an
+// undecodable value is reported in the line's error field.
+func TestTailFromEnd(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.SeedTopics(1, "orders.pseudo.meta"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg := writeFile(t, t.TempDir(), "config.yaml", "kafka: {brokers: ["+strings.Join(cluster.ListenAddrs(), ",")+"]}\n"+validSystems)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	produce := func() {
+		if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "orders.pseudo.meta", Value: []byte{0xff}}).FirstErr(); err != nil {
+			t.Error(err)
+		}
+	}
+	produce() // offset 0, before tail starts
+	out := &lockedBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"tail", "--config", cfg, "--system", "meta", "--from-end", "-n", "1"}, out, &bytes.Buffer{}) }()
+	// Keep producing until tail has printed its one record: it cannot know
+	// when tail has found the end.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for waiting := true; waiting; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("tail: %v", err)
+			}
+			waiting = false
+		case <-tick.C:
+			produce()
+		}
+	}
+	var line struct {
+		Offset int64
+		Error  string
+	}
+	if err := json.Unmarshal([]byte(out.String()), &line); err != nil {
+		t.Fatalf("output %q: %v", out.String(), err)
+	}
+	if line.Offset == 0 {
+		t.Error("--from-end printed a record that was there before")
+	}
+	if line.Error == "" {
+		t.Error("an undecodable value has no error")
+	}
+}
+
+// TestStrictDecode: tail reports truncated values and trailing bytes.
+func TestStrictDecode(t *testing.T) {
+	good, err := schema.MarshalForgetConfirmation(&schema.ForgetConfirmation{RequestID: "r", SubjectID: "s", Status: schema.StatusForgotten, Systems: []string{"meta"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := schema.ForgetConfirmationSchema()
+	if v, err := strictDecode(s, good); err != nil || v["request_id"] != "r" {
+		t.Errorf("valid value: %v, %v", v, err)
+	}
+	if _, err := strictDecode(s, good[:len(good)-1]); err == nil {
+		t.Error("truncated value decoded")
+	}
+	if _, err := strictDecode(s, append(append([]byte(nil), good...), 0)); err == nil {
+		t.Error("trailing byte accepted")
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -176,9 +177,21 @@ func (d *outputDecoder) decode(ctx context.Context, value []byte) (any, error) {
 		}
 		body = value[5:]
 	}
-	var v any
-	if err := avro.Unmarshal(s, body, &v); err != nil {
-		return nil, fmt.Errorf("decode: %w", err)
+	return strictDecode(s, body)
+}
+
+// strictDecode decodes body with s; truncated input and trailing bytes are
+// errors (avro.Unmarshal lets both pass).
+func strictDecode(s avro.Schema, body []byte) (map[string]any, error) {
+	r := avro.NewReader(bytes.NewReader(body), len(body)+1)
+	var v map[string]any
+	r.ReadVal(s, &v)
+	if r.Error != nil {
+		return nil, fmt.Errorf("decode: %w", r.Error)
+	}
+	r.Read(make([]byte, 1))
+	if r.Error == nil {
+		return nil, errors.New("decode: trailing bytes after the record")
 	}
 	return v, nil
 }
