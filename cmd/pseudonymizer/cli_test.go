@@ -449,7 +449,9 @@ func TestTailFromEnd(t *testing.T) {
 	produce() // offset 0, before tail starts
 	out := &lockedBuffer{}
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"tail", "--config", cfg, "--system", "meta", "--from-end", "-n", "1"}, out, &bytes.Buffer{}) }()
+	go func() {
+		done <- run(ctx, []string{"tail", "--config", cfg, "--system", "meta", "--from-end", "-n", "1"}, out, &bytes.Buffer{})
+	}()
 	// Keep producing until tail has printed its one record: it cannot know
 	// when tail has found the end.
 	tick := time.NewTicker(20 * time.Millisecond)
