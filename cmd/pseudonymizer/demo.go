@@ -64,7 +64,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	brokerOnly := fs.Bool("broker-only", false, "only start a local broker (with the input topics) until Ctrl-C")
 	port := fs.Int("port", 9092, "broker port with --keep-running or --broker-only (0: any free port)")
 	metrics := fs.String("metrics-addr", "127.0.0.1:9464", "with --keep-running: address of the service's /metrics, /healthz, /readyz (port 0: any free port; empty: none)")
-	path := fs.String("config", "", "optional configuration file: its systems and topic names replace the demo's")
+	path := fs.String("config", "", "optional configuration file: its systems and topic names (prefixed with demo.) replace the demo's")
 	verbose := fs.Bool("v", false, "show the service's logs")
 	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
