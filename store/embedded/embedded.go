@@ -7,6 +7,10 @@
 // in-process reader/writer lock (Forget exclusive, Guard shared) that honours
 // contexts and prefers a waiting Forget over new Guards, like the PostgreSQL
 // store's advisory lock.
+//
+// Forget-log entries carry random tags (store.Position), so a store file
+// replaced by an older copy is detected by the next Guard (Diverged) even
+// once later forgets brought the sequence number back.
 package embedded
 
 import (
@@ -54,6 +58,8 @@ var (
 	metaIndexKey = []byte("index_key")
 	metaSeq      = []byte("forget_seq")
 	metaPruned   = []byte("forget_pruned_through")
+	metaEpoch    = []byte("forget_epoch") // the tag of position 0
+	metaTag      = []byte("forget_tag")   // the tag of the newest log entry
 )
 
 // Store is a store.KeyStore in a bbolt file. It is safe for concurrent use
@@ -122,6 +128,15 @@ func (s *Store) init() error {
 		} else if err := meta.Put(metaVersion, putUint(schemaVersion)); err != nil {
 			return err
 		}
+		if meta.Get(metaEpoch) == nil {
+			epoch, err := store.NewTag()
+			if err != nil {
+				return err
+			}
+			if err := meta.Put(metaEpoch, epoch[:]); err != nil {
+				return err
+			}
+		}
 		if w := meta.Get(metaIndexKey); w != nil {
 			wrapped = append([]byte(nil), w...)
 			return nil
@@ -142,7 +157,9 @@ func (s *Store) init() error {
 	if err != nil {
 		return wrongKEK("open: index key", err)
 	}
-	if s.hasher, err = store.NewHasher(key); err != nil {
+	s.hasher, err = store.NewHasher(key)
+	clear(key) // the Hasher holds its own copy, wiped on Close
+	if err != nil {
 		return fmt.Errorf("embedded: open: %w", err)
 	}
 	return nil
@@ -162,10 +179,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the file, after waiting for running transactions. It is safe
-// to call more than once.
+// Close closes the file, after waiting for running transactions, and wipes
+// the index key from memory (Hash must not be called after Close). It is
+// safe to call more than once.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	s.closeOnce.Do(func() {
+		s.closeErr = s.db.Close()
+		s.hasher.Wipe()
+	})
 	if s.closeErr != nil {
 		return fmt.Errorf("embedded: close: %w", s.closeErr)
 	}

@@ -54,7 +54,15 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 				}
 			}
 			seq++
-			if err := log.Put(putUint(seq), putTime(h[:], now)); err != nil {
+			tag, err := store.NewTag()
+			if err != nil {
+				return err
+			}
+			// A log entry: subject hash (32), time (8), tag (16).
+			if err := log.Put(putUint(seq), append(putTime(h[:], now), tag[:]...)); err != nil {
+				return err
+			}
+			if err := meta.Put(metaTag, tag[:]); err != nil {
 				return err
 			}
 			if err := done.Put(rh, putTime([]byte{byte(status)}, now)); err != nil {
@@ -81,7 +89,7 @@ func prune(meta, log *bolt.Bucket, seq uint64, now time.Time) error {
 	c := log.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		n := getUint(k)
-		if !(n+maxLog <= seq || (len(v) == 40 && getTime(v[32:]).Before(cutoff))) {
+		if !(n+maxLog <= seq || (len(v) >= 40 && getTime(v[32:40]).Before(cutoff))) {
 			break
 		}
 		doomed = append(doomed, append([]byte(nil), k...))

@@ -17,14 +17,78 @@ import (
 )
 
 func TestConformance(t *testing.T) {
+	type storage struct{ dsn, schema string }
 	dsns := storetest.PerTest[string]{New: func(t *testing.T) string { return pgtest.MustTempSchemaDSN(t) }}
+	snaps := storetest.PerTest[storage]{New: func(t *testing.T) storage {
+		dsn, schema := pgtest.MustTempSchema(t)
+		return storage{dsn, schema}
+	}}
 	storetest.Run(t, func(t *testing.T, kr *store.Keyring) (store.KeyStore, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		return postgres.Open(ctx, dsns.Get(t), kr)
 	}, storetest.WithMultipleOpen(), storetest.WithRaw(func(t *testing.T) []byte {
 		return mustDump(t, dsns.Get(t))
+	}), storetest.WithSnapshot(func(t *testing.T) func() {
+		// A backup: every table copied into another schema; the restore
+		// puts the rows back, as pg_dump and pg_restore would.
+		snap := snaps.Get(t)
+		tables := mustCopyTables(t, dsns.Get(t), snap.schema)
+		return func() { mustRestoreTables(t, dsns.Get(t), snap.schema, tables) }
 	}))
+}
+
+// mustCopyTables copies every table of the DSN's schema into schema.
+func mustCopyTables(t *testing.T, dsn, schema string) []string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	for _, table := range tables {
+		src, dst := pgx.Identifier{table}.Sanitize(), pgx.Identifier{schema, table}.Sanitize()
+		if _, err := conn.Exec(ctx, "CREATE TABLE "+dst+" AS SELECT * FROM "+src); err != nil {
+			t.Fatalf("snapshot %s: %v", table, err)
+		}
+	}
+	return tables
+}
+
+// mustRestoreTables replaces the rows of the DSN's schema's tables by
+// those copied into schema.
+func mustRestoreTables(t *testing.T, dsn, schema string, tables []string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		for _, table := range tables {
+			dst, src := pgx.Identifier{table}.Sanitize(), pgx.Identifier{schema, table}.Sanitize()
+			if _, err := tx.Exec(ctx, "DELETE FROM "+dst); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, "INSERT INTO "+dst+" SELECT * FROM "+src); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
 }
 
 // mustDump returns every row of every table in the DSN's schema as text.
@@ -159,7 +223,7 @@ func TestStalledGuardIsEndedByServer(t *testing.T) {
 		t.Fatalf("Open: %v", err)
 	}
 	defer s.Close()
-	g, err := s.Guard(ctx, 0) // never released in time: a stalled holder
+	g, err := s.Guard(ctx, store.Position{}) // never released in time: a stalled holder
 	if err != nil {
 		t.Fatalf("Guard: %v", err)
 	}

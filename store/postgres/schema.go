@@ -58,6 +58,13 @@ CREATE TABLE IF NOT EXISTS pz_forget_counter (
 );
 INSERT INTO pz_forget_counter (id, seq, pruned_through) VALUES (true, 0, 0) ON CONFLICT DO NOTHING;
 `,
+	// Tags of the forget log (store.Position): each entry's, the newest
+	// entry's, and the log's epoch (the tag of position 0). migrate fills
+	// epoch (and tag, for an empty log) with random bytes.
+	`
+ALTER TABLE pz_forget_log ADD COLUMN IF NOT EXISTS tag bytea;
+ALTER TABLE pz_forget_counter ADD COLUMN IF NOT EXISTS epoch bytea, ADD COLUMN IF NOT EXISTS tag bytea;
+`,
 }
 
 const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (
@@ -122,6 +129,14 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 					ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`, []byte(fmt.Sprint(len(migrations)))); err != nil {
 					return err
 				}
+				epoch, err := store.NewTag()
+				if err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `UPDATE pz_forget_counter SET epoch = $1,
+					tag = CASE WHEN seq = 0 THEN $1 ELSE tag END WHERE epoch IS NULL`, epoch[:]); err != nil {
+					return err
+				}
 			}
 			// The lock key follows the schema that actually holds the tables.
 			if err := tx.QueryRow(ctx, `SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -150,7 +165,9 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 	if err != nil {
 		return wrongKEK("open: index key", err)
 	}
-	if s.hasher, err = store.NewHasher(key); err != nil {
+	s.hasher, err = store.NewHasher(key)
+	clear(key) // the Hasher holds its own copy, wiped on Close
+	if err != nil {
 		return fmt.Errorf("postgres: open: %w", err)
 	}
 	s.lockKey = schemaLockKey(current)
