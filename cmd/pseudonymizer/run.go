@@ -211,14 +211,9 @@ func (s *service) probeBrokers(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, brokerProbeTimeout)
 	defer cancel()
 	if _, err := kadm.NewClient(cl).BrokerMetadata(pctx); err != nil && ctx.Err() == nil {
-		s.log.Error(unreachableBrokers(s.cfg.Kafka.Brokers), "err", err)
+		s.log.Error("no Kafka broker answers at kafka.brokers; retrying until one does (for a local broker: pseudonymizer demo --broker-only)",
+			"brokers", strings.Join(s.cfg.Kafka.Brokers, ","), "err", err)
 	}
-}
-
-// unreachableBrokers is the message for seed brokers that do not answer.
-func unreachableBrokers(brokers []string) string {
-	return fmt.Sprintf("no Kafka broker answers at %s (kafka.brokers); retrying until one does. "+
-		"For a local broker, run `pseudonymizer demo --broker-only`", strings.Join(brokers, ","))
 }
 
 // ensureTopics creates missing output topics; a failure is logged, not
