@@ -336,7 +336,9 @@ func (d *demo) run(ctx context.Context, w io.Writer, nOrders, nCustomers int, ke
 		}
 		fmt.Fprintf(w, "\nStill running. Broker: %s  Metrics: %s  Group: %s\n", strings.Join(d.cfg.Kafka.Brokers, ","), metrics, d.cfg.Kafka.GroupID)
 		fmt.Fprintf(w, "Produce OrderEvents (bare Avro, schema/order_event.avsc) to %s and read %s<system>, e.g.\n", d.cfg.Topics.Orders, d.cfg.Topics.PseudoPrefix)
-		fmt.Fprintf(w, "  kcat -b %s -C -t %s%s -e\nPress Ctrl-C to stop.\n", d.cfg.Kafka.Brokers[0], d.cfg.Topics.PseudoPrefix, systems[0])
+		fmt.Fprintf(w, "  kcat -b %s -C -t %s%s -e\n", d.cfg.Kafka.Brokers[0], d.cfg.Topics.PseudoPrefix, systems[0])
+		fmt.Fprintf(w, "Your own `pseudonymizer run` may share this broker: the demo's service keeps to its %s* topics,\n", demoTopicPrefix)
+		fmt.Fprintf(w, "its own group and its own key store.\nPress Ctrl-C to stop.\n")
 		select {
 		case <-ctx.Done():
 		case err := <-d.done:
