@@ -27,7 +27,7 @@ import (
 	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
 )
 
-// testPolicies are CONTRACT.md's example systems plus a CRM that may see a
+// testPolicies are docs/configuration.md's example systems plus a CRM that may see a
 // trace header and pseudonymizes no event ID.
 func testPolicies() []policy.Policy {
 	return []policy.Policy{

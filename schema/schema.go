@@ -1,5 +1,5 @@
 // Package schema holds the Avro schemas of the pseudonymizer's wire contract
-// (see CONTRACT.md) and the Go types that mirror them.
+// (see docs/topics-and-schemas.md) and the Go types that mirror them.
 //
 // The .avsc files in this folder are the source of truth: they are embedded
 // in the binary, and field order is part of the contract. The Go types exist

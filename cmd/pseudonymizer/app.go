@@ -100,6 +100,36 @@ func loadKeyring(k config.Keys) (*store.Keyring, error) {
 	return kr, nil
 }
 
+// kafkaLogger passes the Kafka client's warnings and errors through and
+// turns its info messages (connections, group joins, metadata) into debug
+// ones: they describe the client's internals, not the service.
+type kafkaLogger struct{ kgo.Logger }
+
+// Log logs msg, at debug level if the client said info.
+func (l kafkaLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	if level == kgo.LogLevelInfo {
+		level = kgo.LogLevelDebug
+	}
+	l.Logger.Log(level, msg, keyvals...)
+}
+
+// checkStore checks the configured key store without writing to it (see
+// postgres.Check and embedded.Check).
+func checkStore(ctx context.Context, c config.Store, kr *store.Keyring) (initialized bool, err error) {
+	if c.Postgres != "" {
+		ok, err := postgres.Check(ctx, c.Postgres, kr)
+		if err != nil {
+			return false, fmt.Errorf("store.postgres: %w", err)
+		}
+		return ok, nil
+	}
+	ok, err := embedded.Check(c.Path, kr)
+	if err != nil {
+		return false, fmt.Errorf("store.path: %w", err)
+	}
+	return ok, nil
+}
+
 // openStore opens the configured key store.
 func openStore(ctx context.Context, c config.Store, kr *store.Keyring) (store.KeyStore, error) {
 	if c.Postgres != "" {
@@ -121,7 +151,7 @@ func kafkaOpts(c config.Kafka, log *slog.Logger) ([]kgo.Opt, error) {
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(c.Brokers...),
 		kgo.ClientID(c.ClientID),
-		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
+		kgo.WithLogger(kafkaLogger{kslog.New(log.With("component", "kafka"))}),
 	}
 	if c.TLS.Enabled {
 		tc, err := tlsConfig(c.TLS)

@@ -75,8 +75,7 @@ func runBench(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	if cmd == "bench-worker" {
 		return runBenchWorker(ctx, args, stdout, stderr)
 	}
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("bench", "bench [--quick] [--events N] [--customers N] [--systems N] [--no-postgres] [--profile DIR]", "Pushes one backlog of sample orders through a plain copy, a transactional\ncopy and the pseudonymizer (PostgreSQL and embedded store) and compares\ntheir throughput.")
 	events := fs.Int("events", 200_000, "events in the backlog")
 	customers := fs.Int("customers", 20_000, "distinct customers")
 	systems := fs.Int("systems", 3, "marketing systems (1-4, the demo's)")
@@ -88,7 +87,7 @@ func runBench(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	profile := fs.String("profile", "", "directory for CPU and allocation profiles of the pseudonymizer workers")
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up on a pipeline after this long")
 	verbose := fs.Bool("v", false, "pass the workers' logs through")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
 	set := map[string]bool{}

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -42,29 +41,78 @@ systems:
     pseudonymize: [order_id, customer_id]
 `
 
+// demoTopicPrefix prefixes every topic of the demo's service, so that a
+// user's own `run` against the demo's broker (default topics, group
+// "pseudonymizer") never shares a topic, group, transactional ID or store
+// with it.
+const demoTopicPrefix = "demo."
+
 // runDemo is `pseudonymizer demo`: the real service against an embedded
 // broker and the embedded key store, with a narrated run.
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("demo", "demo [--orders N] [--customers N] [--config FILE] [-v] [--keep-running] [--broker-only]",
+		"Starts an embedded Kafka-protocol broker (franz-go's kfake: in memory, on\n"+
+			"127.0.0.1) and the embedded key store in a temporary directory, runs the\n"+
+			"service against them and narrates what each marketing system receives and\n"+
+			"what a forget request does. The demo's service uses its own topics\n"+
+			"(demo.orders.raw, ...), group, transactional ID and store, so your own\n"+
+			"`run` can share the broker with --keep-running without interference.\n"+
+			"--broker-only starts only the broker, with orders.raw and subjects.forget.")
 	orders := fs.Int("orders", 12, "number of sample orders")
 	customers := fs.Int("customers", 4, "number of sample customers")
 	keep := fs.Bool("keep-running", false, "keep the broker and the service running until Ctrl-C")
-	port := fs.Int("port", 9092, "broker port with --keep-running (0: any free port)")
-	path := fs.String("config", "", "optional configuration file: its systems and topics replace the demo's")
+	brokerOnly := fs.Bool("broker-only", false, "only start a local broker (with the input topics) until Ctrl-C")
+	port := fs.Int("port", 9092, "broker port with --keep-running or --broker-only (0: any free port)")
+	metrics := fs.String("metrics-addr", "127.0.0.1:9464", "with --keep-running: address of the service's /metrics, /healthz, /readyz (port 0: any free port; empty: none)")
+	path := fs.String("config", "", "optional configuration file: its systems and topic names (prefixed with demo.) replace the demo's")
 	verbose := fs.Bool("v", false, "show the service's logs")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
 	if *orders < 1 || *customers < 1 {
-		return errors.New("--orders and --customers must be at least 1")
+		return fs.usageError(stderr, errors.New("--orders and --customers must be at least 1"))
 	}
-	d, err := newDemo(*path, *keep, *port, *verbose, stderr)
+	if *brokerOnly {
+		if *keep {
+			return fs.usageError(stderr, errors.New("--broker-only and --keep-running exclude each other"))
+		}
+		return runBroker(ctx, stdout, *path, *port)
+	}
+	if !*keep {
+		*port, *metrics = 0, ""
+	}
+	d, err := newDemo(*path, *port, *metrics, *verbose, stderr)
 	if err != nil {
 		return err
 	}
 	defer d.close()
 	return d.run(ctx, stdout, *orders, *customers, *keep)
+}
+
+// runBroker is `demo --broker-only`: a local Kafka-protocol broker with the
+// input topics, until ctx is canceled.
+func runBroker(ctx context.Context, w io.Writer, path string, port int) error {
+	topics := config.Default().Topics
+	if path != "" {
+		own, err := config.Read(path, os.Environ())
+		if err != nil {
+			return err
+		}
+		topics = own.Topics
+	}
+	cluster, err := kfake.NewCluster(kfake.Ports(port), kfake.SeedTopics(3, topics.Orders, topics.Forget))
+	if err != nil {
+		return fmt.Errorf("embedded broker: %w", err)
+	}
+	defer cluster.Close()
+	addr := strings.Join(cluster.ListenAddrs(), ",")
+	fmt.Fprintf(w, "Kafka-protocol broker at %s (franz-go kfake: in memory, gone at exit)\n", addr)
+	fmt.Fprintf(w, "topics %s and %s (3 partitions each); the service creates its output topics.\n", topics.Orders, topics.Forget)
+	fmt.Fprintf(w, "Try: pseudonymizer run --config examples/config.yaml   (kafka.brokers: [\"%s\"])\n", cluster.ListenAddrs()[0])
+	fmt.Fprintf(w, "     pseudonymizer produce-sample --config examples/config.yaml --orders 10\n")
+	fmt.Fprintf(w, "     pseudonymizer tail --config examples/config.yaml --system meta\nPress Ctrl-C to stop.\n")
+	<-ctx.Done()
+	return nil
 }
 
 type demo struct {
@@ -76,9 +124,12 @@ type demo struct {
 	client  *kgo.Client
 	stop    context.CancelFunc
 	done    chan error
+	// ended is closed when the service's run returns, with svcErr set.
+	ended  chan struct{}
+	svcErr error
 }
 
-func newDemo(path string, keep bool, port int, verbose bool, stderr io.Writer) (*demo, error) {
+func newDemo(path string, port int, metricsAddr string, verbose bool, stderr io.Writer) (*demo, error) {
 	cfg := config.Default()
 	if err := config.Parse([]byte(demoSystems), &cfg); err != nil {
 		return nil, err
@@ -90,8 +141,9 @@ func newDemo(path string, keep bool, port int, verbose bool, stderr io.Writer) (
 		}
 		cfg.Systems, cfg.Topics = own.Systems, own.Topics
 	}
-	if !keep {
-		port = 0
+	for _, t := range []*string{&cfg.Topics.Orders, &cfg.Topics.Forget, &cfg.Topics.Forgotten,
+		&cfg.Topics.OrdersDeadLetter, &cfg.Topics.ForgetDeadLetter, &cfg.Topics.PseudoPrefix} {
+		*t = demoTopicPrefix + *t
 	}
 	cluster, err := kfake.NewCluster(kfake.Ports(port), kfake.SeedTopics(3, cfg.Topics.Orders, cfg.Topics.Forget))
 	if err != nil {
@@ -104,15 +156,16 @@ func newDemo(path string, keep bool, port int, verbose bool, stderr io.Writer) (
 	}
 	kek := make([]byte, 32)
 	_, _ = rand.Read(kek)
+	id := make([]byte, 4)
+	_, _ = rand.Read(id)
 	cfg.Kafka.Brokers = cluster.ListenAddrs()
-	cfg.Kafka.TransactionalID = "pseudonymizer-demo"
+	cfg.Kafka.GroupID = fmt.Sprintf("pseudonymizer-demo-%x", id)
+	cfg.Kafka.TransactionalID = cfg.Kafka.GroupID
 	cfg.Kafka.SessionTimeout = 6 * time.Second
-	cfg.Store.Path = filepath.Join(d.dir, "keys.db")
-	cfg.Keys.KEK = base64.StdEncoding.EncodeToString(kek)
-	cfg.HTTP.Listen = ""
-	if keep {
-		cfg.HTTP.Listen = "127.0.0.1:9464"
-	}
+	cfg.Store = config.Store{Path: filepath.Join(d.dir, "keys.db")}
+	cfg.Keys = config.Keys{KEK: base64.StdEncoding.EncodeToString(kek)}
+	cfg.SchemaRegistry = config.SchemaRegistry{}
+	cfg.HTTP.Listen = metricsAddr
 	cfg.Log = config.Log{Level: "error", Format: "text"}
 	if verbose {
 		cfg.Log.Level = "info"
@@ -124,6 +177,12 @@ func newDemo(path string, keep bool, port int, verbose bool, stderr io.Writer) (
 	d.cfg = cfg
 	log := newLogger(cfg.Log, stderr)
 	if d.svc, err = newService(context.Background(), cfg, log); err != nil {
+		d.close()
+		return nil, err
+	}
+	// Bind the metrics address now: a taken port fails at once, with the
+	// real error.
+	if _, err := d.svc.listen(); err != nil {
 		d.close()
 		return nil, err
 	}
@@ -150,6 +209,9 @@ func (d *demo) close() {
 		d.client.Close()
 	}
 	if d.svc != nil {
+		if d.svc.ln != nil && d.stop == nil {
+			d.svc.ln.Close() // bound but never served
+		}
 		d.svc.close()
 	}
 	if d.cluster != nil {
@@ -174,8 +236,13 @@ func (d *demo) run(ctx context.Context, w io.Writer, nOrders, nCustomers int, ke
 	fmt.Fprintf(w, "marketing systems: %s\n\n", strings.Join(systems, ", "))
 
 	sctx, stop := context.WithCancel(ctx)
-	d.stop, d.done = stop, make(chan error, 1)
-	go func() { d.done <- d.svc.run(sctx) }()
+	d.stop, d.done, d.ended = stop, make(chan error, 1), make(chan struct{})
+	go func() {
+		err := d.svc.run(sctx)
+		d.svcErr = err
+		close(d.ended)
+		d.done <- err
+	}()
 
 	// 1. Orders.
 	gen := sample.New(42, nCustomers, time.Now().Add(-time.Hour))
@@ -263,9 +330,15 @@ func (d *demo) run(ctx context.Context, w io.Writer, nOrders, nCustomers int, ke
 		st.OrdersIn, st.Out, st.Suppressed, st.DeadLetters, st.Committed, st.StoreCalls)
 
 	if keep {
-		fmt.Fprintf(w, "\nStill running. Broker: %s  Metrics: http://%s/metrics\n", strings.Join(d.cfg.Kafka.Brokers, ","), d.cfg.HTTP.Listen)
+		metrics := "off"
+		if addr, _ := d.svc.listen(); addr != nil {
+			metrics = "http://" + addr.String() + "/metrics"
+		}
+		fmt.Fprintf(w, "\nStill running. Broker: %s  Metrics: %s  Group: %s\n", strings.Join(d.cfg.Kafka.Brokers, ","), metrics, d.cfg.Kafka.GroupID)
 		fmt.Fprintf(w, "Produce OrderEvents (bare Avro, schema/order_event.avsc) to %s and read %s<system>, e.g.\n", d.cfg.Topics.Orders, d.cfg.Topics.PseudoPrefix)
-		fmt.Fprintf(w, "  kcat -b %s -C -t %s%s -e\nPress Ctrl-C to stop.\n", d.cfg.Kafka.Brokers[0], d.cfg.Topics.PseudoPrefix, systems[0])
+		fmt.Fprintf(w, "  kcat -b %s -C -t %s%s -e\n", d.cfg.Kafka.Brokers[0], d.cfg.Topics.PseudoPrefix, systems[0])
+		fmt.Fprintf(w, "Your own `pseudonymizer run` may share this broker: the demo's service keeps to its %s* topics,\n", demoTopicPrefix)
+		fmt.Fprintf(w, "its own group and its own key store.\nPress Ctrl-C to stop.\n")
 		select {
 		case <-ctx.Done():
 		case err := <-d.done:
@@ -293,11 +366,26 @@ func (d *demo) collect(ctx context.Context, n int) ([]output, error) {
 	systems := d.plan.Systems()
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	go func() { // a failed service ends the wait at once
+		select {
+		case <-d.ended:
+			cancel()
+		case <-cctx.Done():
+		}
+	}()
 	var outs []output
 	for len(outs) < n {
 		f := d.client.PollFetches(cctx)
 		if cctx.Err() != nil {
-			return nil, fmt.Errorf("waited 30s for %d outputs, got %d", n, len(outs))
+			select {
+			case <-d.ended:
+				if d.svcErr != nil {
+					return nil, fmt.Errorf("the demo's service failed: %w", d.svcErr)
+				}
+				return nil, errors.New("the demo's service stopped")
+			default:
+			}
+			return nil, fmt.Errorf("waited 30s for %d outputs, got %d (-v shows the service's logs)", n, len(outs))
 		}
 		for _, r := range f.Records() {
 			sys := strings.TrimPrefix(r.Topic, d.cfg.Topics.PseudoPrefix)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -19,16 +18,15 @@ import (
 // runForget is `pseudonymizer forget`: publish a forget request and wait
 // for its confirmation.
 func runForget(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("forget", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("forget", "forget --config FILE [--timeout D] [--reason TEXT] SUBJECT_ID", "Publishes a forget request for SUBJECT_ID (a customer_id) and waits for\nits confirmation. Exit status 3 if none arrives within --timeout.")
 	path := fs.String("config", "", "configuration file (YAML)")
 	timeout := fs.Duration("timeout", 60*time.Second, "how long to wait for the confirmation")
 	reason := fs.String("reason", "", "optional reason recorded in the request")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 || fs.Arg(0) == "" {
-		return errors.New("usage: pseudonymizer forget --config FILE SUBJECT_ID")
+		return fs.usageError(stderr, errors.New("want exactly one SUBJECT_ID"))
 	}
 	cfg, err := loadSchemaConfig(*path)
 	if err != nil {

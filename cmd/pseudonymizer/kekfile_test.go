@@ -7,12 +7,21 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/twmb/franz-go/pkg/kfake"
 )
 
 // TestKEKFileMode: a KEK file that group or others may read stops start-up
 // with one line naming the file, its mode and the fix, unless
 // keys.allow_readable_kek_files says otherwise (issue 12, case 6).
 func TestKEKFileMode(t *testing.T) {
+	// --check-config also checks that a broker answers.
+	cluster, err := kfake.NewCluster(kfake.SeedTopics(1, "orders.raw", "subjects.forget"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	brokers := "kafka: {brokers: [" + strings.Join(cluster.ListenAddrs(), ",") + "]}\n"
 	for _, tc := range []struct {
 		name  string
 		mode  os.FileMode
@@ -36,7 +45,7 @@ func TestKEKFileMode(t *testing.T) {
 			if tc.allow {
 				conf += ", allow_readable_kek_files: true"
 			}
-			conf += "}\nstore: {path: " + filepath.Join(dir, "keys.db") + "}\n" + validSystems
+			conf += "}\nstore: {path: " + filepath.Join(dir, "keys.db") + "}\n" + brokers + validSystems
 			var out, errb bytes.Buffer
 			err := run(context.Background(), []string{"run", "--config", writeFile(t, dir, "config.yaml", conf), "--check-config"}, &out, &errb)
 			if tc.want == "" {

@@ -15,7 +15,8 @@ import (
 	"syscall"
 )
 
-// Version is set at build time with -ldflags "-X main.Version=...".
+// Version is set at build time with -ldflags "-X main.Version=$(git
+// describe --tags --always --dirty)"; see version for the fallback.
 var Version = "dev"
 
 func main() {
@@ -63,15 +64,20 @@ const usage = `pseudonymizer: per-system pseudonyms for order events, with crypt
 
 Usage:
   pseudonymizer run --config FILE [--check-config]   run the service until SIGINT/SIGTERM
-  pseudonymizer demo [--orders N] [--keep-running] [--config FILE]
-                                                     zero set-up demonstration
+  pseudonymizer demo [--orders N] [--keep-running] [--broker-only]
+                                                     zero set-up demonstration, or just a local broker
   pseudonymizer schema --config FILE --system NAME   print a system's output Avro schema
   pseudonymizer forget --config FILE SUBJECT_ID      publish a forget request, await its confirmation
   pseudonymizer status --config FILE SUBJECT_ID      what the key store holds about a subject (read-only)
   pseudonymizer forget-log --config FILE [--since T] the forget requests carried out, as JSON lines (read-only)
+  pseudonymizer tail --config FILE --system NAME     print a system's output topic as JSON lines
+  pseudonymizer produce-sample --config FILE [--orders N]
+                                                     publish sample orders to the orders topic
   pseudonymizer rewrap --config FILE                 re-wrap stored keys with the active KEK
+  pseudonymizer healthcheck [--url URL]              exit 0 when the service's /readyz answers 200
   pseudonymizer bench [--quick] [--events N] [--no-postgres]  throughput against plain and transactional copies
   pseudonymizer version                              print the version
+  pseudonymizer help COMMAND                         a command's flags
 `
 
 // oneLine keeps an error on one line (some driver errors span several), so
@@ -85,10 +91,14 @@ func (e oneLine) Unwrap() error { return e.err }
 
 // run dispatches a subcommand; it is main without the process exit.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if err := dispatch(ctx, args, stdout, stderr); err != nil {
-		return oneLine{err}
+	err := dispatch(ctx, args, stdout, stderr)
+	switch {
+	case err == nil || errors.Is(err, errHelped):
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		return err
 	}
-	return nil
+	return oneLine{err}
 }
 
 func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -112,15 +122,24 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runStatus(ctx, rest, stdout, stderr)
 	case "forget-log":
 		return runForgetLog(ctx, rest, stdout, stderr)
+	case "tail":
+		return runTail(ctx, rest, stdout, stderr)
+	case "produce-sample":
+		return runProduceSample(ctx, rest, stdout, stderr)
+	case "healthcheck":
+		return runHealthcheck(ctx, rest, stdout, stderr)
 	case "bench", "bench-worker":
 		return runBench(ctx, cmd, rest, stdout, stderr)
-	case "version", "--version":
-		fmt.Fprintln(stdout, Version)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, version())
 		return nil
-	case "help", "-h", "--help":
+	case "help", "-h", "--help", "-help":
+		if cmd == "help" && len(rest) > 0 && rest[0] != "help" {
+			return dispatch(ctx, []string{rest[0], "--help"}, stdout, stderr)
+		}
 		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	fmt.Fprint(stderr, usage)
-	return fmt.Errorf("unknown command %q", cmd)
+	return &exitError{code: 2, err: fmt.Errorf("unknown command %q", cmd)}
 }

@@ -66,7 +66,12 @@ func TestStartupErrors(t *testing.T) {
 		})
 	}
 	t.Run("valid", func(t *testing.T) {
-		cfg := writeFile(t, t.TempDir(), "config.yaml", base+validSystems)
+		cluster, err := kfake.NewCluster(kfake.SeedTopics(1, "orders.raw", "subjects.forget"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cluster.Close()
+		cfg := writeFile(t, t.TempDir(), "config.yaml", base+"kafka: {brokers: ["+strings.Join(cluster.ListenAddrs(), ",")+"]}\n"+validSystems)
 		var out, errb bytes.Buffer
 		if err := run(context.Background(), []string{"run", "--config", cfg, "--check-config"}, &out, &errb); err != nil {
 			t.Fatalf("check-config: %v", err)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"time"
@@ -13,11 +12,10 @@ import (
 // with the active KEK, in batches. Pseudonyms do not change: the subject
 // keys themselves stay the same. Safe to run while the service runs.
 func runRewrap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("rewrap", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("rewrap", "rewrap --config FILE [--batch N]", "Re-wraps every stored subject key with the active KEK, in batches.\nPseudonyms do not change. Safe while the service runs.")
 	path := fs.String("config", "", "configuration file (YAML)")
 	batch := fs.Int("batch", 1000, "keys re-wrapped per store transaction")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
 	if *batch <= 0 {

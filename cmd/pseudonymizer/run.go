@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -30,11 +29,10 @@ import (
 
 // runService is `pseudonymizer run`.
 func runService(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("run", "run --config FILE [--check-config]", "Runs the service: pseudonymizes orders.raw for every configured system and\nhonours forget requests, until SIGINT/SIGTERM. --check-config checks the\nconfiguration, the KEK, the key store and the brokers without writing\nanything, then exits.")
 	path := fs.String("config", "", "configuration file (YAML)")
-	check := fs.Bool("check-config", false, "validate the configuration, the KEK and the store connection, then exit")
-	if err := fs.Parse(args); err != nil {
+	check := fs.Bool("check-config", false, "check the configuration, KEK, key store, schema registry, brokers and topics without writing anything, then exit")
+	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
 	cfg, err := loadConfig(*path)
@@ -42,16 +40,15 @@ func runService(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	log := newLogger(cfg.Log, stderr)
+	if *check {
+		return checkConfig(ctx, cfg, log, stdout)
+	}
 	svc, err := newService(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	svc.stderr = stderr
 	defer svc.close()
-	if *check {
-		fmt.Fprintf(stdout, "configuration ok: %d systems, store reachable\n", len(svc.proc.OutputTopics()))
-		return nil
-	}
 	return svc.run(ctx)
 }
 
@@ -65,6 +62,7 @@ type service struct {
 	metrics *processor.Metrics
 	kopts   []kgo.Opt
 	stderr  io.Writer
+	ln      net.Listener // bound by listen
 }
 
 // newService checks everything that can be checked before consuming: the
@@ -133,13 +131,28 @@ func (s *service) close() {
 	}
 }
 
-// run serves HTTP and processes until ctx is canceled.
-func (s *service) run(ctx context.Context) error {
-	if s.cfg.HTTP.Listen != "" {
+// listen binds http.listen (once), so that a taken port fails at once;
+// run calls it too. It returns nil when the endpoint is disabled.
+func (s *service) listen() (net.Addr, error) {
+	if s.cfg.HTTP.Listen == "" {
+		return nil, nil
+	}
+	if s.ln == nil {
 		ln, err := net.Listen("tcp", s.cfg.HTTP.Listen)
 		if err != nil {
-			return fmt.Errorf("http.listen: %w", err)
+			return nil, fmt.Errorf("http.listen: %w", err)
 		}
+		s.ln = ln
+	}
+	return s.ln.Addr(), nil
+}
+
+// run serves HTTP and processes until ctx is canceled.
+func (s *service) run(ctx context.Context) error {
+	if _, err := s.listen(); err != nil {
+		return err
+	}
+	if ln := s.ln; ln != nil {
 		srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -153,10 +166,11 @@ func (s *service) run(ctx context.Context) error {
 		}()
 		s.log.Info("serving /metrics, /healthz, /readyz", "addr", ln.Addr().String())
 	}
+	s.probeBrokers(ctx)
 	if s.cfg.Kafka.CreateTopics {
 		s.ensureTopics(ctx)
 	}
-	s.log.Info("pseudonymizer started", "version", Version, "systems", len(s.proc.OutputTopics()),
+	s.log.Info("pseudonymizer started", "version", version(), "systems", len(s.proc.OutputTopics()),
 		"group", s.cfg.Kafka.GroupID, "transactional_id", s.cfg.TxnID())
 	lagCtx, stopLag := context.WithCancel(ctx)
 	defer stopLag()
@@ -180,6 +194,25 @@ func (s *service) run(ctx context.Context) error {
 		// Show where it hangs: goroutine stacks carry no record data.
 		_ = pprof.Lookup("goroutine").WriteTo(s.stderr, 1)
 		return fmt.Errorf("shutdown did not finish within %s (processing.shutdown_timeout); open transactions are aborted by the broker", s.cfg.Processing.ShutdownTimeout)
+	}
+}
+
+// brokerProbeTimeout bounds the start-up check that a broker answers.
+const brokerProbeTimeout = 5 * time.Second
+
+// probeBrokers logs one clear line when no seed broker answers at start-up;
+// the service goes on and keeps retrying, as it should.
+func (s *service) probeBrokers(ctx context.Context) {
+	cl, err := kgo.NewClient(s.kopts...)
+	if err != nil {
+		return
+	}
+	defer cl.Close()
+	pctx, cancel := context.WithTimeout(ctx, brokerProbeTimeout)
+	defer cancel()
+	if _, err := kadm.NewClient(cl).BrokerMetadata(pctx); err != nil && ctx.Err() == nil {
+		s.log.Error("no Kafka broker answers at kafka.brokers; retrying until one does (for a local broker: pseudonymizer demo --broker-only)",
+			"brokers", strings.Join(s.cfg.Kafka.Brokers, ","), "err", err)
 	}
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -11,11 +10,10 @@ import (
 
 // runSchema is `pseudonymizer schema`: it prints one system's output schema.
 func runSchema(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("schema", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("schema", "schema --config FILE --system NAME", "Prints the Avro schema (JSON) of a system's output records.")
 	path := fs.String("config", "", "configuration file (YAML)")
 	system := fs.String("system", "", "marketing system name")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
 	if *system == "" {

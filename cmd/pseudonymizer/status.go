@@ -5,9 +5,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -27,7 +27,7 @@ const (
 type subjectReport struct {
 	// State is active, forgotten or unknown.
 	State       string `json:"state"`
-	SubjectHash string `json:"subject_hash"`
+	SubjectHash string `json:"subject_hash,omitempty"`
 	// KeyCreatedAt is absent when unknown (keys older than the record).
 	KeyCreatedAt *time.Time `json:"key_created_at,omitempty"`
 	// Pseudonyms maps each system to the subject's current customer
@@ -46,26 +46,17 @@ type forgottenReport struct {
 // runStatus is `pseudonymizer status`: what the store holds about one
 // subject. It reads only.
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `Usage: pseudonymizer status --config FILE [--json] SUBJECT_ID
-
-Prints what the key store holds about SUBJECT_ID (a customer ID): active
+	fs := newFlags("status", "status --config FILE [--json] SUBJECT_ID", fmt.Sprintf(`Prints what the key store holds about SUBJECT_ID (a customer_id): active
 (since when, and its current customer pseudonym in each system), forgotten
 (when, and by which request; no key exists) or unknown. Reads only.
-Exit status: 0 active, %d forgotten, %d unknown, 1 error.
-
-`, exitForgotten, exitUnknown)
-		fs.PrintDefaults()
-	}
+Exit status: 0 active, %d forgotten, %d unknown.`, exitForgotten, exitUnknown))
 	path := fs.String("config", "", "configuration file (YAML)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 || fs.Arg(0) == "" {
-		return errors.New("usage: pseudonymizer status --config FILE [--json] SUBJECT_ID")
+		return fs.usageError(stderr, errors.New("want exactly one SUBJECT_ID"))
 	}
 	cfg, err := loadConfig(*path)
 	if err != nil {
@@ -86,7 +77,10 @@ Exit status: 0 active, %d forgotten, %d unknown, 1 error.
 	}
 	defer clear(st.Key)
 
-	rep := subjectReport{State: "unknown", SubjectHash: hex.EncodeToString(st.Hash[:])}
+	rep := subjectReport{State: "unknown"}
+	if st.Hash != (store.SubjectHash{}) {
+		rep.SubjectHash = hex.EncodeToString(st.Hash[:])
+	}
 	code := exitUnknown
 	switch {
 	case st.Key != nil:
@@ -181,25 +175,16 @@ type forgetLogLine struct {
 // runForgetLog is `pseudonymizer forget-log`: the forget results as JSON
 // lines, for a data-protection officer. It reads only.
 func runForgetLog(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("forget-log", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), `Usage: pseudonymizer forget-log --config FILE [--since T]
-
-Prints every forget request carried out (at or after T) as a JSON line:
+	fs := newFlags("forget-log", "forget-log --config FILE [--since T]", `Prints every forget request carried out (at or after T) as a JSON line:
 request_id, subject_hash (the store's keyed hash; never the raw subject ID),
-status, requested_at, completed_at, oldest first. Reads only.
-
-`)
-		fs.PrintDefaults()
-	}
+status, requested_at, completed_at, oldest first. Reads only.`)
 	path := fs.String("config", "", "configuration file (YAML)")
 	sinceText := fs.String("since", "", "only requests completed at or after this time: RFC 3339 (2026-01-02T15:04:05Z), a date (2026-01-02) or a duration ago (72h)")
-	if err := fs.Parse(args); err != nil {
+	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
 	if fs.NArg() != 0 {
-		return errors.New("usage: pseudonymizer forget-log --config FILE [--since T]")
+		return fs.usageError(stderr, errors.New("unexpected arguments"))
 	}
 	since, err := parseSince(*sinceText, time.Now())
 	if err != nil {
@@ -246,13 +231,29 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 	return time.Time{}, fmt.Errorf("--since %q: want RFC 3339 (2026-01-02T15:04:05Z), a date (2026-01-02) or a duration ago (72h)", s)
 }
 
-// openAuditor opens the configured store for reading.
+// openAuditor opens the configured store for reading. A store that was
+// never initialized answers that it holds nothing, without creating tables,
+// files or an index key. PostgreSQL sessions are read-only: a schema that
+// needs a migration is an error (run the service once first), not a write.
 func openAuditor(ctx context.Context, cfg config.Config) (store.Auditor, func(), error) {
 	kr, err := loadKeyring(cfg.Keys)
 	if err != nil {
 		return nil, nil, err
 	}
-	ks, err := openStore(ctx, cfg.Store, kr)
+	initialized, err := checkStore(ctx, cfg.Store, kr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !initialized {
+		return emptyStore{}, func() {}, nil
+	}
+	sc := cfg.Store
+	if sc.Postgres != "" {
+		if sc.Postgres, err = readOnlyDSN(sc.Postgres); err != nil {
+			return nil, nil, fmt.Errorf("store.postgres: %w", err)
+		}
+	}
+	ks, err := openStore(ctx, sc, kr)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -262,4 +263,30 @@ func openAuditor(ctx context.Context, cfg config.Config) (store.Auditor, func(),
 		return nil, nil, fmt.Errorf("store %T cannot answer status questions", ks)
 	}
 	return a, func() { ks.Close() }, nil
+}
+
+// readOnlyDSN makes every session of dsn read-only.
+func readOnlyDSN(dsn string) (string, error) {
+	if strings.Contains(dsn, "://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return "", errors.New("not a valid URL")
+		}
+		q := u.Query()
+		q.Set("default_transaction_read_only", "on")
+		u.RawQuery = q.Encode()
+		return u.String(), nil
+	}
+	return dsn + " default_transaction_read_only=on", nil
+}
+
+// emptyStore is a store that was never initialized: it holds nothing.
+type emptyStore struct{}
+
+func (emptyStore) Subject(context.Context, string) (store.SubjectState, error) {
+	return store.SubjectState{}, nil
+}
+
+func (emptyStore) ForgetLog(context.Context, time.Time, func(store.ForgetRecord) error) error {
+	return nil
 }

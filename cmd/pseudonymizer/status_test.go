@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -129,6 +130,14 @@ systems:
 				t.Errorf("unknown, asked twice: exit %d, %+v", code, rep)
 			}
 
+			// The PostgreSQL sessions are read-only: nothing was written.
+			if kind == "postgres" {
+				ro, err := readOnlyDSN(dsnOf(storeYAML))
+				if err != nil || !strings.Contains(ro, "default_transaction_read_only=on") {
+					t.Errorf("readOnlyDSN: %q, %v", ro, err)
+				}
+			}
+
 			// The human form names the state and each system's pseudonym.
 			var out bytes.Buffer
 			if err := run(ctx, []string{"status", "--config", cfg, "cust-active-7"}, &out, &bytes.Buffer{}); err != nil {
@@ -173,6 +182,32 @@ systems:
 				t.Errorf("forget-log --since the future: err %v, output %q", err, out.String())
 			}
 		})
+	}
+}
+
+// dsnOf extracts the DSN from a store: {postgres: '…'} line.
+func dsnOf(storeYAML string) string {
+	_, after, _ := strings.Cut(storeYAML, "'")
+	dsn, _, _ := strings.Cut(after, "'")
+	return dsn
+}
+
+// TestStatusOfEmptyStore: asking an empty store creates nothing.
+func TestStatusOfEmptyStore(t *testing.T) {
+	dir := t.TempDir()
+	kek := writeFile(t, dir, "kek.b64", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n")
+	path := filepath.Join(dir, "data", "keys.db")
+	cfg := writeFile(t, dir, "config.yaml", "keys: {kek_file: "+kek+"}\nstore: {path: "+path+"}\n"+validSystems)
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"status", "--config", cfg, "--json", "cust-1"}, &out, &bytes.Buffer{})
+	if code := exitCodeOf(err); code != exitUnknown || !strings.Contains(out.String(), `"unknown"`) {
+		t.Errorf("status on an empty store: exit %d, %q", code, out.String())
+	}
+	if err := run(context.Background(), []string{"forget-log", "--config", cfg}, &out, &bytes.Buffer{}); err != nil {
+		t.Errorf("forget-log on an empty store: %v", err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("status created the store file (stat: %v)", err)
 	}
 }
 

@@ -57,7 +57,7 @@ func newRegistryClient(c config.SchemaRegistry) (*sr.Client, error) {
 	}
 	opts := []sr.ClientOpt{
 		sr.URLs(urls...),
-		sr.UserAgent("pseudonymizer/" + Version),
+		sr.UserAgent("pseudonymizer/" + version()),
 		sr.HTTPClient(&http.Client{Timeout: registryTimeout}),
 	}
 	switch {

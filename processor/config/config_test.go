@@ -82,7 +82,7 @@ func TestEnvironmentOverrides(t *testing.T) {
 func TestInvalid(t *testing.T) {
 	for _, tc := range []struct{ name, text, env, want string }{
 		{"unknown key", minimal + "kafka: {brokerz: [a]}\n", "", "brokerz"},
-		{"two stores", minimal, "PSEUDONYMIZER_STORE_POSTGRES=postgres://h/db", "only one"},
+		{"two stores", strings.Replace(minimal, "store: {path: ./keys.db}", "store: {path: a, postgres: 'postgres://h/db'}", 1), "", "only one"},
 		{"no systems", "store: {path: a}\nkeys: {kek_file: k}\n", "", "no systems"},
 		{"long transaction timeout", minimal + "kafka: {transaction_timeout: 60s}\n", "", "transaction_timeout"},
 		{"bad duration in env", minimal, "PSEUDONYMIZER_KAFKA_SESSION_TIMEOUT=soon", "SESSION_TIMEOUT"},
@@ -123,6 +123,136 @@ func TestInvalid(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("error spans lines: %q", err)
+			}
+		})
+	}
+}
+
+// TestEnvironmentNames: a PSEUDONYMIZER_* variable that names no
+// configuration key is an error with a suggestion; the listed non-config
+// variables are accepted.
+func TestEnvironmentNames(t *testing.T) {
+	_, err := Load(writeConfig(t, minimal), []string{"PSEUDONYMIZER_KAFKA_BROKER=h:9092"})
+	if err == nil {
+		t.Fatal("misspelled PSEUDONYMIZER_KAFKA_BROKER accepted")
+	}
+	for _, want := range []string{"PSEUDONYMIZER_KAFKA_BROKER ", "did you mean PSEUDONYMIZER_KAFKA_BROKERS?"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "h:9092") {
+		t.Errorf("error %q echoes the value", err)
+	}
+	ok := []string{
+		"PSEUDONYMIZER_KEK=c2VjcmV0", "PSEUDONYMIZER_FAILPOINT=x:1", "PSEUDONYMIZER_TEST_POSTGRES=postgres://x",
+		"PSEUDONYMIZER_REQUIRE_POSTGRES=1", "PSEUDONYMIZER_INTEGRATION=1", "PSEUDONYMIZER_INTEGRATION_LOGS=1",
+		"PSEUDONYMIZER_BENCH_WORKER=1", "PSEUDONYMIZER_SCHEMA_REGISTRY_TLS_CA_FILE=ca.pem",
+	}
+	if _, err := Load(writeConfig(t, minimal), ok); err != nil {
+		t.Errorf("non-config and nested variables rejected: %v", err)
+	}
+}
+
+// TestStoreOverride: a store given in the environment replaces the file's
+// other store; two in the environment are still an error.
+func TestStoreOverride(t *testing.T) {
+	cfg, err := Load(writeConfig(t, minimal), []string{"PSEUDONYMIZER_STORE_POSTGRES=postgres://u@h/db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Store.Postgres != "postgres://u@h/db" || cfg.Store.Path != "" {
+		t.Errorf("store %+v, want only postgres", cfg.Store)
+	}
+	pgFile := strings.Replace(minimal, "store: {path: ./keys.db}", "store: {postgres: 'postgres://u@h/db'}", 1)
+	cfg, err = Load(writeConfig(t, pgFile), []string{"PSEUDONYMIZER_STORE_PATH=/var/lib/keys.db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Store.Postgres != "" || cfg.Store.Path != "/var/lib/keys.db" {
+		t.Errorf("store %+v, want only path", cfg.Store)
+	}
+	_, err = Load(writeConfig(t, minimal), []string{"PSEUDONYMIZER_STORE_POSTGRES=postgres://u@h/db", "PSEUDONYMIZER_STORE_PATH=/k.db"})
+	if err == nil || !strings.Contains(err.Error(), "only one") {
+		t.Errorf("two stores from the environment: %v", err)
+	}
+}
+
+// TestRelativePaths: file paths in the file are relative to its directory;
+// paths from the environment stay relative to the working directory.
+func TestRelativePaths(t *testing.T) {
+	p := writeConfig(t, minimal+"kafka: {tls: {ca_file: ca.pem}}\n")
+	dir := filepath.Dir(p)
+	cfg, err := Load(p, []string{"PSEUDONYMIZER_KEYS_OLD_KEK_FILES=old.b64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ key, got, want string }{
+		{"keys.kek_file", cfg.Keys.KEKFile, filepath.Join(dir, "kek.b64")},
+		{"store.path", cfg.Store.Path, filepath.Join(dir, "keys.db")},
+		{"kafka.tls.ca_file", cfg.Kafka.TLS.CAFile, filepath.Join(dir, "ca.pem")},
+		{"keys.old_kek_files (environment)", strings.Join(cfg.Keys.OldKEKFiles, ","), "old.b64"},
+	} {
+		if tc.got != tc.want {
+			t.Errorf("%s = %s, want %s", tc.key, tc.got, tc.want)
+		}
+	}
+}
+
+// TestStorePathOfOlderVersions: a relative store.path that exists only
+// relative to the working directory (where versions before 0.2 looked) is an
+// error, not a new empty store with new keys.
+func TestStorePathOfOlderVersions(t *testing.T) {
+	work := t.TempDir()
+	t.Chdir(work)
+	if err := os.MkdirAll(filepath.Join(work, "data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(work, "data", "keys.db"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte("store: {path: data/keys.db}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(p, nil); err == nil || !strings.Contains(err.Error(), "store.path") {
+		t.Fatalf("Read: %v, want an error naming store.path", err)
+	}
+	// Once it exists beside the file (or nowhere yet), the file's directory wins.
+	if err := os.MkdirAll(filepath.Join(filepath.Dir(p), "data"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(filepath.Dir(p), "data", "keys.db"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Read(p, nil)
+	if err != nil || cfg.Store.Path != filepath.Join(filepath.Dir(p), "data", "keys.db") {
+		t.Fatalf("Read: %q, %v", cfg.Store.Path, err)
+	}
+}
+
+// TestKeyPathErrors: file errors name the key path and line, not Go types,
+// and never echo the value.
+func TestKeyPathErrors(t *testing.T) {
+	for _, tc := range []struct{ name, text, want string }{
+		{"unknown nested key", "kafka:\n  groupid: x\n", "line 2: unknown key kafka.groupid (did you mean group_id?)"},
+		{"unknown top-level key", "systemz: {}\n", "unknown key systemz (did you mean systems?)"},
+		{"unknown policy key", "systems:\n  meta:\n    keepp: [a]\n", "line 3: unknown key systems.meta.keepp"},
+		{"bad duration", "kafka:\n  session_timeout: s3cr3t\n", "line 2: kafka.session_timeout must be a duration"},
+		{"bad integer", "processing: {max_poll_records: s3cr3t}\n", "processing.max_poll_records must be an integer"},
+		{"list wanted", "kafka: {brokers: {a: s3cr3t}}\n", "kafka.brokers must be a list"},
+		{"mapping wanted", "kafka: s3cr3t\n", "kafka must be a mapping"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := Default()
+			err := Parse([]byte(tc.text), &cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one containing %q", err, tc.want)
+			}
+			for _, bad := range []string{"config.", "type", "s3cr3t", "time.Duration"} {
+				if strings.Contains(strings.TrimPrefix(err.Error(), "config: "), bad) {
+					t.Errorf("error %q contains %q", err, bad)
+				}
 			}
 		})
 	}

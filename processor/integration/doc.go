@@ -1,6 +1,6 @@
 // Package integration is the end-to-end fault suite of the pseudonymizer
 // (GitHub issue 4: exactly once under crashes, rebalances and outages,
-// guarantees P4 and P7 of CONTRACT.md).
+// guarantees P4 and P7 of docs/guarantees.md).
 //
 // The tests build the real service binary (./cmd/pseudonymizer) once, start
 // an in-process kfake cluster over TCP and a fresh PostgreSQL schema per

@@ -11,7 +11,7 @@ import (
 	"github.com/hygiene/pseudonymizer/schema"
 )
 
-// Policies of the CONTRACT.md example configuration and a few more.
+// Policies of the example configuration of docs/configuration.md and a few more.
 var (
 	gaPolicy = Policy{
 		System:       "google-analytics",

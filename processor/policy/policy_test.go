@@ -164,7 +164,7 @@ func TestOutputSchemaGolden(t *testing.T) {
 	}
 }
 
-// TestOutputSchemaCanonical pins the canonical form of the CONTRACT.md
+// TestOutputSchemaCanonical pins the canonical form of the docs/configuration.md
 // example systems.
 func TestOutputSchemaCanonical(t *testing.T) {
 	p := mustCompile(gaPolicy, metaPolicy)

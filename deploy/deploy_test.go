@@ -1,0 +1,357 @@
+// Package deploy_test checks the deployment files (docker-compose.yml,
+// Dockerfile, Kubernetes manifests, alert rules, dashboard) against the code:
+// versions, shutdown bounds, health checks, secrets and metric names.
+package deploy_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/processor/config"
+)
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// mustYAMLDocs decodes every document of a YAML file.
+func mustYAMLDocs(t *testing.T, path string) []map[string]any {
+	t.Helper()
+	dec := yaml.NewDecoder(bytes.NewReader(mustRead(t, path)))
+	var docs []map[string]any
+	for {
+		var d map[string]any
+		err := dec.Decode(&d)
+		if errors.Is(err, io.EOF) {
+			return docs
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		docs = append(docs, d)
+	}
+}
+
+func goVersion(t *testing.T) string {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^go (\S+)$`).FindSubmatch(mustRead(t, "go.mod"))
+	if m == nil {
+		t.Fatal("go.mod has no go directive")
+	}
+	return string(m[1])
+}
+
+// deployShutdownTimeout is processing.shutdown_timeout of deploy/config.yaml.
+func deployShutdownTimeout(t *testing.T) time.Duration {
+	t.Helper()
+	cfg, err := config.Read(filepath.Join("..", "deploy", "config.yaml"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return max(cfg.Processing.ShutdownTimeout, config.Default().Processing.ShutdownTimeout)
+}
+
+// TestDockerfile pins the Go image to go.mod's version and stamps the version.
+func TestDockerfile(t *testing.T) {
+	df := string(mustRead(t, "Dockerfile"))
+	if want := "FROM golang:" + goVersion(t) + " "; !strings.Contains(df, want) {
+		t.Errorf("Dockerfile does not build with %q", want)
+	}
+	if !strings.Contains(df, "-X main.Version=${VERSION}") {
+		t.Error("Dockerfile does not stamp main.Version")
+	}
+	ignore := strings.Fields(string(mustRead(t, ".dockerignore")))
+	for _, want := range []string{".git", "**/*.b64", "data/"} {
+		if !slices.Contains(ignore, want) {
+			t.Errorf(".dockerignore lacks %s: it would enter the build context", want)
+		}
+	}
+}
+
+// TestCompose parses docker-compose.yml and checks the issue 14 items.
+func TestCompose(t *testing.T) {
+	var c struct {
+		Services map[string]struct {
+			Image           string
+			Command         []string
+			Environment     map[string]string
+			Volumes         []string
+			StopGracePeriod string `yaml:"stop_grace_period"`
+			Healthcheck     struct{ Test []string }
+			DependsOn       map[string]map[string]string `yaml:"depends_on"`
+		}
+		Volumes map[string]any
+	}
+	if err := yaml.Unmarshal(mustRead(t, "docker-compose.yml"), &c); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"kafka", "topics"} {
+		if got, want := c.Services[name].Image, "apache/kafka:4.1.1"; got != want {
+			t.Errorf("%s image %s, want %s (the version the tests run against)", name, got, want)
+		}
+	}
+
+	kafka := c.Services["kafka"]
+	if dir := kafka.Environment["KAFKA_LOG_DIRS"]; dir == "" || !slices.ContainsFunc(kafka.Volumes, func(v string) bool { return strings.HasSuffix(v, ":"+dir) }) {
+		t.Errorf("Kafka's log dir %q is not on a volume (%v)", dir, kafka.Volumes)
+	}
+
+	script := strings.Join(c.Services["topics"].Command, "\n")
+	if !regexp.MustCompile(`(?m)^\s*set -e\s*$`).MatchString(script) {
+		t.Error("topic creation does not stop at the first failure (set -e)")
+	}
+	retention := map[string]bool{}
+	lines := strings.Split(script, "\n")
+	for i, line := range lines {
+		if !strings.HasPrefix(strings.TrimSpace(line), "for t in ") || i+1 >= len(lines) {
+			continue
+		}
+		if strings.Contains(lines[i+1], "retention.ms=") {
+			for _, topic := range strings.Fields(strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(line), "for t in "), "; do")) {
+				retention[topic] = true
+			}
+		}
+	}
+	topics := config.Default().Topics
+	for _, topic := range []string{topics.Orders, topics.Forget, topics.OrdersDeadLetter, topics.ForgetDeadLetter} {
+		if !retention[topic] {
+			t.Errorf("topic %s is created without retention.ms", topic)
+		}
+	}
+
+	svc := c.Services["pseudonymizer"]
+	grace, err := time.ParseDuration(svc.StopGracePeriod)
+	if err != nil {
+		t.Fatalf("stop_grace_period %q: %v", svc.StopGracePeriod, err)
+	}
+	if limit := deployShutdownTimeout(t); grace <= limit {
+		t.Errorf("stop_grace_period %s is not above processing.shutdown_timeout %s", grace, limit)
+	}
+	if hc := svc.Healthcheck.Test; len(hc) < 3 || hc[0] != "CMD" || !strings.HasSuffix(hc[1], "pseudonymizer") || hc[2] != "healthcheck" {
+		t.Errorf("service healthcheck %v, want the distroless-friendly `pseudonymizer healthcheck`", hc)
+	}
+
+	// The KEK: generated once into a volume, never regenerated by `up`.
+	if _, ok := svc.Environment["PSEUDONYMIZER_KEK"]; ok {
+		t.Error("the KEK comes from the shell environment: a second `up` can bring a different one")
+	}
+	kekFile := svc.Environment["PSEUDONYMIZER_KEYS_KEK_FILE"]
+	if kekFile == "" || !slices.ContainsFunc(svc.Volumes, func(v string) bool { return strings.HasPrefix(v, "kek:") && strings.HasSuffix(v, ":ro") }) {
+		t.Errorf("KEK file %q not read from the kek volume (%v)", kekFile, svc.Volumes)
+	}
+	gen := strings.Join(c.Services["kek"].Command, "\n")
+	if !strings.Contains(gen, "[ ! -s /kek/kek.b64 ]") || !strings.Contains(gen, "umask 077") {
+		t.Errorf("the kek service may overwrite the KEK or create it readable by others:\n%s", gen)
+	}
+	if svc.DependsOn["kek"]["condition"] != "service_completed_successfully" {
+		t.Error("the service does not wait for the KEK")
+	}
+	for _, v := range []string{"pgdata", "kafkadata", "kek"} {
+		if _, ok := c.Volumes[v]; !ok {
+			t.Errorf("volume %s not declared", v)
+		}
+	}
+
+	// Every PSEUDONYMIZER_* variable the file sets is a configuration key.
+	var env []string
+	for k, v := range svc.Environment {
+		env = append(env, k+"="+v)
+	}
+	if _, err := config.Load(filepath.Join("..", "deploy", "config.yaml"), env); err != nil {
+		t.Errorf("deploy/config.yaml with the compose environment: %v", err)
+	}
+}
+
+// TestKubernetes checks the example manifests: a StatefulSet with stable
+// transactional IDs, probes, a grace period above the shutdown timeout, the
+// KEK from a Secret, and a PodDisruptionBudget.
+func TestKubernetes(t *testing.T) {
+	kinds := map[string]map[string]any{}
+	files, err := filepath.Glob(filepath.Join("..", "deploy", "kubernetes", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		for _, d := range mustYAMLDocs(t, filepath.Join("deploy", "kubernetes", filepath.Base(f))) {
+			if k, _ := d["kind"].(string); k != "" {
+				kinds[k] = d
+			}
+		}
+	}
+	for _, k := range []string{"StatefulSet", "Secret", "ConfigMap", "Service", "PodDisruptionBudget"} {
+		if kinds[k] == nil {
+			t.Errorf("no %s", k)
+		}
+	}
+	ss := kinds["StatefulSet"]
+	if ss == nil {
+		t.FailNow()
+	}
+	b, _ := json.Marshal(ss)
+	var sts struct {
+		Spec struct {
+			Template struct {
+				Spec struct {
+					TerminationGracePeriodSeconds int `json:"terminationGracePeriodSeconds"`
+					Containers                    []struct {
+						Env []struct {
+							Name      string
+							Value     string
+							ValueFrom map[string]map[string]string `json:"valueFrom"`
+						}
+						LivenessProbe  struct{ HTTPGet struct{ Path string } } `json:"livenessProbe"`
+						ReadinessProbe struct{ HTTPGet struct{ Path string } } `json:"readinessProbe"`
+					}
+				}
+			}
+		}
+	}
+	if err := json.Unmarshal(b, &sts); err != nil {
+		t.Fatal(err)
+	}
+	pod := sts.Spec.Template.Spec
+	if grace := time.Duration(pod.TerminationGracePeriodSeconds) * time.Second; grace <= config.Default().Processing.ShutdownTimeout {
+		t.Errorf("terminationGracePeriodSeconds %s is not above the shutdown timeout", grace)
+	}
+	if len(pod.Containers) != 1 {
+		t.Fatalf("%d containers", len(pod.Containers))
+	}
+	ctr := pod.Containers[0]
+	if ctr.LivenessProbe.HTTPGet.Path != "/healthz" || ctr.ReadinessProbe.HTTPGet.Path != "/readyz" {
+		t.Errorf("probes %q and %q, want /healthz and /readyz", ctr.LivenessProbe.HTTPGet.Path, ctr.ReadinessProbe.HTTPGet.Path)
+	}
+	env := map[string]string{}
+	var environ []string
+	for _, e := range ctr.Env {
+		switch {
+		case e.ValueFrom["fieldRef"] != nil:
+			env[e.Name] = "field:" + e.ValueFrom["fieldRef"]["fieldPath"]
+		case e.ValueFrom["secretKeyRef"] != nil:
+			env[e.Name] = "secret"
+		default:
+			env[e.Name] = e.Value
+		}
+		if strings.HasPrefix(e.Name, config.EnvPrefix) {
+			environ = append(environ, e.Name+"=x")
+		}
+	}
+	if env["PSEUDONYMIZER_KAFKA_TRANSACTIONAL_ID"] != "$(POD_NAME)" || env["POD_NAME"] != "field:metadata.name" {
+		t.Errorf("transactional ID not the pod name: %v", env)
+	}
+	if env["PSEUDONYMIZER_KEK"] != "secret" {
+		t.Error("the KEK does not come from the Secret")
+	}
+	cfgText := kinds["ConfigMap"]["data"].(map[string]any)["config.yaml"].(string)
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(cfgText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := config.Load(p, append(environ, "PSEUDONYMIZER_KAFKA_TRANSACTION_TIMEOUT=10s")); err != nil {
+		t.Errorf("the ConfigMap's configuration with the pod's environment: %v", err)
+	}
+}
+
+// metricNames returns the names the service exports: the processor's
+// metrics and the schema registry's counter.
+func metricNames(t *testing.T) map[string]bool {
+	t.Helper()
+	names := map[string]bool{}
+	ch := make(chan *prometheus.Desc, 64)
+	go func() {
+		m := reflect.ValueOf(processor.NewMetrics(nil)).Elem()
+		for i := 0; i < m.NumField(); i++ {
+			if c, ok := m.Field(i).Interface().(prometheus.Collector); ok {
+				c.Describe(ch)
+			}
+		}
+		close(ch)
+	}()
+	fq := regexp.MustCompile(`fqName: "([^"]+)"`)
+	for d := range ch {
+		if m := fq.FindStringSubmatch(d.String()); m != nil {
+			names[m[1]] = true
+		}
+	}
+	if !bytes.Contains(mustRead(t, "schema/registry/registry.go"), []byte(`"pseudonymizer_unmapped_fields_total"`)) {
+		t.Error("schema/registry no longer defines unmapped_fields_total")
+	}
+	names["pseudonymizer_unmapped_fields_total"] = true
+	return names
+}
+
+// TestMonitoringUsesRealMetrics: every pseudonymizer_* name in the alert
+// rules and the dashboard is one the service exports, and the alerts cover
+// the issue's cases.
+func TestMonitoringUsesRealMetrics(t *testing.T) {
+	names := metricNames(t)
+	if len(names) < 10 {
+		t.Fatalf("only %d metric names found: %v", len(names), names)
+	}
+	ref := regexp.MustCompile(`pseudonymizer_[a-z_]+`)
+	check := func(file string, text string) {
+		for _, m := range ref.FindAllString(text, -1) {
+			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(m, "_bucket"), "_sum"), "_count")
+			if !names[base] && !strings.HasPrefix(m, "pseudonymizer_kafka_") {
+				t.Errorf("%s: %s is not a metric the service exports", file, m)
+			}
+		}
+	}
+	var rules struct {
+		Groups []struct {
+			Rules []struct{ Alert, Expr string }
+		}
+	}
+	if err := yaml.Unmarshal(mustRead(t, "deploy/prometheus/alerts.yaml"), &rules); err != nil {
+		t.Fatal(err)
+	}
+	var exprs []string
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			check("alerts.yaml "+r.Alert, r.Expr)
+			exprs = append(exprs, r.Expr)
+		}
+	}
+	all := strings.Join(exprs, "\n")
+	for _, want := range []string{"guard_lost_total", "consumer_lag", "forget_latency_seconds", "dead_letters_total", "pseudonymizer_ready"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("no alert on %s", want)
+		}
+	}
+	dash := mustRead(t, "deploy/grafana/pseudonymizer.json")
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	if err := json.Unmarshal(dash, &d); err != nil {
+		t.Fatalf("dashboard: %v", err)
+	}
+	if len(d.Panels) == 0 {
+		t.Fatal("dashboard has no panels")
+	}
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			check("dashboard "+p.Title, tg.Expr)
+		}
+	}
+}

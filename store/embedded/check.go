@@ -1,0 +1,70 @@
+package embedded
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+// Check inspects the store file at path (resolved as Open does) without
+// creating or writing anything: it opens the file read-only, reads the
+// layout version and unwraps the index key with kr. It reports initialized
+// false (and no error) when the file does not exist yet, and an error
+// matching store.ErrWrongKEK when kr cannot unwrap the stored index key, or
+// store.ErrUnavailable when another process holds the file.
+func Check(path string, kr *store.Keyring) (initialized bool, err error) {
+	if kr == nil {
+		return false, errors.New("embedded: check: no keyring")
+	}
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("embedded: check: %w", err)
+	case fi.IsDir():
+		path = filepath.Join(path, FileName)
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, ReadOnly: true})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return false, fmt.Errorf("embedded: check: %s is in use by another process: %w", path, store.ErrUnavailable)
+		}
+		return false, fmt.Errorf("embedded: check: %w", err)
+	}
+	defer db.Close()
+	var wrapped []byte
+	err = db.View(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			return nil
+		}
+		if got := getUint(meta.Get(metaVersion)); got > schemaVersion {
+			return fmt.Errorf("file layout version %d is newer than this binary supports (%d)", got, schemaVersion)
+		}
+		if w := meta.Get(metaIndexKey); w != nil {
+			wrapped = append([]byte(nil), w...)
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("embedded: check: %w", err)
+	}
+	if wrapped == nil {
+		return false, nil
+	}
+	if _, err := kr.Unwrap(wrapped, store.PurposeIndexKey, nil); err != nil {
+		return true, wrongKEK("check: index key", err)
+	}
+	return true, nil
+}
