@@ -240,9 +240,12 @@ func TestForgetInvalidatesOtherInstancesCache(t *testing.T) {
 }
 
 // TestForgetRaceTwoInstances streams orders of several customers through
-// two instances while forget requests for some of them arrive; every
-// event after its request uses a fresh key, every replay after the
-// confirmation is suppressed, and each request is confirmed once.
+// two instances while forget requests for some of them arrive. An event
+// after its request that races the request may still get the old key (its
+// batch may commit before the forget), but every event sent after the
+// confirmations gets the fresh key, one per subject and system; every
+// replay after the confirmation is suppressed, and each request is
+// confirmed once.
 func TestForgetRaceTwoInstances(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
@@ -269,7 +272,7 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				return ev
 			}
 			requested := map[string]time.Time{}
-			for r := 0; r < rounds; r++ {
+			produceRound := func(r int) {
 				var recs []*kgo.Record
 				for c := 0; c < customers; c++ {
 					recs = append(recs, e.orderRecord(t, next(c)))
@@ -283,12 +286,22 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				}
 				e.produce(t, recs...)
 			}
+			// Rounds up to 3/4 race the forget requests; the rest are sent
+			// once every request is confirmed.
+			for r := 0; r < rounds*3/4; r++ {
+				produceRound(r)
+			}
+			confirmedAt := tick
 			e.confirmations(t, customers/2)
+			for r := rounds * 3 / 4; r < rounds; r++ {
+				produceRound(r)
+			}
 			kafkatest.WaitFor(t, 60*time.Second, "all orders committed", func() bool { return ordersIn() == len(events) })
 
 			// Events at or before a request may be emitted (with the old key)
 			// or suppressed, depending on the interleaving; events after it
-			// must use a fresh key.
+			// get the old key only while they race the request, and a fresh
+			// key once it is confirmed.
 			guaranteed := 0
 			for _, ev := range events {
 				if req, ok := requested[ev.CustomerID]; !ok || ev.OccurredAt.After(req) {
@@ -304,7 +317,7 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				byAt[ev.OccurredAt.UnixMilli()] = ev
 			}
 			type sk struct{ sys, cust string }
-			keysBefore, keysAfter := map[sk]map[string]bool{}, map[sk]map[string]bool{}
+			keysBefore, keysRacing, keysAfter := map[sk]map[string]bool{}, map[sk]map[string]bool{}, map[sk]map[string]bool{}
 			for _, d := range outs {
 				ev := byAt[d.at.UnixMilli()]
 				if ev == nil {
@@ -313,8 +326,11 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				k := sk{d.system, ev.CustomerID}
 				req, forgotten := requested[ev.CustomerID]
 				m := keysBefore
-				if forgotten && ev.OccurredAt.After(req) {
+				switch {
+				case forgotten && ev.OccurredAt.After(base.Add(time.Duration(confirmedAt)*time.Millisecond)):
 					m = keysAfter
+				case forgotten && ev.OccurredAt.After(req):
+					m = keysRacing
 				}
 				if m[k] == nil {
 					m[k] = map[string]bool{}
@@ -327,7 +343,7 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				}
 				for key := range keysAfter[k] {
 					if before[key] {
-						t.Errorf("%v: old pseudonym used after the forget", k)
+						t.Errorf("%v: old pseudonym used after the confirmation", k)
 					}
 				}
 			}
@@ -335,6 +351,14 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				if len(after) != 1 {
 					t.Errorf("%v: %d fresh pseudonyms, want 1", k, len(after))
 				}
+				for key := range keysRacing[k] {
+					if !after[key] && !keysBefore[k][key] {
+						t.Errorf("%v: an event racing the forget got a third pseudonym", k)
+					}
+				}
+			}
+			if len(keysAfter) != customers/2*len(systems) {
+				t.Errorf("fresh pseudonyms for %d subject/system pairs, want %d", len(keysAfter), customers/2*len(systems))
 			}
 			// Events at or before a request that arrived after it was
 			// processed are suppressed; the rest are emitted exactly once.
