@@ -180,7 +180,7 @@ func (e *env) start(t *testing.T, txnID string, tweak ...func(*processor.Config)
 		Policies:           e.pols,
 		Plan:               e.plan,
 		Store:              e.open(t),
-		Kafka:              []kgo.Opt{kgo.SeedBrokers(e.kc.Brokers()...), kgo.WithLogger(kslog.New(e.log.With("component", "kafka")))},
+		Kafka:              []kgo.Opt{kgo.SeedBrokers(e.kc.Brokers()...), kafkatest.FastMetadata(), kgo.WithLogger(kslog.New(e.log.With("component", "kafka")))},
 		GroupID:            e.group,
 		TransactionalID:    e.kc.TxnID(txnID),
 		TransactionTimeout: 10 * time.Second,

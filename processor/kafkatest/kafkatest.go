@@ -122,7 +122,7 @@ func newCluster(tb testing.TB, addrs []string, fake *kfake.Cluster) *Cluster {
 	var r [4]byte
 	_, _ = rand.Read(r[:])
 	c := &Cluster{tb: tb, addrs: addrs, fake: fake, prefix: "kt-" + name + "-" + hex.EncodeToString(r[:]) + ".", groups: map[string]bool{}}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs...))
+	cl, err := kgo.NewClient(c.opts()...)
 	if err != nil {
 		tb.Fatalf("kafkatest: client: %v", err)
 	}
@@ -135,6 +135,18 @@ func newCluster(tb testing.TB, addrs []string, fake *kfake.Cluster) *Cluster {
 	})
 	return c
 }
+
+// opts are the options of every client the Cluster makes, then extra.
+func (c *Cluster) opts(extra ...kgo.Opt) []kgo.Opt {
+	return append([]kgo.Opt{kgo.SeedBrokers(c.addrs...), FastMetadata()}, extra...)
+}
+
+// FastMetadata lets a client refresh metadata after 100 ms instead of the
+// default 5 s. A real broker refuses the first produce to a topic created
+// a moment ago until the partition's leader serves it, and the client
+// retries only after its next metadata refresh. Tests pass it to the clients
+// they build themselves, such as the processor's.
+func FastMetadata() kgo.Opt { return kgo.MetadataMinAge(100 * time.Millisecond) }
 
 // cleanup deletes the test's topics and groups from a real broker.
 func (c *Cluster) cleanup() {
@@ -206,11 +218,11 @@ func (c *Cluster) TxnID(name string) string { return c.prefix + name }
 // Admin returns an admin client, closed when the test ends.
 func (c *Cluster) Admin() *kadm.Client { return c.adm }
 
-// Client returns a new client seeded with the cluster's brokers and opts,
-// closed when the test ends.
+// Client returns a new client seeded with the cluster's brokers (and
+// FastMetadata) and opts, closed when the test ends.
 func (c *Cluster) Client(tb testing.TB, opts ...kgo.Opt) *kgo.Client {
 	tb.Helper()
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.addrs...)}, opts...)...)
+	cl, err := kgo.NewClient(c.opts(opts...)...)
 	if err != nil {
 		tb.Fatalf("kafkatest: client: %v", err)
 	}
@@ -232,12 +244,18 @@ func (c *Cluster) CreateTopics(tb testing.TB, partitions int32, configs map[stri
 	if err != nil {
 		tb.Fatalf("kafkatest: create topics %v: %v", topics, err)
 	}
-	// A real broker answers before its metadata lists the partitions'
-	// leaders; clients that start right away would see unknown topics.
+	// A real broker answers before the partitions' leaders serve them;
+	// clients that start right away would see unknown topics. ListOffsets
+	// is answered by each leader once it hosts the partition.
 	for {
 		td, err := c.adm.ListTopics(ctx, topics...)
 		if err == nil && td.Error() == nil && allLed(td, topics, int(partitions)) {
-			return
+			var offs kadm.ListedOffsets
+			if offs, err = c.adm.ListEndOffsets(ctx, topics...); err == nil {
+				if err = offs.Error(); err == nil {
+					return
+				}
+			}
 		}
 		if ctx.Err() != nil {
 			tb.Fatalf("kafkatest: topics %v not ready: %v", topics, err)
@@ -340,8 +358,8 @@ func (c *Cluster) readRange(ctx context.Context, start, end map[tp]int64) ([]*kg
 	}
 	// Control records (commit and abort markers) are kept so that a
 	// partition whose last stable offset follows a marker is seen to end.
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.addrs...), kgo.ConsumePartitions(parts),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords())
+	cl, err := kgo.NewClient(c.opts(kgo.ConsumePartitions(parts),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords())...)
 	if err != nil {
 		return nil, err
 	}
@@ -416,8 +434,8 @@ func (c *Cluster) AwaitCount(tb testing.TB, n int, timeout time.Duration, topics
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	c.awaitTopics(tb, deadline, topics)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.addrs...), kgo.ConsumeTopics(topics...),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	cl, err := kgo.NewClient(c.opts(kgo.ConsumeTopics(topics...),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
 	if err != nil {
 		tb.Fatalf("kafkatest: client: %v", err)
 	}

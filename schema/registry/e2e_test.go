@@ -71,7 +71,7 @@ func TestEndToEnd(t *testing.T) {
 		Plan:            w.plan,
 		Store:           st,
 		Wire:            wire,
-		Kafka:           []kgo.Opt{kgo.SeedBrokers(kc.Brokers()...)},
+		Kafka:           []kgo.Opt{kgo.SeedBrokers(kc.Brokers()...), kafkatest.FastMetadata()},
 		GroupID:         group,
 		TransactionalID: kc.TxnID("e2e-1"),
 		SessionTimeout:  6 * time.Second,
