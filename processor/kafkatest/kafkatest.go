@@ -148,6 +148,12 @@ func (c *Cluster) opts(extra ...kgo.Opt) []kgo.Opt {
 // they build themselves, such as the processor's.
 func FastMetadata() kgo.Opt { return kgo.MetadataMinAge(100 * time.Millisecond) }
 
+// shortFetchWait bounds how long a broker holds a fetch without data. A
+// real broker does not answer a waiting read_committed fetch when the last
+// stable offset moves, only when data arrives, so with the default of 5 s a
+// reader would see a just committed transaction late.
+func shortFetchWait() kgo.Opt { return kgo.FetchMaxWait(100 * time.Millisecond) }
+
 // cleanup deletes the test's topics and groups from a real broker.
 func (c *Cluster) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -358,7 +364,7 @@ func (c *Cluster) readRange(ctx context.Context, start, end map[tp]int64) ([]*kg
 	}
 	// Control records (commit and abort markers) are kept so that a
 	// partition whose last stable offset follows a marker is seen to end.
-	cl, err := kgo.NewClient(c.opts(kgo.ConsumePartitions(parts),
+	cl, err := kgo.NewClient(c.opts(kgo.ConsumePartitions(parts), shortFetchWait(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords())...)
 	if err != nil {
 		return nil, err
@@ -434,7 +440,7 @@ func (c *Cluster) AwaitCount(tb testing.TB, n int, timeout time.Duration, topics
 	tb.Helper()
 	deadline := time.Now().Add(timeout)
 	c.awaitTopics(tb, deadline, topics)
-	cl, err := kgo.NewClient(c.opts(kgo.ConsumeTopics(topics...),
+	cl, err := kgo.NewClient(c.opts(kgo.ConsumeTopics(topics...), shortFetchWait(),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))...)
 	if err != nil {
 		tb.Fatalf("kafkatest: client: %v", err)
