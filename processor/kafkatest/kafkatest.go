@@ -517,11 +517,12 @@ func (c *Cluster) AwaitGroup(tb testing.TB, group string, timeout time.Duration,
 	if err != nil {
 		tb.Fatalf("kafkatest: list offsets of %v: %v", topics, err)
 	}
-	var behind []string
+	var behind []string // as of the last successful fetch
+	var lastErr error
 	for {
-		behind = behind[:0]
 		committed, err := c.adm.FetchOffsetsForTopics(ctx, group, topics...)
 		if err == nil {
+			behind = behind[:0]
 			for p, end := range hwm {
 				if end == 0 {
 					continue
@@ -534,10 +535,12 @@ func (c *Cluster) AwaitGroup(tb testing.TB, group string, timeout time.Duration,
 			if len(behind) == 0 {
 				return
 			}
+		} else if ctx.Err() == nil {
+			lastErr = err
 		}
 		if ctx.Err() != nil {
 			sort.Strings(behind)
-			tb.Fatalf("kafkatest: group %s did not commit to the end of %v within %s: %v %v", group, topics, timeout, behind, err)
+			tb.Fatalf("kafkatest: group %s did not commit to the end of %v within %s: %v (last error: %v)", group, topics, timeout, behind, lastErr)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
