@@ -68,6 +68,7 @@ func (e *env) confirmations(t *testing.T, n int) map[string]*schema.ForgetConfir
 func TestForgetStatuses(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			gen := sample.New(2, 2, time.Now().Add(-time.Hour))
 			e.produce(t, e.orderRecord(t, gen.ForCustomer(0)), e.orderRecord(t, gen.ForCustomer(1)))
@@ -118,6 +119,7 @@ func TestForgetStatuses(t *testing.T) {
 func TestForgetSuppressesAndRenews(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			systems := e.plan.Systems()
 			base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
@@ -206,6 +208,7 @@ func TestForgetSuppressesAndRenews(t *testing.T) {
 func TestForgetInvalidatesOtherInstancesCache(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			systems := e.plan.Systems()
 			base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
@@ -249,6 +252,7 @@ func TestForgetInvalidatesOtherInstancesCache(t *testing.T) {
 func TestForgetRaceTwoInstances(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			systems := e.plan.Systems()
 			ins := []*instance{e.start(t, "pz-a"), e.start(t, "pz-b")}

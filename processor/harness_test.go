@@ -58,11 +58,16 @@ type env struct {
 // storeKinds lists the key stores every pipeline test runs against.
 var storeKinds = []string{"embedded", "postgres"}
 
-// newEnv builds a test world with the given store kind; opts apply to a
-// kfake cluster only.
+// newEnv builds a test world with the given store kind. With kfake options
+// (faults), the world always runs on kfake; otherwise on the real broker of
+// PSEUDONYMIZER_TEST_KAFKA if set.
 func newEnv(t *testing.T, kind string, opts ...kfake.Opt) *env {
 	t.Helper()
-	e := &env{t: t, kind: kind, kc: kafkatest.New(t, opts...), pols: testPolicies()}
+	kc := kafkatest.New
+	if len(opts) > 0 {
+		kc = kafkatest.NewFake
+	}
+	e := &env{t: t, kind: kind, kc: kc(t, opts...), pols: testPolicies()}
 	e.topics = namespaced(e.kc, config.Default().Topics)
 	e.group = e.kc.Group("pseudonymizer")
 	var err error

@@ -59,6 +59,7 @@ func badInputs(t *testing.T) []badInput {
 func TestPipeline(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			gen := sample.New(1, 20, time.Now().Add(-time.Hour))
 			var events []*schema.OrderEvent

@@ -17,6 +17,7 @@ import (
 func TestKEKRotationKeepsPseudonyms(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			systems := e.plan.Systems()
 			const customers = 5

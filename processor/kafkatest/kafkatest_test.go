@@ -82,6 +82,7 @@ func values(recs []*kgo.Record) string {
 // marker and while another transaction is open; AwaitCount and AwaitStable
 // wait for that transaction and fail while it stays open.
 func TestReadToEnd(t *testing.T) {
+	t.Parallel()
 	c := kafkatest.New(t)
 	topic := c.Topic("t")
 	c.CreateTopics(t, 2, nil, topic)
@@ -143,6 +144,7 @@ func TestReadToEnd(t *testing.T) {
 // TestAwaitGroup: AwaitGroup returns once the group committed the end of
 // every non-empty partition and fails while it lags.
 func TestAwaitGroup(t *testing.T) {
+	t.Parallel()
 	c := kafkatest.New(t)
 	topic, group := c.Topic("in"), c.Group("g")
 	c.CreateTopics(t, 2, nil, topic)
@@ -176,6 +178,7 @@ func TestAwaitGroup(t *testing.T) {
 
 // TestNamespaces: names are unique per test and cluster.
 func TestNamespaces(t *testing.T) {
+	t.Parallel()
 	a, b := kafkatest.New(t), kafkatest.New(t)
 	if a.Topic("x") == b.Topic("x") || a.Group("x") == b.Group("x") || a.TxnID("x") == b.TxnID("x") {
 		t.Fatalf("two clusters share names: %s", a.Topic("x"))
@@ -188,6 +191,7 @@ func TestNamespaces(t *testing.T) {
 // TestCleanup: on a real broker, the test's topics are gone after it.
 func TestCleanup(t *testing.T) {
 	kafkatest.RequireReal(t)
+	t.Parallel()
 	var topic string
 	var c *kafkatest.Cluster
 	t.Run("creates", func(t *testing.T) {
@@ -221,6 +225,7 @@ func TestRequireReal(t *testing.T) {
 }
 
 func TestHeader(t *testing.T) {
+	t.Parallel()
 	r := &kgo.Record{Headers: []kgo.RecordHeader{{Key: "a", Value: []byte("1")}, {Key: "b", Value: []byte("2")}, {Key: "a", Value: []byte("3")}}}
 	for _, tc := range []struct{ key, want string }{{"a", "1"}, {"b", "2"}, {"c", ""}} {
 		if got := kafkatest.Header(r, tc.key); got != tc.want {
