@@ -121,10 +121,10 @@ func TestReadToEnd(t *testing.T) {
 	if got, want := values(c.ReadToEnd(t, topic)), "a,b,c,f,d,e"; got != want {
 		t.Fatalf("ReadToEnd with an open transaction = %s, want %s", got, want)
 	}
-	if failed, _, msg := call(t, func(tb testing.TB) { c.AwaitCount(tb, 7, time.Second, topic) }); !failed || !strings.Contains(msg, "6 of 7") {
+	if failed, _, msg := call(t, func(tb testing.TB) { c.AwaitCount(tb, 7, 2*time.Second, topic) }); !failed || !strings.Contains(msg, "of 7 committed records") {
 		t.Fatalf("AwaitCount(7) with the 7th record uncommitted: failed %v, %q", failed, msg)
 	}
-	if failed, _, msg := call(t, func(tb testing.TB) { c.AwaitStable(tb, time.Second, topic) }); !failed || !strings.Contains(msg, "not stable") {
+	if failed, _, msg := call(t, func(tb testing.TB) { c.AwaitStable(tb, 2*time.Second, topic) }); !failed || !strings.Contains(msg, "not stable") {
 		t.Fatalf("AwaitStable with an open transaction: failed %v, %q", failed, msg)
 	}
 
@@ -165,11 +165,11 @@ func TestAwaitGroup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if failed, _, msg := call(t, func(tb testing.TB) { c.AwaitGroup(tb, group, 500*time.Millisecond, topic) }); !failed || !strings.Contains(msg, group) {
+	if failed, _, msg := call(t, func(tb testing.TB) { c.AwaitGroup(tb, group, 2*time.Second, topic) }); !failed || !strings.Contains(msg, group) {
 		t.Fatalf("AwaitGroup without commits: failed %v, %q", failed, msg)
 	}
 	commit(0)
-	if failed, _, msg := call(t, func(tb testing.TB) { c.AwaitGroup(tb, group, 500*time.Millisecond, topic) }); !failed || !strings.Contains(msg, "[0] at 0 of 1") {
+	if failed, _, msg := call(t, func(tb testing.TB) { c.AwaitGroup(tb, group, 2*time.Second, topic) }); !failed || !strings.Contains(msg, "[0] at 0 of 1") {
 		t.Fatalf("AwaitGroup while the group lags: failed %v, %q", failed, msg)
 	}
 	commit(1)
