@@ -49,6 +49,10 @@ type batch struct {
 	stats     Stats
 	forgets   []forgetDone
 	dlq       []deadLettered
+	// origin maps the index in recs of each dead letter and confirmation
+	// to the input record it answers, to tell which input a refused
+	// record belongs to.
+	origin map[int]*kgo.Record
 	// produce, if set, hands a record to the Kafka client; orders calls it
 	// for the records of recs as they are completed, in recs order, so
 	// that the client sends them while the rest is being projected.
@@ -110,6 +114,10 @@ func (b *batch) reset() {
 	b.stats = Stats{}
 	b.forgets = b.forgets[:0]
 	b.dlq = b.dlq[:0]
+	if b.origin == nil {
+		b.origin = map[int]*kgo.Record{}
+	}
+	clear(b.origin)
 	b.produce, b.produced, b.nextOrder = nil, 0, 0
 }
 
@@ -129,6 +137,9 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	defer func() { p.m.BatchDuration.Observe(time.Since(start).Seconds()) }()
 	b := &p.b
 	b.reset()
+	// Every path out of this function has waited for its records'
+	// promises: no record points into an evicted subject any more.
+	defer p.cache.wipeEvicted()
 
 	if err := sess.Begin(); err != nil {
 		return outcomeAborted, fmt.Errorf("%w: begin: %w", errSessionBroken, err)
@@ -333,8 +344,36 @@ var (
 func timeInRange(ms int64) bool { return ms >= minMillis && ms <= maxMillis }
 
 // recordOverhead bounds what a record batch adds to one record's key,
-// value and headers (batch header 61 bytes, record framing).
-const recordOverhead = 128
+// value and headers (batch header 61 bytes, record framing), and
+// headerOverhead what each header adds (its two length varints).
+const (
+	recordOverhead = 128
+	headerOverhead = 8
+)
+
+// recordSize bounds the size of a record batch that holds only r.
+func recordSize(key, value []byte, hdrs []kgo.RecordHeader) int {
+	size := len(key) + len(value) + recordOverhead
+	for _, h := range hdrs {
+		size += len(h.Key) + len(h.Value) + headerOverhead
+	}
+	return size
+}
+
+// limitOf returns the largest record batch that topic accepts as far as
+// the processor knows: the producer's batch cap, or the topic's
+// max.message.bytes if that is known and lower. known reports whether the
+// topic's own limit is known.
+func (p *Processor) limitOf(topic string) (limit int, known bool) {
+	p.tooLargeMu.Lock()
+	tl, known := p.topicLimits[topic]
+	p.tooLargeMu.Unlock()
+	limit = p.batchMax
+	if known && tl < limit {
+		limit = tl
+	}
+	return limit, known
+}
 
 // blameTooLarge decides which refused records are too large by themselves.
 // The broker refuses whole record batches, so records that merely shared a
@@ -348,19 +387,14 @@ func (p *Processor) blameTooLarge(b *batch, refused []*kgo.Record) {
 	if len(refused) == 0 {
 		return
 	}
-	p.tooLargeMu.Lock()
-	limits := p.topicLimits
-	p.tooLargeMu.Unlock()
 	var largest *kgo.Record
 	blamed := 0
 	for _, r := range refused {
-		size := len(r.Key) + len(r.Value) + recordOverhead
-		for _, h := range r.Headers {
-			size += len(h.Key) + len(h.Value)
-		}
-		limit, known := limits[r.Topic]
+		// The client refuses by itself any record larger than its batch
+		// cap, whatever the topic accepts.
+		limit, known := p.limitOf(r.Topic)
 		switch {
-		case known && size > limit:
+		case recordSize(r.Key, r.Value, r.Headers) > limit:
 			p.markTooLarge(b, r)
 			blamed++
 		case !known && (largest == nil || len(r.Value) > len(largest.Value)):
@@ -372,9 +406,10 @@ func (p *Processor) blameTooLarge(b *batch, refused []*kgo.Record) {
 	case largest != nil:
 		p.markTooLarge(b, largest)
 	default:
+		limit, _ := p.limitOf(refused[0].Topic)
 		p.log.Error("the broker refused a record batch as too large although each record fits: "+
 			"lower kafka.producer_batch_max_bytes to the topic's max.message.bytes, or raise that limit",
-			"topic", refused[0].Topic, "max_message_bytes", limits[refused[0].Topic])
+			"topic", refused[0].Topic, "max_message_bytes", limit)
 	}
 }
 
@@ -402,10 +437,39 @@ func (p *Processor) markTooLarge(b *batch, r *kgo.Record) {
 			return
 		}
 	}
-	// A dead letter or a confirmation: its own input topic took it, so the
-	// output topic's limit is lower than the input's; only an operator can
-	// fix that.
+	// A dead letter or a confirmation. A dead letter is cut to fit the
+	// limits the processor knows (see deadLetter), so the topic accepts
+	// less than it said: the redone batch cuts it to deadLetterMinLimit.
+	// A confirmation's request is dead-lettered by the redone batch.
+	in, ok := b.origin[i]
+	if !ok {
+		p.log.Error("a record the batch did not queue was refused as too large", "topic", r.Topic)
+		return
+	}
+	ref := inputRef{in.Topic, in.Partition, in.Offset}
+	p.tooLargeMu.Lock()
+	if r.Topic == p.cfg.Topics.Forgotten {
+		if p.tooLarge == nil {
+			p.tooLarge = map[inputRef]struct{}{}
+		}
+		p.tooLarge[ref] = struct{}{}
+	} else {
+		if p.cutDeadLetters == nil {
+			p.cutDeadLetters = map[inputRef]struct{}{}
+		}
+		p.cutDeadLetters[ref] = struct{}{}
+	}
+	p.tooLargeMu.Unlock()
 	p.log.Error("a dead letter or confirmation is too large for its topic; raise the topic's max.message.bytes", "topic", r.Topic)
+}
+
+// takeCutDeadLetter reports whether r's dead letter was refused as too
+// large although it fitted the known limits.
+func (p *Processor) takeCutDeadLetter(r *kgo.Record) bool {
+	p.tooLargeMu.Lock()
+	defer p.tooLargeMu.Unlock()
+	_, ok := p.cutDeadLetters[inputRef{r.Topic, r.Partition, r.Offset}]
+	return ok
 }
 
 // takeTooLarge reports whether r's output was refused as too large. Marks
@@ -424,13 +488,14 @@ func (p *Processor) takeTooLarge(r *kgo.Record) bool {
 func (p *Processor) clearTooLarge() {
 	p.tooLargeMu.Lock()
 	clear(p.tooLarge)
+	clear(p.cutDeadLetters)
 	p.tooLargeMu.Unlock()
 }
 
 // storeGuard takes the store guard, measuring it as a store call.
 func (p *Processor) storeGuard(ctx context.Context) (store.Guard, error) {
 	t := time.Now()
-	g, err := p.cfg.Store.Guard(ctx, p.seq)
+	g, err := p.cfg.Store.Guard(ctx, p.pos)
 	p.storeCall("guard", t, err)
 	if err != nil {
 		return nil, fmt.Errorf("store guard: %w", err)
@@ -448,6 +513,14 @@ func (p *Processor) storeCall(op string, start time.Time, err error) {
 // invalidate drops forgotten subjects from the cache and reports whether
 // the batch used a key that a forget destroyed after it was loaded.
 func (p *Processor) invalidate(g store.Guard, b *batch) (stale bool) {
+	if g.Diverged() {
+		// Keys this instance cached may have been destroyed by forgets
+		// that the restored store no longer lists (see doc.go).
+		p.m.StoreRewound.Inc()
+		p.log.Error("the key store's forget log was rewound (restored from a backup or recreated): dropping every cached key; "+
+			"forgets after the backup must be repeated, see README",
+			"seen_seq", p.pos.Seq, "store_seq", g.Seq())
+	}
 	if !g.Complete() {
 		p.cache.clear()
 		stale = len(b.used) > 0
@@ -458,28 +531,61 @@ func (p *Processor) invalidate(g store.Guard, b *batch) (stale bool) {
 			stale = true
 		}
 	}
-	p.seq = g.Seq()
+	p.pos = g.Position()
 	return stale
 }
 
+// deadLetterMinLimit is the size a dead letter is cut to after its topic
+// refused one that fitted every limit the processor knew of.
+const deadLetterMinLimit = 8 << 10
+
 // deadLetter queues the original record on topic with the reason headers.
+// A dead letter that would not fit in one record batch of its topic (the
+// producer's batch cap, or the topic's max.message.bytes) is cut to fit:
+// header error.truncated holds the original value's size, and
+// error.truncated_key the original key's if the key was cut too (it keeps
+// at most half the room). So a dead letter can always be produced, and
+// its partition never stalls on it.
 func (p *Processor) deadLetter(b *batch, topic string, r *kgo.Record, class, msg string) {
-	b.add(kgo.Record{
-		Topic: topic,
-		Key:   r.Key,
-		Value: r.Value,
-		Headers: []kgo.RecordHeader{
-			{Key: "error.class", Value: []byte(class)},
-			{Key: "error.message", Value: []byte(redact(msg))},
-			{Key: "source.topic", Value: []byte(r.Topic)},
-			{Key: "source.partition", Value: strconv.AppendInt(nil, int64(r.Partition), 10)},
-			{Key: "source.offset", Value: strconv.AppendInt(nil, r.Offset, 10)},
-		},
-	})
+	hdrs := []kgo.RecordHeader{
+		{Key: "error.class", Value: []byte(class)},
+		{Key: "error.message", Value: []byte(redact(msg))},
+		{Key: "source.topic", Value: []byte(r.Topic)},
+		{Key: "source.partition", Value: strconv.AppendInt(nil, int64(r.Partition), 10)},
+		{Key: "source.offset", Value: strconv.AppendInt(nil, r.Offset, 10)},
+	}
+	key, value := r.Key, r.Value
+	limit, _ := p.limitOf(topic)
+	if p.takeCutDeadLetter(r) {
+		limit = min(limit, deadLetterMinLimit)
+	}
+	truncated := recordSize(key, value, hdrs) > limit
+	if truncated {
+		cut := []kgo.RecordHeader{
+			{Key: "error.truncated", Value: strconv.AppendInt(nil, int64(len(value)), 10)},
+			{Key: "error.truncated_key", Value: strconv.AppendInt(nil, int64(len(key)), 10)},
+		}
+		room := max(limit-recordSize(nil, nil, append(hdrs, cut...)), 0)
+		if len(key) > room/2 {
+			key = key[:room/2]
+			hdrs = append(hdrs, cut...)
+		} else {
+			hdrs = append(hdrs, cut[0])
+		}
+		value = value[:min(len(value), room-len(key))]
+	}
+	b.origin[len(b.recs)] = r
+	b.add(kgo.Record{Topic: topic, Key: key, Value: value, Headers: hdrs})
 	b.stats.DeadLetters++
 	b.dlq = append(b.dlq, deadLettered{topic: r.Topic, class: class})
-	p.log.Warn("dead-lettered a record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "class", class, "reason", redact(msg))
+	p.log.Warn("dead-lettered a record", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "class", class,
+		"reason", redact(msg), "truncated", truncated)
 }
+
+// MaxIDBytes bounds customer_id in orders and subject_id and request_id in
+// forget requests; longer ones break the contract. A confirmation echoes
+// them, so this keeps every confirmation small.
+const MaxIDBytes = 4096
 
 // Dead-letter classes (header error.class).
 const (
@@ -548,6 +654,11 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 			continue
 		case !timeInRange(h.OccurredAt):
 			p.deadLetter(b, dlq, r, ClassContract, "occurred_at is outside the years 1 to 9999")
+			continue
+		case len(h.CustomerID) > MaxIDBytes:
+			// Its forget request would be refused (see forgets): a
+			// subject that could not be forgotten gets no key.
+			p.deadLetter(b, dlq, r, ClassContract, fmt.Sprintf("customer_id is longer than %d bytes", MaxIDBytes))
 			continue
 		}
 		if s := p.cache.get(h.CustomerID); s != nil && !s.needsKey(h.OccurredAt) {
@@ -826,6 +937,11 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 		case !timeInRange(fr.RequestedAt.UnixMilli()):
 			p.deadLetter(b, dlq, r, ClassContract, "requested_at is outside the years 1 to 9999")
 			continue
+		case len(fr.SubjectID) > MaxIDBytes || len(fr.RequestID) > MaxIDBytes:
+			// Its confirmation echoes both, the subject twice (key and
+			// value): bounded IDs keep it far below any topic's limit.
+			p.deadLetter(b, dlq, r, ClassContract, fmt.Sprintf("subject_id or request_id is longer than %d bytes", MaxIDBytes))
+			continue
 		}
 		reqs = append(reqs, store.ForgetRequest{RequestID: fr.RequestID, SubjectID: fr.SubjectID, RequestedAt: fr.RequestedAt})
 		valid = append(valid, r)
@@ -845,6 +961,13 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 	for i, req := range reqs {
 		p.cache.forget(p.cfg.Store.Hash(req.SubjectID))
 		res := results[i]
+		if p.takeTooLarge(valid[i]) {
+			// Its confirmation was refused as too large: the request is
+			// carried out (Forget above is idempotent), and dead-lettered
+			// instead of confirmed, so the partition goes on.
+			p.deadLetter(b, dlq, valid[i], ClassTooLarge, "the forget request was carried out, but its confirmation exceeds the message size limit of the confirmation topic")
+			continue
+		}
 		systems := []string{}
 		if res.Status != store.UnknownSubject {
 			systems = p.systems
@@ -860,6 +983,7 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 		if err != nil {
 			return fmt.Errorf("encode confirmation: %w", err)
 		}
+		b.origin[len(b.recs)] = valid[i]
 		b.add(kgo.Record{Topic: p.cfg.Topics.Forgotten, Key: []byte(req.SubjectID), Value: val})
 		b.forgets = append(b.forgets, forgetDone{status: res.Status.String(), published: valid[i].Timestamp})
 		p.log.Info("forget request confirmed", "partition", valid[i].Partition, "offset", valid[i].Offset, "status", res.Status.String())

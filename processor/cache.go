@@ -32,9 +32,16 @@ func (s *subject) needsKey(ms int64) bool { return s.key == nil && ms > s.forgot
 //
 // Entries are invalidated by subject hash when the store reports forgets
 // (see Guard in doc.go). Not safe for concurrent use; the batch loop owns it.
+//
+// A forgotten subject's key material is wiped at once. Subjects that are
+// evicted, dropped by clear or never cached (max 0) may still be used by
+// the running batch, whose output records point into their pseudonyms:
+// they are wiped by wipeEvicted, which the batch loop calls when the batch
+// has ended.
 type subjectCache struct {
 	max       int
 	hot, cold generation
+	evicted   []*subject
 }
 
 type generation struct {
@@ -69,20 +76,24 @@ func (c *subjectCache) get(id []byte) *subject {
 
 func (c *subjectCache) put(s *subject) {
 	if c.max <= 0 {
+		c.evicted = append(c.evicted, s)
 		return
 	}
 	// The hot generation holds up to half of max, and never more than the
 	// cold one leaves: the two never hold more than max entries together.
 	half := (c.max + 1) / 2
 	if h := len(c.hot.byID); c.hot.byID[s.id] == nil && (h >= half || h+len(c.cold.byID) >= c.max) {
+		c.evict(c.cold)
 		c.cold = c.hot
 		if len(c.cold.byID) >= c.max {
+			c.evict(c.cold)
 			c.cold = newGeneration(0) // max 1: only the newest entry fits
 		}
 		c.hot = newGeneration(min(half, c.max-len(c.cold.byID)))
 	}
-	if old := c.hot.byID[s.id]; old != nil {
+	if old := c.hot.byID[s.id]; old != nil && old != s {
 		delete(c.hot.byHash, old.hash)
+		c.evicted = append(c.evicted, old)
 	}
 	c.hot.byID[s.id] = s
 	c.hot.byHash[s.hash] = s
@@ -112,9 +123,29 @@ func (s *subject) wipe() {
 	s.pk.Wipe()
 }
 
+// evict queues the subjects of a generation that is being dropped.
+func (c *subjectCache) evict(g generation) {
+	for _, s := range g.byID {
+		c.evicted = append(c.evicted, s)
+	}
+}
+
 // clear drops every entry.
 func (c *subjectCache) clear() {
+	c.evict(c.hot)
+	c.evict(c.cold)
 	c.hot, c.cold = newGeneration(0), newGeneration(0)
+}
+
+// wipeEvicted wipes the key material of the subjects evicted, dropped or
+// not cached since the last call. The caller must no longer use them: the
+// batch loop calls it when a batch has ended and its records are done.
+func (c *subjectCache) wipeEvicted() {
+	for i, s := range c.evicted {
+		s.wipe()
+		c.evicted[i] = nil
+	}
+	c.evicted = c.evicted[:0]
 }
 
 // len returns the number of cached subjects.

@@ -67,9 +67,51 @@
 //
 // The cache needs no time-to-live for correctness: it is invalidated through
 // the guard, and it is bounded (processing.cache_subjects) for memory only.
-// The forget sequence number is read once at start, before any key is
+// The forget-log position is read once at start, before any key is
 // cached, so every later forget is seen by some guard; if the store's forget
 // log was pruned past it, the guard says so and the whole cache is dropped.
+//
+// # A store restored to an older state
+//
+// If the key store is restored from a backup while instances run, its
+// forget log loses the entries written after the backup, and the keys
+// those forgets destroyed come back. An instance that saw those forgets
+// must drop its whole cache: it cannot tell which of its cached keys the
+// restored store lists as live, and new forgets of those subjects may
+// follow. The sequence number alone cannot detect the restore: it goes
+// backwards, but once enough forgets happened after the restore it is back
+// where the instance last saw it, and the instance would take the new
+// entries for the ones it already knows. A random epoch stored with the log
+// does not help either: the backup holds it too. PostgreSQL's system
+// identifier or timeline does not cover a pg_dump restore into the same
+// cluster. So a position (store.Position) is a sequence number plus the
+// tag of the entry at it, 16 random bytes drawn when the entry was written
+// (for position 0, when the log was created). Each guard passes the
+// position of the previous one; the store compares the tag it holds at that
+// sequence number. An entry written after a restore has a fresh tag, and
+// no restore can bring back the tag of an entry it lost, so a mismatch, or
+// a log that ends before the position, means the log was rewound: the guard
+// reports Diverged (and not Complete), the instance drops every cached key
+// and aborts a batch that used one, logs an error and counts it
+// (pseudonymizer_store_rewound_total). An instance whose last position
+// predates the backup missed nothing and goes on. Entries written before
+// tags existed carry none (a zero tag), and are not checked.
+//
+// This only protects the caches. The restore itself resurrects the keys of
+// the subjects forgotten after the backup; the forget requests since then
+// must be repeated (README, "Restoring the key store").
+//
+// # Key material in memory
+//
+// Unwrapped keys are overwritten when they are no longer needed, as a
+// best-effort hygiene: Keyring.FillEntries keeps no copy of its own, the
+// cache wipes a subject's key, pseudonyms and prepared HMAC key when the
+// subject is forgotten, evicted or dropped (evicted entries only after the
+// batch that may still use them has ended), and a store wipes its index
+// key on Close. Go's garbage collector may have copied memory before
+// (growing maps and slices move their contents), and the runtime does not
+// guarantee that freed memory is cleared, so this narrows the window in
+// which a memory dump reveals a key; it does not close it.
 //
 // # Exactly once
 //

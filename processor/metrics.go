@@ -23,6 +23,7 @@ type Metrics struct {
 	CachedSubjects  prometheus.Gauge
 	Ready           prometheus.Gauge
 	GuardLost       prometheus.Counter
+	StoreRewound    prometheus.Counter
 	ConsumerLag     *prometheus.GaugeVec
 }
 
@@ -61,6 +62,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Subjects currently in the key cache."}),
 		GuardLost: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "guard_lost_total",
 			Help: "Batches committed although the store guard was lost during the commit (see processor/doc.go)."}),
+		StoreRewound: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "store_rewound_total",
+			Help: "Guards that found the key store's forget log rewound (restored from a backup, or recreated); each dropped the whole key cache."}),
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "ready",
 			Help: "1 when the group is joined and the store reachable."}),
 		ConsumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_lag",
@@ -69,7 +72,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	if reg != nil {
 		reg.MustRegister(m.RecordsIn, m.RecordsOut, m.DeadLetters, m.Suppressed, m.Forgets, m.ForgetLatency,
 			m.BatchDuration, m.CommitDuration, m.Batches, m.StoreRoundTrips, m.StoreLatency, m.CacheHits,
-			m.CacheMisses, m.CachedSubjects, m.Ready, m.GuardLost, m.ConsumerLag)
+			m.CacheMisses, m.CachedSubjects, m.Ready, m.GuardLost, m.StoreRewound, m.ConsumerLag)
 	}
 	return m
 }

@@ -44,7 +44,8 @@ type Config struct {
 	TransactionTimeout time.Duration
 	// SessionTimeout is the consumer group session timeout.
 	SessionTimeout time.Duration
-	// MaxRecordBytes is the largest raw order accepted.
+	// MaxRecordBytes is the largest raw record value accepted; 0 derives
+	// it from ProducerBatchMaxBytes (config.MaxRecordBytesFor).
 	MaxRecordBytes int
 	// MaxPollRecords caps the records of one transaction.
 	MaxPollRecords int
@@ -81,7 +82,7 @@ type Processor struct {
 	headers []map[string]bool
 
 	cache *subjectCache
-	seq   uint64 // newest forget sequence number seen by a guard
+	pos   store.Position // newest forget-log position seen by a guard
 	d     *pseudonym.Deriver
 	b     batch
 
@@ -94,9 +95,16 @@ type Processor struct {
 	// client's batch limit) refused as too large; the redone batch
 	// dead-letters them instead of retrying them for ever. Written by
 	// produce promises, hence the mutex.
-	tooLargeMu  sync.Mutex
-	tooLarge    map[inputRef]struct{}
-	topicLimits map[string]int // max.message.bytes of the output topics, if known
+	tooLargeMu sync.Mutex
+	tooLarge   map[inputRef]struct{}
+	// cutDeadLetters holds inputs whose dead letter was refused as too
+	// large although it fitted the known limits; the redone batch cuts it
+	// to deadLetterMinLimit.
+	cutDeadLetters map[inputRef]struct{}
+	topicLimits    map[string]int // max.message.bytes of the output topics, if known
+	// batchMax is the producer's record batch cap: the client refuses
+	// any record larger than it.
+	batchMax int
 
 	joined  atomic.Bool
 	storeOK atomic.Bool
@@ -148,7 +156,7 @@ func New(cfg Config) (*Processor, error) {
 		cfg.SessionTimeout = 15 * time.Second
 	}
 	if cfg.MaxRecordBytes == 0 {
-		cfg.MaxRecordBytes = 1 << 20
+		cfg.MaxRecordBytes = config.MaxRecordBytesFor(int(cfg.ProducerBatchMaxBytes))
 	}
 	if cfg.MaxPollRecords == 0 {
 		cfg.MaxPollRecords = 10000
@@ -157,13 +165,17 @@ func New(cfg Config) (*Processor, error) {
 		cfg.MaxBackoff = 30 * time.Second
 	}
 	p := &Processor{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		m:       cfg.Metrics,
-		systems: cfg.Plan.Systems(),
-		cache:   newSubjectCache(cfg.CacheSubjects),
-		d:       pseudonym.NewDeriver(),
-		workers: runtime.GOMAXPROCS(0),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		m:        cfg.Metrics,
+		systems:  cfg.Plan.Systems(),
+		cache:    newSubjectCache(cfg.CacheSubjects),
+		d:        pseudonym.NewDeriver(),
+		workers:  runtime.GOMAXPROCS(0),
+		batchMax: config.DefaultProducerBatchMaxBytes,
+	}
+	if cfg.ProducerBatchMaxBytes > 0 {
+		p.batchMax = int(cfg.ProducerBatchMaxBytes)
 	}
 	for i, sys := range p.systems {
 		p.topics = append(p.topics, cfg.Topics.PseudoPrefix+sys)
@@ -245,12 +257,12 @@ func (p *Processor) Run(ctx context.Context) error {
 }
 
 func (p *Processor) baseline(ctx context.Context) error {
-	g, err := p.cfg.Store.Guard(ctx, 0)
+	g, err := p.cfg.Store.Guard(ctx, store.Position{})
 	p.setStoreOK(err == nil)
 	if err != nil {
 		return err
 	}
-	p.seq = g.Seq()
+	p.pos = g.Position()
 	return g.Release(ctx)
 }
 
@@ -398,6 +410,12 @@ func (p *Processor) loadTopicLimits(ctx context.Context) {
 	p.tooLargeMu.Lock()
 	p.topicLimits = limits
 	p.tooLargeMu.Unlock()
+	for _, t := range []string{p.cfg.Topics.OrdersDeadLetter, p.cfg.Topics.ForgetDeadLetter} {
+		if l, ok := limits[t]; ok && l < p.cfg.MaxRecordBytes+config.DeadLetterHeadroom {
+			p.log.Warn("a dead-letter topic accepts less than processing.max_record_bytes plus headers: larger dead letters are truncated (header error.truncated)",
+				"topic", t, "max_message_bytes", l, "max_record_bytes", p.cfg.MaxRecordBytes)
+		}
+	}
 }
 
 // backoff is capped exponential backoff with full jitter.

@@ -157,9 +157,11 @@ func (r *Keyring) Rewrap(wrapped []byte, purpose string, binding []byte) ([]byte
 // FillEntries completes entries whose Hash is set from the stored state of
 // each subject (its wrapped key, nil if none, and its newest tombstone),
 // unwrapping each subject's key once. Every entry gets its own copy of the
-// key. An unwrap failure matches ErrWrongKEK.
+// key, and FillEntries keeps none: the caller owns them and should clear
+// them when done. On error the keys unwrapped so far are cleared. An
+// unwrap failure matches ErrWrongKEK.
 func (r *Keyring) FillEntries(entries []Entry, state func(SubjectHash) (wrapped []byte, forgottenAt time.Time)) error {
-	plain := make(map[SubjectHash][]byte)
+	first := make(map[SubjectHash]int) // the entry that holds the unwrapped key
 	for i := range entries {
 		h := entries[i].Hash
 		wrapped, forgottenAt := state(h)
@@ -167,18 +169,23 @@ func (r *Keyring) FillEntries(entries []Entry, state func(SubjectHash) (wrapped 
 		if wrapped == nil {
 			continue
 		}
-		key, ok := plain[h]
-		if !ok {
-			var err error
-			if key, err = r.Unwrap(wrapped, PurposeSubjectKey, h[:]); err != nil {
-				if errors.Is(err, ErrWrongKEK) {
-					return err
-				}
-				return fmt.Errorf("%w: %v", ErrWrongKEK, err)
-			}
-			plain[h] = key
+		if j, ok := first[h]; ok {
+			entries[i].Key = append([]byte(nil), entries[j].Key...)
+			continue
 		}
-		entries[i].Key = append([]byte(nil), key...)
+		key, err := r.Unwrap(wrapped, PurposeSubjectKey, h[:])
+		if err != nil {
+			for j := range entries[:i] {
+				clear(entries[j].Key)
+				entries[j].Key = nil
+			}
+			if errors.Is(err, ErrWrongKEK) {
+				return err
+			}
+			return fmt.Errorf("%w: %v", ErrWrongKEK, err)
+		}
+		entries[i].Key = key
+		first[h] = i
 	}
 	return nil
 }
@@ -210,6 +217,10 @@ func NewHasher(indexKey []byte) (*Hasher, error) {
 	}
 	return &Hasher{key: append([]byte(nil), indexKey...)}, nil
 }
+
+// Wipe overwrites the Hasher's copy of the index key; Hash must not be
+// used after it (it would hash under a zero key).
+func (h *Hasher) Wipe() { clear(h.key) }
 
 // Hash returns HMAC-SHA-256(index key, "subject\x00" + subjectID).
 func (h *Hasher) Hash(subjectID string) SubjectHash {

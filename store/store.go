@@ -12,8 +12,10 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -113,11 +115,13 @@ type KeyStore interface {
 	Forget(ctx context.Context, reqs []ForgetRequest) ([]ForgetResult, error)
 
 	// Guard takes a shared guard that excludes Forget until Release, and
-	// returns the hashes of the subjects forgotten after sequence number
-	// since, plus the newest sequence number. The processor holds a guard
-	// across its Kafka commit: a forget can then never complete between the
-	// check of its keys and the commit of outputs derived from them.
-	Guard(ctx context.Context, since uint64) (Guard, error)
+	// returns the hashes of the subjects forgotten after position since
+	// (the Position of the caller's previous guard), plus the newest
+	// position. The processor holds a guard across its Kafka commit: a
+	// forget can then never complete between the check of its keys and the
+	// commit of outputs derived from them. A since with a zero Tag is not
+	// checked for divergence (see Position).
+	Guard(ctx context.Context, since Position) (Guard, error)
 
 	// Rewrap re-wraps up to limit keys that are not wrapped by the active
 	// KEK, and reports how many it changed; 0 means all are current.
@@ -130,17 +134,111 @@ type KeyStore interface {
 	Close() error
 }
 
+// TagSize is the size of a Position's tag.
+const TagSize = 16
+
+// Position is a point of a store's forget log: the sequence number of an
+// entry and the entry's tag, a random value that the store drew (from
+// crypto/rand) when it wrote the entry; for Seq 0 the tag is the log's
+// epoch, drawn when the log was created. Sequence numbers alone cannot
+// tell a log from an older copy of itself: restored from a backup, the log
+// continues from the backup's sequence number, and once enough forgets
+// happened after the restore the counter is back where a running instance
+// last saw it. The tags tell: an entry written after the restore has a
+// fresh tag, and no restore can recreate the tag of an entry that it lost.
+// A zero Tag means "unknown" (entries written before tags existed).
+type Position struct {
+	Seq uint64
+	Tag [TagSize]byte
+}
+
+// NewTag returns a fresh random tag.
+func NewTag() ([TagSize]byte, error) {
+	var t [TagSize]byte
+	if _, err := rand.Read(t[:]); err != nil {
+		return t, fmt.Errorf("forget log tag: %w", err)
+	}
+	return t, nil
+}
+
+// Auditor answers an operator's questions about subjects and forget
+// requests without changing anything: the data subject's "what do you hold
+// about me" and "have you forgotten me", and the forget log as evidence.
+// Every KeyStore implementation is also an Auditor.
+type Auditor interface {
+	// Subject reports what the store holds about subjectID. It never
+	// creates a key.
+	Subject(ctx context.Context, subjectID string) (SubjectState, error)
+	// ForgetLog calls fn for every forget request completed at or after
+	// since, in order of completion, and stops at fn's first error.
+	ForgetLog(ctx context.Context, since time.Time, fn func(ForgetRecord) error) error
+}
+
+// SubjectState is what a store holds about one subject.
+type SubjectState struct {
+	// Hash is the subject's keyed hash.
+	Hash SubjectHash
+	// Key is the subject's current key (unwrapped), or nil when it has none.
+	// The caller should wipe it when done.
+	Key []byte
+	// KeyCreatedAt is when the current key was created; zero when it has
+	// no key or the key predates the recording of creation times.
+	KeyCreatedAt time.Time
+	// Forgotten describes the newest tombstone, or is nil when the subject
+	// was never forgotten.
+	Forgotten *Tombstone
+}
+
+// Tombstone is the trace a forget leaves: when it was requested, and by
+// which request.
+type Tombstone struct {
+	// RequestedAt is the request's requested_at: events that occurred at
+	// or before it are suppressed.
+	RequestedAt time.Time
+	// RequestID identifies the request; empty if it was recorded by a
+	// version that did not keep request IDs.
+	RequestID string
+	// CompletedAt is when the key was destroyed; zero if unknown.
+	CompletedAt time.Time
+}
+
+// ForgetRecord is one completed forget request, as kept for evidence. It
+// names the subject only by its keyed hash.
+type ForgetRecord struct {
+	// RequestID identifies the request; empty for requests recorded by a
+	// version that did not keep request IDs.
+	RequestID string
+	// Subject is the subject's keyed hash (zero if not recorded).
+	Subject SubjectHash
+	// Status is the request's outcome.
+	Status ForgetStatus
+	// RequestedAt is the request's requested_at (zero if not recorded).
+	RequestedAt time.Time
+	// CompletedAt is when the request was carried out.
+	CompletedAt time.Time
+}
+
 // Guard is a shared lock against Forget, held across a Kafka commit.
 type Guard interface {
 	// Seq is the newest forget sequence number at the time of the guard.
 	Seq() uint64
+	// Position is the newest position of the forget log at the time of
+	// the guard; the caller passes it to its next Guard.
+	Position() Position
+	// Diverged reports that the forget log does not continue the one the
+	// requested position was read from: it ends before it, or its entry
+	// there has another tag. The store was restored to an older state (or
+	// recreated) since; keys the caller cached may have been destroyed by
+	// forgets the store no longer lists. Complete is then false.
+	Diverged() bool
 	// Forgotten lists the subjects forgotten after the requested sequence
 	// number, oldest first.
 	Forgotten() []SubjectHash
 	// Complete is false when Forgotten cannot list every subject forgotten
-	// since the requested sequence number (the forget log was pruned past
-	// it, or it is too long to return). The caller must then drop every
-	// key it caches and must not commit work derived from cached keys.
+	// since the requested position (the forget log was pruned past it, it
+	// is too long to return, or it diverged). The caller must then drop
+	// every key it caches and must not commit work derived from cached
+	// keys.
 	Complete() bool
 	// Check verifies that the guard is still held (a PostgreSQL guard is
 	// lost with its connection). The processor checks right before its
@@ -149,6 +247,22 @@ type Guard interface {
 	// Release gives the guard up. It is safe to call more than once. An
 	// error means the guard may have been lost before Release.
 	Release(ctx context.Context) error
+}
+
+// CheckSince decides a guard's Diverged and Complete for a caller at since,
+// given the log's newest position, the highest pruned sequence number,
+// the most entries a guard returns, and the stored tag of since.Seq
+// (known false when the log no longer holds it). Both stores use it.
+func CheckSince(since, newest Position, pruned, maxLog uint64, stored [TagSize]byte, known bool) (diverged, complete bool) {
+	var zero [TagSize]byte
+	switch {
+	case since.Seq > newest.Seq:
+		diverged = true
+	case since.Tag != zero && known && stored != since.Tag:
+		diverged = true
+	}
+	complete = !diverged && since.Seq >= pruned && newest.Seq-since.Seq <= maxLog && (known || since.Tag == zero)
+	return diverged, complete
 }
 
 // ForgetResultKey is what a store keeps to recognise a forget request when

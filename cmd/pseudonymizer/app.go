@@ -73,27 +73,20 @@ func compilePlan(cfg *config.Config) ([]policy.Policy, *policy.Plan, error) {
 // loadKeyring reads the active KEK (environment first, then file) and the
 // retired ones.
 func loadKeyring(k config.Keys) (*store.Keyring, error) {
-	text, src := k.KEK, "PSEUDONYMIZER_KEK"
-	if text == "" {
-		b, err := os.ReadFile(k.KEKFile)
-		if err != nil {
-			return nil, fmt.Errorf("config: keys.kek_file: %w", err)
+	var active *store.KEK
+	var err error
+	if k.KEK != "" {
+		if active, err = store.ParseKEK(k.KEK); err != nil {
+			return nil, fmt.Errorf("config: PSEUDONYMIZER_KEK: %w", err)
 		}
-		text, src = string(b), "keys.kek_file "+k.KEKFile
-	}
-	active, err := store.ParseKEK(text)
-	if err != nil {
-		return nil, fmt.Errorf("config: %s: %w", src, err)
+	} else if active, err = store.ReadKEKFile(k.KEKFile, k.AllowReadableKEKFiles); err != nil {
+		return nil, fmt.Errorf("config: keys.kek_file: %w", err)
 	}
 	var older []*store.KEK
 	for _, f := range k.OldKEKFiles {
-		b, err := os.ReadFile(f)
+		kek, err := store.ReadKEKFile(f, k.AllowReadableKEKFiles)
 		if err != nil {
 			return nil, fmt.Errorf("config: keys.old_kek_files: %w", err)
-		}
-		kek, err := store.ParseKEK(string(b))
-		if err != nil {
-			return nil, fmt.Errorf("config: keys.old_kek_files %s: %w", f, err)
 		}
 		if kek.ID() == active.ID() {
 			continue

@@ -32,7 +32,7 @@ func main() {
 		os.Exit(130)
 	}()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
+		if !errors.Is(err, flag.ErrHelp) && !errors.Is(err, errSilent) {
 			fmt.Fprintln(os.Stderr, "pseudonymizer:", err)
 		}
 		os.Exit(exitCode(err))
@@ -67,6 +67,8 @@ Usage:
                                                      zero set-up demonstration
   pseudonymizer schema --config FILE --system NAME   print a system's output Avro schema
   pseudonymizer forget --config FILE SUBJECT_ID      publish a forget request, await its confirmation
+  pseudonymizer status --config FILE SUBJECT_ID      what the key store holds about a subject (read-only)
+  pseudonymizer forget-log --config FILE [--since T] the forget requests carried out, as JSON lines (read-only)
   pseudonymizer rewrap --config FILE                 re-wrap stored keys with the active KEK
   pseudonymizer bench [--quick] [--events N] [--no-postgres]  throughput against plain and transactional copies
   pseudonymizer version                              print the version
@@ -106,6 +108,10 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runForget(ctx, rest, stdout, stderr)
 	case "rewrap":
 		return runRewrap(ctx, rest, stdout, stderr)
+	case "status":
+		return runStatus(ctx, rest, stdout, stderr)
+	case "forget-log":
+		return runForgetLog(ctx, rest, stdout, stderr)
 	case "bench", "bench-worker":
 		return runBench(ctx, cmd, rest, stdout, stderr)
 	case "version", "--version":

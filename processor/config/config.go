@@ -23,6 +23,28 @@ import (
 // EnvPrefix prefixes every environment override.
 const EnvPrefix = "PSEUDONYMIZER_"
 
+// DefaultProducerBatchMaxBytes is the Kafka client's default cap on a
+// record batch (franz-go's, and the Java producer's max.request.size is of
+// the same order); no record larger than it can be produced.
+const DefaultProducerBatchMaxBytes = 1_000_012
+
+// DeadLetterHeadroom is what a dead letter may add to the raw value it
+// carries: its original key, the error.* and source.* headers and the
+// record framing. A raw record of up to the producer's batch cap minus this
+// can always be dead-lettered whole.
+const DeadLetterHeadroom = 16 << 10
+
+// MaxRecordBytesFor returns the derived default of
+// processing.max_record_bytes for a producer batch cap (0: the client's
+// default): the largest raw value whose dead letter still fits in one
+// record batch.
+func MaxRecordBytesFor(producerBatchMaxBytes int) int {
+	if producerBatchMaxBytes <= 0 {
+		producerBatchMaxBytes = DefaultProducerBatchMaxBytes
+	}
+	return producerBatchMaxBytes - DeadLetterHeadroom
+}
+
 // Config is the whole configuration file.
 type Config struct {
 	Kafka          Kafka                    `yaml:"kafka"`
@@ -57,7 +79,7 @@ type Kafka struct {
 	CreateTopics bool `yaml:"create_topics"`
 	// ProducerBatchMaxBytes caps the producer's record batches; 0 keeps
 	// the client's default (1,000,012). Set it no higher than the smallest
-	// max.message.bytes of the output topics.
+	// max.message.bytes of the output, confirmation and dead-letter topics.
 	ProducerBatchMaxBytes int `yaml:"producer_batch_max_bytes"`
 	// TLS enables TLS to the brokers.
 	TLS TLS `yaml:"tls"`
@@ -111,6 +133,10 @@ type Keys struct {
 	// OldKEKFiles hold retired KEKs, still used to unwrap keys until
 	// `pseudonymizer rewrap` has re-wrapped them with the active KEK.
 	OldKEKFiles []string `yaml:"old_kek_files"`
+	// AllowReadableKEKFiles accepts KEK files that group or others may
+	// access. By default such a file stops start-up: a KEK should be
+	// readable by the service's user only (chmod 600).
+	AllowReadableKEKFiles bool `yaml:"allow_readable_kek_files"`
 }
 
 // HTTP configures the operational HTTP endpoint.
@@ -130,8 +156,11 @@ type Log struct {
 
 // Processing tunes the pipeline.
 type Processing struct {
-	// MaxRecordBytes is the largest raw record accepted; larger ones are
-	// dead-lettered with class too_large.
+	// MaxRecordBytes is the largest raw record value accepted; larger ones
+	// are dead-lettered with class too_large. 0 (the default) derives it
+	// from the producer's batch cap (MaxRecordBytesFor), so that every raw
+	// record can be dead-lettered whole; a larger explicit value is a
+	// configuration error.
 	MaxRecordBytes int `yaml:"max_record_bytes"`
 	// MaxPollRecords caps the records of one transaction.
 	MaxPollRecords int `yaml:"max_poll_records"`
@@ -175,7 +204,6 @@ func Default() Config {
 		HTTP: HTTP{Listen: "127.0.0.1:9464"},
 		Log:  Log{Level: "info", Format: "auto"},
 		Processing: Processing{
-			MaxRecordBytes:  1 << 20,
 			MaxPollRecords:  10000,
 			CacheSubjects:   1_000_000,
 			MaxBackoff:      30 * time.Second,
@@ -267,8 +295,19 @@ func (c *Config) Validate() error {
 		return errors.New("config: no KEK: set keys.kek_file or PSEUDONYMIZER_KEK")
 	case len(c.Systems) == 0:
 		return errors.New("config: no systems configured")
-	case c.Processing.MaxRecordBytes <= 0:
-		return errors.New("config: processing.max_record_bytes must be positive")
+	case c.Kafka.ProducerBatchMaxBytes > 0 && c.Kafka.ProducerBatchMaxBytes < 2*DeadLetterHeadroom:
+		return fmt.Errorf("config: kafka.producer_batch_max_bytes must be at least %d", 2*DeadLetterHeadroom)
+	case c.Processing.MaxRecordBytes < 0:
+		return errors.New("config: processing.max_record_bytes must not be negative (0 derives it from kafka.producer_batch_max_bytes)")
+	case c.Processing.MaxRecordBytes > MaxRecordBytesFor(c.Kafka.ProducerBatchMaxBytes):
+		// A bad record of that size could not be dead-lettered whole: its
+		// dead letter would be cut (error.truncated), see README.
+		batch := "the client default " + strconv.Itoa(DefaultProducerBatchMaxBytes)
+		if c.Kafka.ProducerBatchMaxBytes > 0 {
+			batch = strconv.Itoa(c.Kafka.ProducerBatchMaxBytes)
+		}
+		return fmt.Errorf("config: processing.max_record_bytes (%d) leaves no room for a dead letter's key and headers within kafka.producer_batch_max_bytes (%s): set it to at most %d, or leave it unset to derive it",
+			c.Processing.MaxRecordBytes, batch, MaxRecordBytesFor(c.Kafka.ProducerBatchMaxBytes))
 	case c.Processing.MaxPollRecords <= 0:
 		return errors.New("config: processing.max_poll_records must be positive")
 	case c.Processing.CacheSubjects < 0:
@@ -282,6 +321,9 @@ func (c *Config) Validate() error {
 		if v == "" {
 			return fmt.Errorf("config: %s is empty", field)
 		}
+	}
+	if err := c.validateTopics(); err != nil {
+		return err
 	}
 	switch strings.ToUpper(c.Kafka.SASL.Mechanism) {
 	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
@@ -297,6 +339,38 @@ func (c *Config) Validate() error {
 	case "auto", "json", "text":
 	default:
 		return fmt.Errorf("config: log.format %q is not auto, json or text", c.Log.Format)
+	}
+	return nil
+}
+
+// validateTopics rejects any two roles that share a topic: the inputs, the
+// confirmations, the dead letters and every system's output (pseudo_prefix
+// + system name). A dead-letter or confirmation topic that is also a
+// system's output would put raw orders or raw subject IDs on a marketing
+// system's topic (P1); an output that is an input would loop.
+func (c *Config) validateTopics() error {
+	type role struct{ key, topic string }
+	roles := []role{
+		{"topics.orders", c.Topics.Orders},
+		{"topics.forget", c.Topics.Forget},
+		{"topics.forgotten", c.Topics.Forgotten},
+		{"topics.orders_dead_letter", c.Topics.OrdersDeadLetter},
+		{"topics.forget_dead_letter", c.Topics.ForgetDeadLetter},
+	}
+	names := make([]string, 0, len(c.Systems))
+	for n := range c.Systems {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		roles = append(roles, role{"the output topic of systems." + n + " (topics.pseudo_prefix + system name)", c.Topics.PseudoPrefix + n})
+	}
+	seen := make(map[string]string, len(roles))
+	for _, r := range roles {
+		if first, dup := seen[r.topic]; dup {
+			return fmt.Errorf("config: %s and %s are the same topic %q; every input, confirmation, dead-letter and output topic must be distinct", first, r.key, r.topic)
+		}
+		seen[r.topic] = r.key
 	}
 	return nil
 }

@@ -37,8 +37,8 @@ func TestDefaultsAndFile(t *testing.T) {
 	if got, want := cfg.Topics.Orders, "orders.raw"; got != want {
 		t.Errorf("orders topic %s, want the contract's default %s", got, want)
 	}
-	if got, want := cfg.Processing.MaxRecordBytes, 1<<20; got != want {
-		t.Errorf("max_record_bytes %d, want %d", got, want)
+	if got, want := cfg.Processing.MaxRecordBytes, 0; got != want {
+		t.Errorf("max_record_bytes %d, want %d (derived from the producer batch cap)", got, want)
 	}
 	if got := cfg.Policies(); len(got) != 1 || got[0].System != "meta" {
 		t.Errorf("policies %+v", got)
@@ -88,6 +88,29 @@ func TestInvalid(t *testing.T) {
 		{"bad duration in env", minimal, "PSEUDONYMIZER_KAFKA_SESSION_TIMEOUT=soon", "SESSION_TIMEOUT"},
 		{"bad log level", minimal + "log: {level: loud}\n", "", "log.level"},
 		{"bad sasl", minimal + "kafka: {sasl: {mechanism: GSSAPI}}\n", "", "sasl"},
+		// Issue 12 case 4: a dead letter of a record this large cannot be
+		// produced whole.
+		{"max_record_bytes above the client's batch cap", minimal + "processing: {max_record_bytes: 1048576}\n", "",
+			"processing.max_record_bytes (1048576) leaves no room for a dead letter's key and headers within kafka.producer_batch_max_bytes (the client default 1000012): set it to at most 983628"},
+		{"max_record_bytes above a lowered batch cap", minimal + "kafka: {producer_batch_max_bytes: 262144}\nprocessing: {max_record_bytes: 262144}\n", "",
+			"kafka.producer_batch_max_bytes (262144): set it to at most 245760"},
+		{"tiny batch cap", minimal + "kafka: {producer_batch_max_bytes: 1000}\n", "", "kafka.producer_batch_max_bytes must be at least"},
+		// Issue 12 case 5: raw orders or raw subject IDs on a marketing
+		// system's topic (P1).
+		{"dead letters on an output topic", minimal + "topics: {orders_dead_letter: orders.pseudo.meta}\n", "",
+			"topics.orders_dead_letter and the output topic of systems.meta"},
+		{"confirmations on an output topic", minimal + "topics: {forgotten: orders.pseudo.meta}\n", "",
+			"topics.forgotten and the output topic of systems.meta"},
+		{"forget dead letters on an output topic", minimal, "PSEUDONYMIZER_TOPICS_FORGET_DEAD_LETTER=orders.pseudo.meta",
+			"topics.forget_dead_letter and the output topic of systems.meta"},
+		{"prefix and system name make an input topic", "store: {path: a}\nkeys: {kek_file: k}\ntopics: {pseudo_prefix: orders.}\nsystems: {raw: {keep: [event_type], pseudonymize: [customer_id]}}\n", "",
+			"topics.orders and the output topic of systems.raw"},
+		{"one topic for both dead-letter kinds", minimal + "topics: {forget_dead_letter: orders.raw.dlq}\n", "",
+			"topics.orders_dead_letter and topics.forget_dead_letter"},
+		{"dead letters on an input topic", minimal + "topics: {orders_dead_letter: subjects.forget}\n", "",
+			"topics.forget and topics.orders_dead_letter"},
+		{"confirmations on the forget topic", minimal + "topics: {forgotten: subjects.forget}\n", "",
+			"topics.forget and topics.forgotten"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var env []string
@@ -102,6 +125,24 @@ func TestInvalid(t *testing.T) {
 				t.Errorf("error spans lines: %q", err)
 			}
 		})
+	}
+}
+
+// TestMaxRecordBytesDerived: without processing.max_record_bytes, the limit
+// leaves room for a dead letter within the producer's batch cap; an explicit
+// value that does is accepted.
+func TestMaxRecordBytesDerived(t *testing.T) {
+	if got, want := MaxRecordBytesFor(0), 1_000_012-16384; got != want {
+		t.Errorf("derived limit %d, want %d", got, want)
+	}
+	if got, want := MaxRecordBytesFor(262144), 262144-16384; got != want {
+		t.Errorf("derived limit for a 256 KiB batch cap %d, want %d", got, want)
+	}
+	if _, err := Load(writeConfig(t, minimal+"processing: {max_record_bytes: 983628}\n"), nil); err != nil {
+		t.Errorf("the largest explicit limit that fits: %v", err)
+	}
+	if _, err := Load(writeConfig(t, minimal+"kafka: {producer_batch_max_bytes: 2000000}\nprocessing: {max_record_bytes: 1048576}\n"), nil); err != nil {
+		t.Errorf("1 MiB with a 2 MB batch cap: %v", err)
 	}
 }
 

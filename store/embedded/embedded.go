@@ -7,6 +7,10 @@
 // in-process reader/writer lock (Forget exclusive, Guard shared) that honours
 // contexts and prefers a waiting Forget over new Guards, like the PostgreSQL
 // store's advisory lock.
+//
+// Forget-log entries carry random tags (store.Position), so a store file
+// replaced by an older copy is detected by the next Guard (Diverged) even
+// once later forgets brought the sequence number back.
 package embedded
 
 import (
@@ -38,8 +42,10 @@ const (
 	logRetention = 24 * time.Hour
 	// guardWeight is the weight of the exclusive (Forget) side of the lock.
 	guardWeight = 1 << 30
-	// schemaVersion is the layout version written to the meta bucket.
-	schemaVersion = 1
+	// schemaVersion is the layout version written to the meta bucket:
+	// 1 the first layout; 2 adds key creation times, the request ID,
+	// subject and requested_at to forget results, and the forget history.
+	schemaVersion = 2
 )
 
 // Bucket and meta key names.
@@ -49,11 +55,19 @@ var (
 	bucketTombs   = []byte("tombstones")
 	bucketResults = []byte("forget_results")
 	bucketLog     = []byte("forget_log")
+	// bucketCreated maps a subject hash to its key's creation time.
+	bucketCreated = []byte("key_created")
+	// bucketHistory orders forget results by completion: its keys are the
+	// completion time (8 bytes) followed by the request hash, its values
+	// empty.
+	bucketHistory = []byte("forget_history")
 
 	metaVersion  = []byte("schema_version")
 	metaIndexKey = []byte("index_key")
 	metaSeq      = []byte("forget_seq")
 	metaPruned   = []byte("forget_pruned_through")
+	metaEpoch    = []byte("forget_epoch") // the tag of position 0
+	metaTag      = []byte("forget_tag")   // the tag of the newest log entry
 )
 
 // Store is a store.KeyStore in a bbolt file. It is safe for concurrent use
@@ -109,18 +123,34 @@ func Open(path string, kr *store.Keyring) (*Store, error) {
 func (s *Store) init() error {
 	var wrapped []byte
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketTombs, bucketResults, bucketLog} {
+		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketTombs, bucketResults, bucketLog, bucketCreated, bucketHistory} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
 		}
 		meta := tx.Bucket(bucketMeta)
 		if v := meta.Get(metaVersion); v != nil {
-			if got := getUint(v); got > schemaVersion {
+			got := getUint(v)
+			if got > schemaVersion {
 				return fmt.Errorf("file layout version %d is newer than this binary supports (%d)", got, schemaVersion)
 			}
-		} else if err := meta.Put(metaVersion, putUint(schemaVersion)); err != nil {
+			if got < 2 {
+				if err := upgradeHistory(tx); err != nil {
+					return fmt.Errorf("upgrade to layout 2: %w", err)
+				}
+			}
+		}
+		if err := meta.Put(metaVersion, putUint(schemaVersion)); err != nil {
 			return err
+		}
+		if meta.Get(metaEpoch) == nil {
+			epoch, err := store.NewTag()
+			if err != nil {
+				return err
+			}
+			if err := meta.Put(metaEpoch, epoch[:]); err != nil {
+				return err
+			}
 		}
 		if w := meta.Get(metaIndexKey); w != nil {
 			wrapped = append([]byte(nil), w...)
@@ -142,7 +172,9 @@ func (s *Store) init() error {
 	if err != nil {
 		return wrongKEK("open: index key", err)
 	}
-	if s.hasher, err = store.NewHasher(key); err != nil {
+	s.hasher, err = store.NewHasher(key)
+	clear(key) // the Hasher holds its own copy, wiped on Close
+	if err != nil {
 		return fmt.Errorf("embedded: open: %w", err)
 	}
 	return nil
@@ -162,10 +194,14 @@ func (s *Store) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the file, after waiting for running transactions. It is safe
-// to call more than once.
+// Close closes the file, after waiting for running transactions, and wipes
+// the index key from memory (Hash must not be called after Close). It is
+// safe to call more than once.
 func (s *Store) Close() error {
-	s.closeOnce.Do(func() { s.closeErr = s.db.Close() })
+	s.closeOnce.Do(func() {
+		s.closeErr = s.db.Close()
+		s.hasher.Wipe()
+	})
 	if s.closeErr != nil {
 		return fmt.Errorf("embedded: close: %w", s.closeErr)
 	}

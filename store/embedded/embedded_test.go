@@ -24,6 +24,17 @@ func TestConformance(t *testing.T) {
 			t.Fatalf("read store file: %v", err)
 		}
 		return b
+	}), storetest.WithSnapshot(func(t *testing.T) func() {
+		// A backup of the file; every write is committed and synced.
+		b, err := os.ReadFile(files.Get(t))
+		if err != nil {
+			t.Fatalf("snapshot store file: %v", err)
+		}
+		return func() {
+			if err := os.WriteFile(files.Get(t), b, 0o600); err != nil {
+				t.Fatalf("restore store file: %v", err)
+			}
+		}
 	}))
 }
 

@@ -32,7 +32,7 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		for i, r := range reqs {
 			h := s.hasher.Hash(r.SubjectID)
 			rh := store.ForgetResultKey(r.RequestID, h)
-			if v := done.Get(rh); len(v) == 9 {
+			if v := done.Get(rh); len(v) >= resultHead {
 				results[i] = store.ForgetResult{Status: store.ForgetStatus(v[0]), CompletedAt: getTime(v[1:])}
 				continue
 			}
@@ -42,6 +42,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			case keys.Get(h[:]) != nil:
 				status = store.Forgotten
 				if err := keys.Delete(h[:]); err != nil {
+					return err
+				}
+				if err := tx.Bucket(bucketCreated).Delete(h[:]); err != nil {
 					return err
 				}
 			case tomb != nil:
@@ -54,10 +57,21 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 				}
 			}
 			seq++
-			if err := log.Put(putUint(seq), putTime(h[:], now)); err != nil {
+			tag, err := store.NewTag()
+			if err != nil {
 				return err
 			}
-			if err := done.Put(rh, putTime([]byte{byte(status)}, now)); err != nil {
+			// A log entry: subject hash (32), time (8), tag (16).
+			if err := log.Put(putUint(seq), append(putTime(h[:], now), tag[:]...)); err != nil {
+				return err
+			}
+			if err := meta.Put(metaTag, tag[:]); err != nil {
+				return err
+			}
+			if err := done.Put(rh, encodeResult(status, now, at, h, r.RequestID)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketHistory).Put(append(putTime(nil, now), rh...), nil); err != nil {
 				return err
 			}
 			results[i] = store.ForgetResult{Status: status, CompletedAt: now}
@@ -81,7 +95,7 @@ func prune(meta, log *bolt.Bucket, seq uint64, now time.Time) error {
 	c := log.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
 		n := getUint(k)
-		if !(n+maxLog <= seq || (len(v) == 40 && getTime(v[32:]).Before(cutoff))) {
+		if !(n+maxLog <= seq || (len(v) >= 40 && getTime(v[32:40]).Before(cutoff))) {
 			break
 		}
 		doomed = append(doomed, append([]byte(nil), k...))

@@ -56,6 +56,7 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 		return nil
 	})
 	if err == nil && len(need) > 0 {
+		now := time.Now()
 		err = s.db.Update(func(tx *bolt.Tx) error {
 			keys := tx.Bucket(bucketKeys)
 			for _, h := range need {
@@ -71,6 +72,9 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 						return err
 					}
 					if err := keys.Put(h[:], w); err != nil {
+						return err
+					}
+					if err := tx.Bucket(bucketCreated).Put(h[:], putTime(nil, now)); err != nil {
 						return err
 					}
 					st.wrapped = w

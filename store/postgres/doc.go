@@ -14,6 +14,12 @@
 //     default), so a stalled process that holds a Guard cannot block Forget
 //     forever: PostgreSQL ends its session and releases the lock.
 //
+// The forget log's entries carry random tags (store.Position): after a
+// restore from a backup (pg_restore, a PITR, a restored volume), a guard
+// whose caller saw an entry that the restore lost reports Diverged, even
+// when later forgets brought the sequence number back. A migration adds the
+// tags; entries written before it carry none and are not checked.
+//
 // Raw subject IDs and request IDs are never sent to the database: rows are
 // keyed by the subject's keyed hash and by SHA-256 of the request ID, and
 // keys are stored only wrapped by the store.Keyring.

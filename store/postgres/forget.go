@@ -24,10 +24,10 @@ SELECT * FROM unnest($1::bytea[], $2::timestamptz[], $3::bytea[])
 ON CONFLICT (subject_hash) DO UPDATE
 SET requested_at = EXCLUDED.requested_at, request_hash = EXCLUDED.request_hash
 WHERE EXCLUDED.requested_at > pz_tombstones.requested_at`
-	insertLog     = "INSERT INTO pz_forget_log (seq, subject_hash) SELECT * FROM unnest($1::int8[], $2::bytea[])"
+	insertLog     = "INSERT INTO pz_forget_log (seq, subject_hash, tag) SELECT * FROM unnest($1::int8[], $2::bytea[], $3::bytea[])"
 	insertResults = `
-INSERT INTO pz_forget_results (request_hash, status, completed_at)
-SELECT * FROM unnest($1::bytea[], $2::int2[], $3::timestamptz[])`
+INSERT INTO pz_forget_results (request_hash, status, completed_at, request_id, subject_hash, requested_at)
+SELECT * FROM unnest($1::bytea[], $2::int2[], $3::timestamptz[], $4::text[], $5::bytea[], $6::timestamptz[])`
 	// advanceCounter stores the new sequence number and prunes the forget
 	// log to the newest maxLog rows of the last logRetention, recording the
 	// highest pruned sequence number.
@@ -38,7 +38,7 @@ WITH cut AS (
 ), pruned AS (
 	DELETE FROM pz_forget_log WHERE seq <= (SELECT upto FROM cut)
 )
-UPDATE pz_forget_counter SET seq = $1::int8, pruned_through = GREATEST(pruned_through, (SELECT upto FROM cut))`
+UPDATE pz_forget_counter SET seq = $1::int8, tag = $2::bytea, pruned_through = GREATEST(pruned_through, (SELECT upto FROM cut))`
 )
 
 // forgetSubject is the state of one subject during Forget.
@@ -120,8 +120,11 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		now := time.Now().UTC().Truncate(time.Millisecond)
 		var del, logHashes, resHashes [][]byte
 		var logSeqs []int64
+		var logTags [][]byte
 		var resStatus []int16
-		var resAt []time.Time
+		var resAt, resRequested []time.Time
+		var resIDs []string
+		var resSubjects [][]byte
 		for i, r := range reqs {
 			if res, ok := done[string(reqHashes[i])]; ok {
 				results[i] = res
@@ -144,7 +147,12 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			}
 			sub.hasKey, sub.tombstoned = false, true
 			seq++
+			tag, err := store.NewTag()
+			if err != nil {
+				return err
+			}
 			logSeqs = append(logSeqs, seq)
+			logTags = append(logTags, tag[:])
 			logHashes = append(logHashes, subHashes[i])
 			res := store.ForgetResult{Status: status, CompletedAt: now}
 			results[i] = res
@@ -152,6 +160,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			resHashes = append(resHashes, reqHashes[i])
 			resStatus = append(resStatus, int16(status))
 			resAt = append(resAt, now)
+			resIDs = append(resIDs, r.RequestID)
+			resSubjects = append(resSubjects, subHashes[i])
+			resRequested = append(resRequested, at)
 		}
 
 		b = &pgx.Batch{}
@@ -171,9 +182,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			if len(tombHashes) > 0 {
 				b.Queue(upsertTombs, tombHashes, tombAt, tombReqs)
 			}
-			b.Queue(insertLog, logSeqs, logHashes)
-			b.Queue(insertResults, resHashes, resStatus, resAt)
-			b.Queue(advanceCounter, seq)
+			b.Queue(insertLog, logSeqs, logHashes, logTags)
+			b.Queue(insertResults, resHashes, resStatus, resAt, resIDs, resSubjects, resRequested)
+			b.Queue(advanceCounter, seq, logTags[len(logTags)-1])
 		}
 		b.Queue("COMMIT")
 		return conn.SendBatch(ctx, b).Close()

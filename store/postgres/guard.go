@@ -17,7 +17,8 @@ import (
 const releaseTimeout = 5 * time.Second
 
 const (
-	selectCounterPruned = "SELECT seq, pruned_through FROM pz_forget_counter"
+	selectCounterPruned = "SELECT seq, pruned_through, epoch, tag FROM pz_forget_counter"
+	selectLogTag        = "SELECT tag FROM pz_forget_log WHERE seq = $1::int8"
 	// selectLogSince lists the forget log after $1, unless that is more
 	// than maxLog rows.
 	selectLogSince = `
@@ -27,25 +28,37 @@ ORDER BY l.seq`
 )
 
 // Guard begins a transaction on a dedicated connection, takes the shared
-// guard lock and reads the forget log after since, in one round trip. The
+// guard lock and reads the forget log after since (and the tag of since),
+// in one round trip. The
 // transaction (and the connection) stay open until Release. A Guard held
 // longer than the idle-in-transaction timeout is ended by the server; its
 // Release then returns an error.
-func (s *Store) Guard(ctx context.Context, since uint64) (store.Guard, error) {
+func (s *Store) Guard(ctx context.Context, since store.Position) (store.Guard, error) {
 	conn, err := s.pool.acquire(ctx)
 	if err != nil {
 		return nil, wrapErr("guard", err)
 	}
 	g := &guard{pool: s.pool, conn: conn}
 	sinceSQL := int64(math.MaxInt64)
-	if since < math.MaxInt64 {
-		sinceSQL = int64(since)
+	if since.Seq < math.MaxInt64 {
+		sinceSQL = int64(since.Seq)
 	}
 	var seq, pruned int64
+	var epoch, tag, sinceTag []byte
+	sinceTagFound := false
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(lockShared, guardLockClass, s.lockKey)
-	b.Queue(selectCounterPruned).QueryRow(func(row pgx.Row) error { return row.Scan(&seq, &pruned) })
+	b.Queue(selectCounterPruned).QueryRow(func(row pgx.Row) error { return row.Scan(&seq, &pruned, &epoch, &tag) })
+	b.Queue(selectLogTag, sinceSQL).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			sinceTagFound = true
+			if err := rows.Scan(&sinceTag); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
 	b.Queue(selectLogSince, sinceSQL).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var h []byte
@@ -60,17 +73,39 @@ func (s *Store) Guard(ctx context.Context, since uint64) (store.Guard, error) {
 		s.pool.release(conn) // still in a transaction: closed, lock dropped
 		return nil, wrapErr("guard", err)
 	}
-	g.seq = uint64(seq)
-	g.complete = since <= g.seq && since >= uint64(pruned) && g.seq-since <= maxLog
+	g.pos.Seq = uint64(seq)
+	if seq == 0 {
+		copy(g.pos.Tag[:], epoch)
+	} else {
+		copy(g.pos.Tag[:], tag)
+	}
+	// The tag of since: the newest entry's, the epoch, or the log entry's.
+	var stored [store.TagSize]byte
+	known := true
+	switch {
+	case since.Seq == g.pos.Seq:
+		stored = g.pos.Tag
+	case since.Seq == 0:
+		copy(stored[:], epoch)
+	case sinceTagFound:
+		copy(stored[:], sinceTag)
+	default:
+		known = false
+	}
+	g.diverged, g.complete = store.CheckSince(since, g.pos, uint64(pruned), maxLog, stored, known)
+	if !g.complete {
+		g.forgotten = nil
+	}
 	return g, nil
 }
 
 // guard is a held shared guard lock.
 type guard struct {
 	pool      *pool
-	seq       uint64
+	pos       store.Position
 	forgotten []store.SubjectHash
 	complete  bool
+	diverged  bool
 
 	mu   sync.Mutex
 	conn *pgx.Conn // nil once released
@@ -78,7 +113,15 @@ type guard struct {
 }
 
 // Seq returns the newest forget sequence number at the time of the guard.
-func (g *guard) Seq() uint64 { return g.seq }
+func (g *guard) Seq() uint64 { return g.pos.Seq }
+
+// Position returns the newest position of the forget log at the time of the
+// guard.
+func (g *guard) Position() store.Position { return g.pos }
+
+// Diverged reports that the forget log does not continue the requested
+// position (the store was restored or recreated).
+func (g *guard) Diverged() bool { return g.diverged }
 
 // Forgotten returns the subjects forgotten after the requested sequence
 // number, oldest first.

@@ -131,10 +131,12 @@ func (s *Store) Ping(ctx context.Context) error {
 	return wrapErr("ping", conn.Ping(ctx))
 }
 
-// Close closes the store's connections. Held Guards keep theirs until
-// Release. It is safe to call more than once.
+// Close closes the store's connections and wipes the index key from memory
+// (Hash must not be called after Close). Held Guards keep their
+// connections until Release. It is safe to call more than once.
 func (s *Store) Close() error {
 	s.pool.close()
+	s.hasher.Wipe()
 	return nil
 }
 

@@ -17,14 +17,78 @@ import (
 )
 
 func TestConformance(t *testing.T) {
+	type storage struct{ dsn, schema string }
 	dsns := storetest.PerTest[string]{New: func(t *testing.T) string { return pgtest.MustTempSchemaDSN(t) }}
+	snaps := storetest.PerTest[storage]{New: func(t *testing.T) storage {
+		dsn, schema := pgtest.MustTempSchema(t)
+		return storage{dsn, schema}
+	}}
 	storetest.Run(t, func(t *testing.T, kr *store.Keyring) (store.KeyStore, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		return postgres.Open(ctx, dsns.Get(t), kr)
 	}, storetest.WithMultipleOpen(), storetest.WithRaw(func(t *testing.T) []byte {
 		return mustDump(t, dsns.Get(t))
+	}), storetest.WithSnapshot(func(t *testing.T) func() {
+		// A backup: every table copied into another schema; the restore
+		// puts the rows back, as pg_dump and pg_restore would.
+		snap := snaps.Get(t)
+		tables := mustCopyTables(t, dsns.Get(t), snap.schema)
+		return func() { mustRestoreTables(t, dsns.Get(t), snap.schema, tables) }
 	}))
+}
+
+// mustCopyTables copies every table of the DSN's schema into schema.
+func mustCopyTables(t *testing.T, dsn, schema string) []string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	tables, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	for _, table := range tables {
+		src, dst := pgx.Identifier{table}.Sanitize(), pgx.Identifier{schema, table}.Sanitize()
+		if _, err := conn.Exec(ctx, "CREATE TABLE "+dst+" AS SELECT * FROM "+src); err != nil {
+			t.Fatalf("snapshot %s: %v", table, err)
+		}
+	}
+	return tables
+}
+
+// mustRestoreTables replaces the rows of the DSN's schema's tables by
+// those copied into schema.
+func mustRestoreTables(t *testing.T, dsn, schema string, tables []string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		for _, table := range tables {
+			dst, src := pgx.Identifier{table}.Sanitize(), pgx.Identifier{schema, table}.Sanitize()
+			if _, err := tx.Exec(ctx, "DELETE FROM "+dst); err != nil {
+				return err
+			}
+			if _, err := tx.Exec(ctx, "INSERT INTO "+dst+" SELECT * FROM "+src); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("restore: %v", err)
+	}
 }
 
 // mustDump returns every row of every table in the DSN's schema as text.
@@ -159,7 +223,7 @@ func TestStalledGuardIsEndedByServer(t *testing.T) {
 		t.Fatalf("Open: %v", err)
 	}
 	defer s.Close()
-	g, err := s.Guard(ctx, 0) // never released in time: a stalled holder
+	g, err := s.Guard(ctx, store.Position{}) // never released in time: a stalled holder
 	if err != nil {
 		t.Fatalf("Guard: %v", err)
 	}
@@ -183,5 +247,67 @@ func TestStalledGuardIsEndedByServer(t *testing.T) {
 	}
 	if err := s.Ping(ctx); err != nil {
 		t.Errorf("Ping after a lost guard: %v", err)
+	}
+}
+
+// TestUpgradeFromSchema2 opens a database as schema version 2 left it (no
+// key creation times, forget results without request ID): the upgrade keeps
+// every key and result, reports the old key's creation time as unknown
+// rather than the time of the upgrade, and lists old results.
+func TestUpgradeFromSchema2(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.MustTempSchemaDSN(t)
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	s, err := postgres.Open(ctx, dsn, kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	e, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "a", Latest: at}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Forget(ctx, []store.ForgetRequest{{RequestID: "r1", SubjectID: "b", RequestedAt: at}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `
+ALTER TABLE pz_subject_keys DROP COLUMN created_at;
+ALTER TABLE pz_forget_results DROP COLUMN request_id, DROP COLUMN subject_hash, DROP COLUMN requested_at;
+DROP INDEX pz_forget_results_completed_at;
+UPDATE pz_meta SET value = '2' WHERE name = 'schema_version'`); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+
+	s, err = postgres.Open(ctx, dsn, kr)
+	if err != nil {
+		t.Fatalf("open a version 2 schema: %v", err)
+	}
+	defer s.Close()
+	st, err := s.Subject(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(st.Key, e[0].Key) || !st.KeyCreatedAt.IsZero() {
+		t.Errorf("old key after upgrade: same key %v, created %v (want unknown)", bytes.Equal(st.Key, e[0].Key), st.KeyCreatedAt)
+	}
+	var got []store.ForgetRecord
+	if err := s.ForgetLog(ctx, time.Time{}, func(r store.ForgetRecord) error { got = append(got, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Status != store.UnknownSubject || got[0].RequestID != "" {
+		t.Errorf("ForgetLog after upgrade: %+v", got)
+	}
+	// New keys record their creation time.
+	if _, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "c", Latest: at}}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := s.Subject(ctx, "c"); err != nil || st.KeyCreatedAt.IsZero() {
+		t.Errorf("new key after upgrade: created %v, %v", st.KeyCreatedAt, err)
 	}
 }

@@ -58,6 +58,24 @@ CREATE TABLE IF NOT EXISTS pz_forget_counter (
 );
 INSERT INTO pz_forget_counter (id, seq, pruned_through) VALUES (true, 0, 0) ON CONFLICT DO NOTHING;
 `,
+	// Tags of the forget log (store.Position): each entry's, the newest
+	// entry's, and the log's epoch (the tag of position 0). migrate fills
+	// epoch (and tag, for an empty log) with random bytes.
+	`
+ALTER TABLE pz_forget_log ADD COLUMN IF NOT EXISTS tag bytea;
+ALTER TABLE pz_forget_counter ADD COLUMN IF NOT EXISTS epoch bytea, ADD COLUMN IF NOT EXISTS tag bytea;
+`,
+	// 3: evidence for the status and forget-log commands. Existing keys keep
+	// a NULL creation time (unknown) rather than the time of the upgrade;
+	// existing forget results keep NULL request IDs.
+	`
+ALTER TABLE pz_subject_keys ADD COLUMN IF NOT EXISTS created_at timestamptz;
+ALTER TABLE pz_subject_keys ALTER COLUMN created_at SET DEFAULT now();
+ALTER TABLE pz_forget_results ADD COLUMN IF NOT EXISTS request_id text;
+ALTER TABLE pz_forget_results ADD COLUMN IF NOT EXISTS subject_hash bytea;
+ALTER TABLE pz_forget_results ADD COLUMN IF NOT EXISTS requested_at timestamptz;
+CREATE INDEX IF NOT EXISTS pz_forget_results_completed_at ON pz_forget_results (completed_at);
+`,
 }
 
 const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (
@@ -122,6 +140,14 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 					ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value`, []byte(fmt.Sprint(len(migrations)))); err != nil {
 					return err
 				}
+				epoch, err := store.NewTag()
+				if err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `UPDATE pz_forget_counter SET epoch = $1,
+					tag = CASE WHEN seq = 0 THEN $1 ELSE tag END WHERE epoch IS NULL`, epoch[:]); err != nil {
+					return err
+				}
 			}
 			// The lock key follows the schema that actually holds the tables.
 			if err := tx.QueryRow(ctx, `SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -150,7 +176,9 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 	if err != nil {
 		return wrongKEK("open: index key", err)
 	}
-	if s.hasher, err = store.NewHasher(key); err != nil {
+	s.hasher, err = store.NewHasher(key)
+	clear(key) // the Hasher holds its own copy, wiped on Close
+	if err != nil {
 		return fmt.Errorf("postgres: open: %w", err)
 	}
 	s.lockKey = schemaLockKey(current)

@@ -31,8 +31,18 @@ type Opener func(t *testing.T, kr *store.Keyring) (store.KeyStore, error)
 type Option func(*config)
 
 type config struct {
-	raw   func(t *testing.T) []byte
-	multi bool
+	raw      func(t *testing.T) []byte
+	multi    bool
+	snapshot func(t *testing.T) (restore func())
+}
+
+// WithSnapshot lets the suite restore test t's storage to an older state,
+// as an operator restoring a backup does: snapshot copies the storage as it
+// is now (stores may be open), and the restore func it returns, called
+// while every store of t is closed, puts that copy back. Without it the
+// restore cases are skipped.
+func WithSnapshot(snapshot func(t *testing.T) (restore func())) Option {
+	return func(c *config) { c.snapshot = snapshot }
 }
 
 // WithRaw gives the suite a dump of every byte the storage of test t

@@ -60,11 +60,15 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"ForgetWaitsForGuard", s.testForgetWaitsForGuard},
 		{"ForgetCanceledWhileGuardedHasNoEffect", s.testForgetCanceled},
 		{"GuardIncompleteWhenLogTooLong", s.testGuardIncomplete},
+		{"GuardDetectsRestoredLog", s.testGuardDetectsRestore},
 		{"WrongKEKFailsOpen", s.testWrongKEK},
 		{"RewrapKeepsKeys", s.testRewrap},
 		{"RewrapOneAtATime", s.testRewrapOneAtATime},
 		{"NoRawIDsOrKeysPersisted", s.testNoRawData},
 		{"PingAndClose", s.testPingAndClose},
+		{"CloseWipesIndexKey", s.testCloseWipesIndexKey},
+		{"SubjectReportsStateReadOnly", s.testSubject},
+		{"ForgetLogListsResultsInOrder", s.testForgetLog},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -202,7 +206,7 @@ func wantStatuses(t *testing.T, res []store.ForgetResult, want ...store.ForgetSt
 
 func mustGuard(t *testing.T, ks store.KeyStore, since uint64) store.Guard {
 	t.Helper()
-	g, err := ks.Guard(context.Background(), since)
+	g, err := ks.Guard(context.Background(), store.Position{Seq: since})
 	if err != nil {
 		t.Fatalf("Guard(%d): %v", since, err)
 	}

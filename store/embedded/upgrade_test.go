@@ -1,0 +1,78 @@
+package embedded
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/hygiene/pseudonymizer/store"
+	"github.com/hygiene/pseudonymizer/store/storetest"
+)
+
+// TestUpgradeFromLayout1 opens a file as layout 1 left it (9-byte forget
+// results, no history, no creation times): every earlier forget request is
+// then listed by ForgetLog (without request ID or subject), idempotency
+// still holds, and the file is at the current layout.
+func TestUpgradeFromLayout1(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "keys.db")
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	s, err := Open(path, kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	if _, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "a", Latest: at}}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Forget(ctx, []store.ForgetRequest{{RequestID: "r1", SubjectID: "a", RequestedAt: at}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite the file into layout 1.
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		results := tx.Bucket(bucketResults)
+		if err := results.ForEach(func(k, v []byte) error { return results.Put(k, append([]byte(nil), v[:resultHead]...)) }); err != nil {
+			return err
+		}
+		for _, b := range [][]byte{bucketHistory, bucketCreated} {
+			if err := tx.DeleteBucket(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(metaVersion, putUint(1))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(path, kr)
+	if err != nil {
+		t.Fatalf("open a layout 1 file: %v", err)
+	}
+	defer s.Close()
+	var got []store.ForgetRecord
+	if err := s.ForgetLog(ctx, time.Time{}, func(r store.ForgetRecord) error { got = append(got, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Status != store.Forgotten || !got[0].CompletedAt.Equal(res[0].CompletedAt) || got[0].RequestID != "" {
+		t.Errorf("ForgetLog after upgrade: %+v", got)
+	}
+	again, err := s.Forget(ctx, []store.ForgetRequest{{RequestID: "r1", SubjectID: "a", RequestedAt: at}})
+	if err != nil || again[0] != res[0] {
+		t.Errorf("repeated request after upgrade: %+v, %v; want %+v", again, err, res[0])
+	}
+	if err := s.db.View(func(tx *bolt.Tx) error {
+		if v := getUint(tx.Bucket(bucketMeta).Get(metaVersion)); v != schemaVersion {
+			t.Errorf("layout version %d after upgrade, want %d", v, schemaVersion)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,52 @@
+package store_test
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/hygiene/pseudonymizer/store"
+	"github.com/hygiene/pseudonymizer/store/storetest"
+)
+
+// TestFillEntries: entries of one subject get equal keys in separate
+// slices (clearing one leaves the others intact), and a failed unwrap
+// leaves no unwrapped key behind in the entries (issue 12, case 6).
+func TestFillEntries(t *testing.T) {
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	other := storetest.MustKeyring(t, storetest.MustKEK(t, 2))
+	var h1, h2 store.SubjectHash
+	h1[0], h2[0] = 1, 2
+	key := bytes.Repeat([]byte{7}, store.KeySize)
+	w1, err := kr.Wrap(key, store.PurposeSubjectKey, h1[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	w2, err := other.Wrap(key, store.PurposeSubjectKey, h2[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := map[store.SubjectHash][]byte{h1: w1, h2: w2}
+	stateOf := func(h store.SubjectHash) ([]byte, time.Time) { return state[h], time.Time{} }
+
+	entries := []store.Entry{{Hash: h1}, {Hash: h1}}
+	if err := kr.FillEntries(entries, stateOf); err != nil {
+		t.Fatalf("FillEntries: %v", err)
+	}
+	if !bytes.Equal(entries[0].Key, key) || !bytes.Equal(entries[1].Key, key) {
+		t.Fatalf("entries do not hold the key")
+	}
+	clear(entries[0].Key)
+	if !bytes.Equal(entries[1].Key, key) {
+		t.Errorf("two entries share one key slice")
+	}
+
+	entries = []store.Entry{{Hash: h1}, {Hash: h2}}
+	if err := kr.FillEntries(entries, stateOf); !errors.Is(err, store.ErrWrongKEK) {
+		t.Fatalf("FillEntries with a foreign key: got %v, want ErrWrongKEK", err)
+	}
+	if entries[0].Key != nil {
+		t.Errorf("a failed FillEntries left an unwrapped key in an entry")
+	}
+}
