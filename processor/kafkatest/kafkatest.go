@@ -4,8 +4,8 @@
 // Tests on a shared real broker must not see each other's topics, groups or
 // transactional IDs, so every name goes through the Cluster: Topic, Group and
 // TxnID prefix it with a string unique to the test (on kfake too, so both
-// paths run the same code). Topics under the prefix and the test's groups
-// are deleted when the test ends.
+// paths run the same code). When the test ends, a real broker loses the
+// topics under the prefix and the test's groups; a kfake cluster is closed.
 //
 // Reads never wait "until quiet": ReadToEnd reads at read_committed up to
 // the last stable offsets listed when it is called, AwaitCount waits for a
