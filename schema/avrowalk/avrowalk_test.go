@@ -280,3 +280,14 @@ func checkDecodes(t *testing.T, s, plain avro.Schema, w *avrowalk.Schema, b []by
 		t.Fatalf("decoded %s\nre-decoded %s", a, b)
 	}
 }
+
+func BenchmarkValidate(b *testing.B) {
+	s, w := mustCompile(b, kitchen)
+	in := avrowalktest.Encode(nil, s, avrowalktest.Random{}, avrowalktest.NewSource([]byte(strings.Repeat("benchmark entropy ", 20))))
+	b.SetBytes(int64(len(in)))
+	for b.Loop() {
+		if err := w.Validate(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
