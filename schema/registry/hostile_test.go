@@ -265,3 +265,25 @@ func TestHostileForgetAllocation(t *testing.T) {
 		})
 	}
 }
+
+// The bounds do not refuse large honest records: thousands of items and
+// attributes through an evolved writer decode.
+func TestBoundsAcceptLargeRecords(t *testing.T) {
+	w := newWorld(t, nil)
+	wire := w.start(t)
+	text := evolve(t, withExtra)
+	id := w.registerWriter(t, text)
+	e := sampleEvent()
+	e.Items, e.Attributes = nil, map[string]string{}
+	for i := range 5000 {
+		e.Items = append(e.Items, schema.LineItem{SKU: fmt.Sprint("sku-", i), Quantity: int32(i), UnitPriceMinor: int64(i) * 100})
+	}
+	for i := range 500 {
+		e.Attributes[fmt.Sprint("k", i)] = fmt.Sprint("v", i)
+	}
+	out, err := wire.Order(context.Background(), frame(id, encodeAs(t, text, e, map[string]any{"loyalty_tier": "gold"}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameEvent(t, out, e)
+}
