@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/twmb/franz-go/pkg/kfake"
+
 	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 )
 
