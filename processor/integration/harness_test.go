@@ -79,6 +79,7 @@ func TestMain(m *testing.M) {
 	}
 	fmt.Fprintf(os.Stderr, "integration: built the service in %s\n", time.Since(start).Round(time.Millisecond))
 	code := m.Run()
+	stopPrivateKafka()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
