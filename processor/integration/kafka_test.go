@@ -336,3 +336,19 @@ func (in *instance) clientID() string {
 	defer in.mu.Unlock()
 	return fmt.Sprintf("%s.%d", in.name, in.starts)
 }
+
+// lastLogLine returns the last line of the current process's log that
+// contains s, "" if none.
+func (in *instance) lastLogLine(s string) string {
+	in.mu.Lock()
+	path := in.logs[len(in.logs)-1]
+	in.mu.Unlock()
+	b, _ := os.ReadFile(path)
+	lines := bytes.Split(b, []byte("\n"))
+	for i := len(lines) - 1; i >= 0; i-- {
+		if bytes.Contains(lines[i], []byte(s)) {
+			return string(lines[i])
+		}
+	}
+	return ""
+}

@@ -4,6 +4,7 @@ package integration
 
 import (
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 )
@@ -130,9 +131,14 @@ func TestRealBrokerJoinKilled(t *testing.T) {
 		b := w.MustStart(t, "pz-b")
 		w.mustAwaitJoinHeld(t, b.clientID())
 		b.MustKill(t)
-		t.Logf("kill %d: SIGKILL %s while its JoinGroup was held", i+1, b.clientID())
+		// Its log shows the JoinGroup written and never answered.
+		if got := b.lastLogLine("JoinGroup"); !strings.Contains(got, "wrote JoinGroup") {
+			t.Fatalf("%s was killed, but its last JoinGroup log line is %q, not an unanswered write", b.clientID(), got)
+		}
+		killed := time.Now()
 		// The group must converge on the survivors before the next round.
 		w.mustAwaitGroup(t, 2*time.Minute, a.clientID(), c.clientID())
+		t.Logf("kill %d: SIGKILL %s while its JoinGroup was held; the group converged on the survivors %s later", i+1, b.clientID(), time.Since(killed).Round(time.Millisecond))
 	}
 	b := w.MustStart(t, "pz-b")
 	w.mustAwaitGroup(t, 2*time.Minute, a.clientID(), b.clientID(), c.clientID())
