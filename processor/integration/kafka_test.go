@@ -212,8 +212,8 @@ func (k *kafkaCluster) mustAwaitFullISR(t testing.TB, adm *kadm.Client) {
 
 // mustAwaitOpenTransaction waits until a transaction of the service is open
 // on some output partition (last stable offset below the high watermark)
-// and describes it.
-func (w *world) mustAwaitOpenTransaction(t testing.TB) string {
+// and returns that partition and a description.
+func (w *world) mustAwaitOpenTransaction(t testing.TB) (string, int32, string) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
@@ -222,14 +222,14 @@ func (w *world) mustAwaitOpenTransaction(t testing.TB) string {
 		for topic, ps := range st {
 			for _, p := range ps {
 				if p.lso < p.hwm {
-					return fmt.Sprintf("%s/%d LSO %d < HWM %d", topic, p.partition, p.lso, p.hwm)
+					return topic, p.partition, fmt.Sprintf("%s/%d LSO %d < HWM %d", topic, p.partition, p.lso, p.hwm)
 				}
 			}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatal("no open transaction on any output partition within a minute")
-	return ""
+	return "", 0, ""
 }
 
 // mustPartitionLeader returns the leader of topic's partition p.

@@ -23,7 +23,7 @@ func TestRealBrokerKilled(t *testing.T) {
 	b.MustAwaitReadyz(t, 200, time.Minute)
 	done := w.Stream(t, stream{n: 2000, forgetEvery: 50, chunk: 20, pause: 100 * time.Millisecond})
 	for i := range 3 {
-		open := w.mustAwaitOpenTransaction(t)
+		_, _, open := w.mustAwaitOpenTransaction(t)
 		k.node(t, "kill", 1)
 		down := time.Duration(500+rand.IntN(2500)) * time.Millisecond
 		t.Logf("kill %d: SIGKILL the broker (open transaction: %s), down for %s", i+1, open, down)
@@ -55,7 +55,7 @@ func TestRealBrokerPaused(t *testing.T) {
 	b.MustAwaitReadyz(t, 200, time.Minute)
 	done := w.Stream(t, stream{n: 2000, forgetEvery: 50, chunk: 20, pause: 100 * time.Millisecond})
 	for _, stall := range []time.Duration{sessionTimeout + 2*time.Second, sessionTimeout + transactionTimeout + 2*time.Second} {
-		open := w.mustAwaitOpenTransaction(t)
+		_, _, open := w.mustAwaitOpenTransaction(t)
 		k.node(t, "pause", 1)
 		t.Logf("SIGSTOP the broker for %s (open transaction: %s)", stall, open)
 		time.Sleep(stall)
@@ -85,20 +85,20 @@ func TestRealClusterNodesKilled(t *testing.T) {
 	b.MustAwaitReadyz(t, 200, time.Minute)
 	done := w.Stream(t, stream{n: 2000, forgetEvery: 50, chunk: 20, pause: 100 * time.Millisecond})
 
-	meta := w.topics.PseudoPrefix + "meta"
 	restart := func(node int32) {
 		t.Helper()
 		time.Sleep(time.Duration(1000+rand.IntN(2000)) * time.Millisecond)
+		start := time.Now()
 		k.node(t, "start", int(node))
 		k.mustAwaitNode(t, int(node))
 		k.mustAwaitFullISR(t, w.adm)
-		t.Logf("node %d back and in sync", node)
+		t.Logf("node %d back and in sync after %s", node, time.Since(start).Round(time.Millisecond))
 	}
 
-	open := w.mustAwaitOpenTransaction(t)
-	leader := w.mustPartitionLeader(t, meta, 0)
+	topic, p, open := w.mustAwaitOpenTransaction(t)
+	leader := w.mustPartitionLeader(t, topic, p)
 	k.node(t, "kill", int(leader))
-	t.Logf("SIGKILL node %d, leader of %s/0 (open transaction: %s)", leader, meta, open)
+	t.Logf("SIGKILL node %d, leader of %s/%d, which has an open transaction (%s)", leader, topic, p, open)
 	restart(leader)
 
 	coord := w.mustAwaitOngoing(t, "pz-a")
