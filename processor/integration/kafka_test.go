@@ -212,11 +212,17 @@ func (k *kafkaCluster) mustAwaitFullISR(t testing.TB, adm *kadm.Client) {
 
 // mustAwaitOpenTransaction waits until a transaction of the service is open
 // on some output partition (last stable offset below the high watermark)
-// and returns that partition and a description.
+// and returns that partition and a description. It produces fresh work
+// every second, in case the stream is done.
 func (w *world) mustAwaitOpenTransaction(t testing.TB) (string, int32, string) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
+	fresh := time.Now().Add(time.Second)
 	for time.Now().Before(deadline) {
+		if time.Now().After(fresh) {
+			w.MustProduce(t, 20, 10)
+			fresh = time.Now().Add(time.Second)
+		}
 		// An error (a broker electing leaders) means: try again.
 		st, _ := w.partitionStates(w.outputTopics()...)
 		for topic, ps := range st {
@@ -249,12 +255,18 @@ func (w *world) mustPartitionLeader(t testing.TB, topic string, p int32) int32 {
 }
 
 // mustAwaitOngoing waits until instance name's transaction is open at its
-// coordinator and returns the coordinator's node ID.
+// coordinator and returns the coordinator's node ID. It produces fresh work
+// every second, in case the stream is done.
 func (w *world) mustAwaitOngoing(t testing.TB, name string) int32 {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
+	fresh := time.Now().Add(time.Second)
 	var last string
 	for time.Now().Before(deadline) {
+		if time.Now().After(fresh) {
+			w.MustProduce(t, 20, 10)
+			fresh = time.Now().Add(time.Second)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		txns, err := w.adm.DescribeTransactions(ctx, w.txnID(name))
 		cancel()
