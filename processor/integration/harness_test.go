@@ -794,10 +794,31 @@ func (w *world) produce(offset, k, forgetEvery int) error {
 		}
 	}
 	w.mu.Unlock()
-	// Long enough to outlast a real broker's restart.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// While a test has a real broker down, the client fails records it
+	// cannot even send ("unable to dial"): send the failed records again,
+	// for long enough to outlast a broker's restart. A record that failed
+	// after it was written would be produced twice, which the oracle
+	// reports as a duplicate: this can fail a test, never pass one.
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	return w.cl.ProduceSync(ctx, recs...).FirstErr()
+	for {
+		var failed []*kgo.Record
+		var last error
+		for _, r := range w.cl.ProduceSync(ctx, recs...) {
+			if r.Err != nil {
+				failed = append(failed, &kgo.Record{Topic: r.Record.Topic, Key: r.Record.Key, Value: r.Record.Value})
+				last = r.Err
+			}
+		}
+		if len(failed) == 0 {
+			return nil
+		}
+		if w.fake != nil || ctx.Err() != nil {
+			return fmt.Errorf("%d of %d records not produced: %w", len(failed), len(recs), last)
+		}
+		recs = failed
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // counts returns how many orders and forget requests were produced.
