@@ -60,7 +60,10 @@
 // the package that need it and stopped at the end), so that killing a node
 // disturbs nobody else. They need Java and Maven (or Maven's cache of the
 // broker's jars) and skip without them, unless PSEUDONYMIZER_REQUIRE_KAFKA=1
-// makes that a failure. Each checks the oracle after:
+// makes that a failure. The brokers run detached from the test binary: one
+// killed before its cleanup (a test timeout) leaves them running, in
+// $TMPDIR/pz-it-kafka-*, to be stopped with `kafka.sh stop -d DIR`. Each
+// checks the oracle after:
 //
 //   - TestRealBrokerKilled: the single broker SIGKILLed three times while
 //     an output partition has an open transaction, and restarted.
