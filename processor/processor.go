@@ -275,7 +275,6 @@ func (p *Processor) session(ctx context.Context) error {
 		kgo.ConsumeTopics(p.cfg.Topics.Orders, p.cfg.Topics.Forget),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(),
 		kgo.TransactionalID(p.cfg.TransactionalID),
 		kgo.TransactionTimeout(p.cfg.TransactionTimeout),
 		kgo.SessionTimeout(p.cfg.SessionTimeout),
@@ -288,7 +287,6 @@ func (p *Processor) session(ctx context.Context) error {
 			p.updateReady()
 		}),
 	)
-	p.loadTopicLimits(ctx)
 	if p.cfg.ProducerBatchMaxBytes > 0 {
 		opts = append(opts, kgo.ProducerBatchMaxBytes(p.cfg.ProducerBatchMaxBytes))
 	}
@@ -301,6 +299,7 @@ func (p *Processor) session(ctx context.Context) error {
 		p.updateReady()
 		p.closeSession(sess, ctx.Err() != nil)
 	}()
+	p.loadTopicLimits(ctx, kadm.NewClient(sess.Client()))
 
 	bo := backoff{max: p.cfg.MaxBackoff}
 	for {
@@ -379,16 +378,13 @@ func (p *Processor) closeSession(sess *kgo.GroupTransactSession, shuttingDown bo
 // loadTopicLimits learns the max.message.bytes of the topics the processor
 // writes, to tell a record that is too large by itself from one that was
 // refused with the rest of its batch. Unknown topics keep no limit.
-func (p *Processor) loadTopicLimits(ctx context.Context) {
-	cl, err := kgo.NewClient(p.cfg.Kafka...)
-	if err != nil {
-		return
-	}
-	defer cl.Close()
+// It asks through the session's own client (adm), so that no second client
+// is opened per session.
+func (p *Processor) loadTopicLimits(ctx context.Context, adm *kadm.Client) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	topics := append([]string{p.cfg.Topics.Forgotten, p.cfg.Topics.OrdersDeadLetter, p.cfg.Topics.ForgetDeadLetter}, p.topics...)
-	configs, err := kadm.NewClient(cl).DescribeTopicConfigs(dctx, topics...)
+	configs, err := adm.DescribeTopicConfigs(dctx, topics...)
 	if err != nil {
 		p.log.Debug("cannot describe the output topics' configs", "err", err)
 		return

@@ -721,7 +721,7 @@ func benchCopy(ctx context.Context, kopts []kgo.Opt, in, group string, outputs [
 func benchTxCopy(ctx context.Context, kopts []kgo.Opt, in, group string, outputs []string) error {
 	sess, err := kgo.NewGroupTransactSession(append(kopts, kgo.ConsumerGroup(group), kgo.ConsumeTopics(in),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(), kgo.TransactionalID(group), kgo.SessionTimeout(6*time.Second))...)
+		kgo.TransactionalID(group), kgo.SessionTimeout(6*time.Second))...)
 	if err != nil {
 		return err
 	}

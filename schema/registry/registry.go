@@ -135,7 +135,7 @@ func register(ctx context.Context, cl *sr.Client, subject string, s avro.Schema)
 	}
 	id, err := cl.RegisterSchema(ctx, subject, sr.Schema{Schema: string(text), Type: sr.TypeAvro}, -1, -1)
 	if err != nil {
-		return 0, fmt.Errorf("subject %s: %s", subject, describe(err))
+		return 0, fmt.Errorf("subject %s: %w", subject, describe(err))
 	}
 	return id, nil
 }

@@ -132,7 +132,7 @@ func (r *resolver) fetch(ctx context.Context, id int) (*writer, error) {
 		if notFound(err) {
 			return nil, errNotFound(id)
 		}
-		return nil, fmt.Errorf("registry: fetch schema id %d: %s", id, describe(err))
+		return nil, fmt.Errorf("registry: fetch schema id %d: %w", id, describe(err))
 	}
 	if s.Type != sr.TypeAvro {
 		return nil, schemaErr("schema id %d is a %s schema, not Avro", id, s.Type)
@@ -166,7 +166,7 @@ func (r *resolver) parseRefs(ctx context.Context, id int, refs []sr.SchemaRefere
 			if notFound(err) {
 				return schemaErr("schema id %d: a referenced schema is not in the registry", id)
 			}
-			return fmt.Errorf("registry: fetch a reference of schema id %d: %s", id, describe(err))
+			return fmt.Errorf("registry: fetch a reference of schema id %d: %w", id, describe(err))
 		}
 		if err := r.parseRefs(ctx, id, ss.References, cache, depth+1); err != nil {
 			return err
@@ -203,18 +203,29 @@ func schemaErr(format string, args ...any) *processor.RecordError {
 	return &processor.RecordError{Class: processor.ClassSchema, Reason: fmt.Sprintf(format, args...)}
 }
 
-// describe renders a registry error on one short line.
-func describe(err error) string {
+// describe renders a registry error on one short line; the result wraps
+// err.
+func describe(err error) error {
 	var re *sr.ResponseError
 	if errors.As(err, &re) {
 		msg := re.Message
 		if msg == "" {
 			msg = string(re.Raw)
 		}
-		return fmt.Sprintf("HTTP %d (error code %d): %s", re.StatusCode, re.ErrorCode, oneLine(msg))
+		return &describedError{fmt.Sprintf("HTTP %d (error code %d): %s", re.StatusCode, re.ErrorCode, oneLine(msg)), err}
 	}
-	return oneLine(err.Error())
+	return &describedError{oneLine(err.Error()), err}
 }
+
+// describedError is an error shown as one short line that still unwraps
+// to the original, for errors.Is and errors.As.
+type describedError struct {
+	msg string
+	err error
+}
+
+func (e *describedError) Error() string { return e.msg }
+func (e *describedError) Unwrap() error { return e.err }
 
 // oneLine flattens s to one line of at most 300 bytes.
 func oneLine(s string) string {
