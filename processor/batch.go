@@ -587,14 +587,6 @@ func (p *Processor) deadLetter(b *batch, topic string, r *kgo.Record, class, msg
 // them, so this keeps every confirmation small.
 const MaxIDBytes = 4096
 
-// Dead-letter classes (header error.class).
-const (
-	ClassDecode   = "decode"
-	ClassContract = "contract"
-	ClassTooLarge = "too_large"
-	ClassSchema   = "schema"
-)
-
 // orders pseudonymizes the batch's order records.
 func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) error {
 	plan := p.cfg.Plan
@@ -607,11 +599,11 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 		b.stats.OrdersIn++
 		o := order{rec: r}
 		if len(r.Value) > p.cfg.MaxRecordBytes {
-			o.class, o.reason = ClassTooLarge, fmt.Sprintf("record of %d bytes exceeds the limit of %d", len(r.Value), p.cfg.MaxRecordBytes)
+			o.class, o.reason = schema.ClassTooLarge, fmt.Sprintf("record of %d bytes exceeds the limit of %d", len(r.Value), p.cfg.MaxRecordBytes)
 		} else if p.takeTooLarge(r) {
-			o.class, o.reason = ClassTooLarge, "a pseudonymized copy exceeds the message size limit of its topic"
+			o.class, o.reason = schema.ClassTooLarge, "a pseudonymized copy exceeds the message size limit of its topic"
 		} else if value, err := p.cfg.Wire.Order(ctx, r.Value); err != nil {
-			re, ok := AsRecordError(err)
+			re, ok := schema.AsRecordError(err)
 			if !ok {
 				return fmt.Errorf("decode order: %w", err)
 			}
@@ -639,26 +631,26 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 			p.deadLetter(b, dlq, r, o.class, o.reason)
 			continue
 		case o.scanErr != nil:
-			p.deadLetter(b, dlq, r, ClassDecode, o.scanErr.Error())
+			p.deadLetter(b, dlq, r, schema.ClassDecode, o.scanErr.Error())
 			continue
 		}
 		switch {
 		case len(h.EventID) == 0:
-			p.deadLetter(b, dlq, r, ClassContract, "event_id is empty")
+			p.deadLetter(b, dlq, r, schema.ClassContract, "event_id is empty")
 			continue
 		case len(h.OrderID) == 0:
-			p.deadLetter(b, dlq, r, ClassContract, "order_id is empty")
+			p.deadLetter(b, dlq, r, schema.ClassContract, "order_id is empty")
 			continue
 		case len(h.CustomerID) == 0:
-			p.deadLetter(b, dlq, r, ClassContract, "customer_id is empty")
+			p.deadLetter(b, dlq, r, schema.ClassContract, "customer_id is empty")
 			continue
 		case !timeInRange(h.OccurredAt):
-			p.deadLetter(b, dlq, r, ClassContract, "occurred_at is outside the years 1 to 9999")
+			p.deadLetter(b, dlq, r, schema.ClassContract, "occurred_at is outside the years 1 to 9999")
 			continue
 		case len(h.CustomerID) > MaxIDBytes:
 			// Its forget request would be refused (see forgets): a
 			// subject that could not be forgotten gets no key.
-			p.deadLetter(b, dlq, r, ClassContract, fmt.Sprintf("customer_id is longer than %d bytes", MaxIDBytes))
+			p.deadLetter(b, dlq, r, schema.ClassContract, fmt.Sprintf("customer_id is longer than %d bytes", MaxIDBytes))
 			continue
 		}
 		if s := p.cache.get(h.CustomerID); s != nil && !s.needsKey(h.OccurredAt) {
@@ -916,12 +908,12 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 	for _, r := range recs {
 		b.stats.ForgetsIn++
 		if len(r.Value) > p.cfg.MaxRecordBytes {
-			p.deadLetter(b, dlq, r, ClassTooLarge, fmt.Sprintf("record of %d bytes exceeds the limit of %d", len(r.Value), p.cfg.MaxRecordBytes))
+			p.deadLetter(b, dlq, r, schema.ClassTooLarge, fmt.Sprintf("record of %d bytes exceeds the limit of %d", len(r.Value), p.cfg.MaxRecordBytes))
 			continue
 		}
 		fr, err := p.cfg.Wire.Forget(ctx, r.Value)
 		if err != nil {
-			if re, ok := AsRecordError(err); ok {
+			if re, ok := schema.AsRecordError(err); ok {
 				p.deadLetter(b, dlq, r, re.Class, re.Reason)
 				continue
 			}
@@ -929,18 +921,18 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 		}
 		switch {
 		case fr.RequestID == "":
-			p.deadLetter(b, dlq, r, ClassContract, "request_id is empty")
+			p.deadLetter(b, dlq, r, schema.ClassContract, "request_id is empty")
 			continue
 		case fr.SubjectID == "":
-			p.deadLetter(b, dlq, r, ClassContract, "subject_id is empty")
+			p.deadLetter(b, dlq, r, schema.ClassContract, "subject_id is empty")
 			continue
 		case !timeInRange(fr.RequestedAt.UnixMilli()):
-			p.deadLetter(b, dlq, r, ClassContract, "requested_at is outside the years 1 to 9999")
+			p.deadLetter(b, dlq, r, schema.ClassContract, "requested_at is outside the years 1 to 9999")
 			continue
 		case len(fr.SubjectID) > MaxIDBytes || len(fr.RequestID) > MaxIDBytes:
 			// Its confirmation echoes both, the subject twice (key and
 			// value): bounded IDs keep it far below any topic's limit.
-			p.deadLetter(b, dlq, r, ClassContract, fmt.Sprintf("subject_id or request_id is longer than %d bytes", MaxIDBytes))
+			p.deadLetter(b, dlq, r, schema.ClassContract, fmt.Sprintf("subject_id or request_id is longer than %d bytes", MaxIDBytes))
 			continue
 		}
 		reqs = append(reqs, store.ForgetRequest{RequestID: fr.RequestID, SubjectID: fr.SubjectID, RequestedAt: fr.RequestedAt})
@@ -965,7 +957,7 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 			// Its confirmation was refused as too large: the request is
 			// carried out (Forget above is idempotent), and dead-lettered
 			// instead of confirmed, so the partition goes on.
-			p.deadLetter(b, dlq, valid[i], ClassTooLarge, "the forget request was carried out, but its confirmation exceeds the message size limit of the confirmation topic")
+			p.deadLetter(b, dlq, valid[i], schema.ClassTooLarge, "the forget request was carried out, but its confirmation exceeds the message size limit of the confirmation topic")
 			continue
 		}
 		systems := []string{}

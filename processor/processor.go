@@ -19,6 +19,7 @@ import (
 	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
+	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/store"
 )
 
@@ -33,8 +34,8 @@ type Config struct {
 	Plan *policy.Plan
 	// Store holds the subject keys.
 	Store store.KeyStore
-	// Wire is the framing of values; nil means BareWire.
-	Wire Wire
+	// Wire is the framing of values; nil means schema.BareWire.
+	Wire schema.Wire
 	// Kafka are client options: seed brokers, TLS, SASL, logger. The
 	// processor adds the group, topics and transaction options.
 	Kafka []kgo.Opt
@@ -144,7 +145,7 @@ func New(cfg Config) (*Processor, error) {
 		cfg.Metrics = NewMetrics(nil)
 	}
 	if cfg.Wire == nil {
-		cfg.Wire = BareWire{}
+		cfg.Wire = schema.BareWire{}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now

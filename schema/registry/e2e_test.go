@@ -130,11 +130,11 @@ func TestEndToEnd(t *testing.T) {
 		order(ev(3), frame(olderID, encodeAs(t, olderText, ev(3), nil, nil))),
 	}
 	bad := map[string][]*kgo.Record{
-		processor.ClassSchema: {
+		schema.ClassSchema: {
 			order(ev(4), frame(badID, encodeAs(t, badText, ev(4), nil, nil))),
 			order(ev(5), frame(987654, bare0)),
 		},
-		processor.ClassDecode: {
+		schema.ClassDecode: {
 			order(ev(6), bare0), // bare Avro: magic byte is not 0
 			order(ev(7), []byte{0, 0}),
 		},

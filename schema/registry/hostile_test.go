@@ -12,7 +12,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/sr"
 
-	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/registry"
 )
@@ -73,7 +72,7 @@ func TestHostileMinInt64BlockCount(t *testing.T) {
 	body = append(body, block...)
 	body = body.long(0).long(0).long(0) // end of items, empty attributes, null loyalty_tier
 	_, err := wire.Order(context.Background(), frame(id, body))
-	wantClass(t, err, processor.ClassDecode)
+	wantClass(t, err, schema.ClassDecode)
 	if strings.Contains(err.Error(), "cust-42") {
 		t.Errorf("error %q contains a record value", err)
 	}
@@ -124,7 +123,7 @@ func TestHostileSkippedBlockCount(t *testing.T) {
 				_, err := wire.Order(context.Background(), frame(id, body))
 				return err
 			})
-			wantClass(t, err, processor.ClassDecode)
+			wantClass(t, err, schema.ClassDecode)
 		})
 	}
 	t.Run("forget request", func(t *testing.T) {
@@ -136,7 +135,7 @@ func TestHostileSkippedBlockCount(t *testing.T) {
 			_, err := wire.Forget(context.Background(), frame(id, body))
 			return err
 		})
-		wantClass(t, err, processor.ClassDecode)
+		wantClass(t, err, schema.ClassDecode)
 	})
 }
 
@@ -216,7 +215,7 @@ func TestHostileRecursiveWriter(t *testing.T) {
 					_, err := wire.Order(context.Background(), frame(id, body))
 					return err
 				})
-				wantClass(t, err, processor.ClassSchema)
+				wantClass(t, err, schema.ClassSchema)
 			}
 			if n := w.requests.Load(); n != 1 {
 				t.Errorf("%d registry look-ups, want 1 (the verdict is cached)", n)
@@ -229,7 +228,7 @@ func TestHostileRecursiveWriter(t *testing.T) {
 		id := registerForgetWriter(t, w, `{"name":"tree","type":`+node+`,"default":[]}`)
 		body := enc{}.str("r-1").str("cust-42").long(1_760_000_000_000).long(0).long(0)
 		_, err := wire.Forget(context.Background(), frame(id, body))
-		wantClass(t, err, processor.ClassSchema)
+		wantClass(t, err, schema.ClassSchema)
 	})
 }
 
@@ -250,13 +249,13 @@ func TestHostileForgetAllocation(t *testing.T) {
 		f    func() error
 	}{
 		{"registry", func() error { _, err := wire.Forget(context.Background(), v); return err }},
-		{"bare", func() error { _, err := processor.BareWire{}.Forget(context.Background(), body); return err }},
+		{"bare", func() error { _, err := schema.BareWire{}.Forget(context.Background(), body); return err }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
 			for range 20 {
-				wantClass(t, tc.f(), processor.ClassDecode)
+				wantClass(t, tc.f(), schema.ClassDecode)
 			}
 			runtime.ReadMemStats(&after)
 			if got := after.TotalAlloc - before.TotalAlloc; got > 1<<20 {
