@@ -16,8 +16,8 @@
 // outputs carry their IDs.
 //
 // Writers and bodies are hostile until proven otherwise: hamba/avro can
-// crash the process or loop for ever on input it was not built to doubt
-// (issue 12). Each writer schema is compiled by package avrowalk when it is
+// crash the process or loop for ever on input it was not built to doubt.
+// Each writer schema is compiled by package avrowalk when it is
 // first fetched, which refuses recursive, too deeply nested and
 // exponentially expanding schemas (class schema) before any hamba decoder
 // is built for them; every body that hamba decodes is first validated
