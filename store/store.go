@@ -249,6 +249,11 @@ type Guard interface {
 	Release(ctx context.Context) error
 }
 
+// DefaultForgetLogLimit is the most forget-log entries a Guard returns, and
+// the most a store keeps, unless the store is opened with another limit
+// (a test's). A guard further behind is not Complete.
+const DefaultForgetLogLimit = 100_000
+
 // CheckSince decides a guard's Diverged and Complete for a caller at since,
 // given the log's newest position, the highest pruned sequence number,
 // the most entries a guard returns, and the stored tag of since.Seq

@@ -29,7 +29,7 @@ type suite struct {
 // Run runs the conformance cases against the store that open opens. Each
 // case runs as a parallel subtest with its own storage.
 func Run(t *testing.T, open Opener, opts ...Option) {
-	s := &suite{open: open}
+	s := &suite{open: open, cfg: config{maxLog: store.DefaultForgetLogLimit}}
 	for _, opt := range opts {
 		opt(&s.cfg)
 	}
