@@ -176,7 +176,7 @@ func (p *Processor) resolve(ctx context.Context, b *batch) ([]*subject, error) {
 	for i, e := range entries {
 		s := &subject{id: b.lookups[i].SubjectID, hash: e.Hash, key: e.Key}
 		if !e.ForgottenAt.IsZero() {
-			s.forgottenAt = e.ForgottenAt.UnixMilli()
+			s.forgottenAt, s.tombstone = e.ForgottenAt.UnixMilli(), e.ForgottenAt
 		}
 		resolved[i] = s
 		p.cache.put(s)

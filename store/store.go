@@ -36,6 +36,14 @@ type Lookup struct {
 	Latest time.Time
 }
 
+// NeedsKey is the rule for creating keys: a subject without a key gets a
+// fresh one for an event at latest unless it has a tombstone (forgottenAt,
+// zero if none) at or after latest; such events are suppressed instead.
+// Both stores create keys by it, and the processor's cache asks it.
+func NeedsKey(hasKey bool, forgottenAt, latest time.Time) bool {
+	return !hasKey && (forgottenAt.IsZero() || latest.After(forgottenAt))
+}
+
 // Entry is the state of one subject as returned by Resolve.
 type Entry struct {
 	// Hash is the subject's keyed hash.
