@@ -48,26 +48,14 @@ const benchWorkerEnv = "PSEUDONYMIZER_BENCH_WORKER"
 // benchDefaultDSN is the local test database.
 const benchDefaultDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 
-// benchPolicies are the demo's systems; --systems takes the first N.
+// benchPolicies are the demo's systems (policy.Examples); --systems takes
+// the first N.
 func benchPolicies(n int) ([]policy.Policy, error) {
-	cfg := config.Default()
-	if err := config.Parse([]byte(demoSystems), &cfg); err != nil {
-		return nil, err
+	all := policy.Examples()
+	if n < 1 || n > len(all) {
+		return nil, fmt.Errorf("--systems must be between 1 and %d", len(all))
 	}
-	all := cfg.Policies()
-	order := []string{"google-analytics", "meta", "tiktok", "crm"}
-	var out []policy.Policy
-	for _, name := range order {
-		for _, p := range all {
-			if p.System == name && len(out) < n {
-				out = append(out, p)
-			}
-		}
-	}
-	if n < 1 || len(out) < n {
-		return nil, fmt.Errorf("--systems must be between 1 and %d", len(order))
-	}
-	return out, nil
+	return all[:n], nil
 }
 
 // runBench is `pseudonymizer bench` and, as bench-worker, one pipeline.

@@ -55,12 +55,8 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func testPolicies() []policy.Policy {
-	return []policy.Policy{
-		{System: "google-analytics", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "items", "attributes.utm_source"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
-		{System: "meta", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "shipping_address.country"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
-	}
-}
+// testPolicies are the first two example systems.
+func testPolicies() []policy.Policy { return policy.Examples()[:2] }
 
 func newWorld(t testing.TB, fakeOpts []srfake.Option, clOpts ...sr.ClientOpt) *world {
 	t.Helper()
