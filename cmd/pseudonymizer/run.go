@@ -44,6 +44,11 @@ func runService(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *check {
 		return checkConfig(ctx, cfg, log, stdout)
 	}
+	stopProfile, err := profileFromEnv(log)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	svc, err := newService(ctx, cfg, log)
 	if err != nil {
 		return err
