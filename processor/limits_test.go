@@ -35,6 +35,7 @@ func TestHugeRecordsDoNotWedge(t *testing.T) {
 		{"derived limit", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, "embedded")
 			defer func() {
 				if t.Failed() {

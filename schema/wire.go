@@ -47,6 +47,7 @@ type RecordError struct {
 	Reason string
 }
 
+// Error returns the class and the reason.
 func (e *RecordError) Error() string { return e.Class + ": " + e.Reason }
 
 // AsRecordError reports whether err is a RecordError.

@@ -105,6 +105,7 @@ func TestHostileSkippedBlockCount(t *testing.T) {
 		{"array of fixed(0)", `{"type":"array","items":{"type":"fixed","name":"Zero","size":0}}`, 1 << 62},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			w := newWorld(t, nil)
 			wire := w.start(t)
 			var typ any
@@ -127,6 +128,7 @@ func TestHostileSkippedBlockCount(t *testing.T) {
 		})
 	}
 	t.Run("forget request", func(t *testing.T) {
+		t.Parallel()
 		w := newWorld(t, nil)
 		wire := w.start(t)
 		id := registerForgetWriter(t, w, `{"name":"tags","type":{"type":"array","items":"string"},"default":[]}`)
@@ -206,6 +208,7 @@ func TestHostileRecursiveWriter(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			w := newWorld(t, nil)
 			wire := w.start(t)
 			id := w.registerWriter(t, evolve(t, tc.evolv))
@@ -223,6 +226,7 @@ func TestHostileRecursiveWriter(t *testing.T) {
 		})
 	}
 	t.Run("forget request", func(t *testing.T) {
+		t.Parallel()
 		w := newWorld(t, nil)
 		wire := w.start(t)
 		id := registerForgetWriter(t, w, `{"name":"tree","type":`+node+`,"default":[]}`)

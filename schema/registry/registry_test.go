@@ -337,6 +337,7 @@ func unmapped(t *testing.T, reg *prometheus.Registry, field string) float64 {
 func TestOlderWriterWithoutOptionalFields(t *testing.T) {
 	for _, drop := range []string{"attributes", "phone"} {
 		t.Run(drop, func(t *testing.T) {
+			t.Parallel()
 			w := newWorld(t, nil)
 			wire := w.start(t)
 			text := evolve(t, without(drop))
@@ -418,6 +419,7 @@ func TestUnknownID(t *testing.T) {
 
 func TestRegistryDown(t *testing.T) {
 	t.Run("closed", func(t *testing.T) {
+		t.Parallel()
 		w := newWorld(t, nil)
 		wire := w.start(t)
 		w.fake.Close()
@@ -445,6 +447,7 @@ func TestRegistryDown(t *testing.T) {
 		{"401", http.StatusUnauthorized, `{"error_code":401,"message":"Unauthorized"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			w := newWorld(t, nil)
 			wire := w.start(t)
 			id := w.registerWriter(t, schema.OrderEventJSON())
@@ -477,6 +480,7 @@ func TestRegistryDown(t *testing.T) {
 		})
 	}
 	t.Run("timeout", func(t *testing.T) {
+		t.Parallel()
 		w := newWorld(t, nil)
 		wire := w.start(t)
 		release := make(chan struct{})
@@ -680,6 +684,7 @@ func TestAuth(t *testing.T) {
 		{"bearer", "Bearer tok-123", sr.BearerToken("tok-123")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			w := newWorld(t, []srfake.Option{srfake.WithAuth(tc.expect)}, tc.opt)
 			var seen atomic.Int64
 			w.fake.Intercept(func(_ http.ResponseWriter, r *http.Request) bool {
