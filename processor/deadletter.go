@@ -3,6 +3,7 @@ package processor
 import (
 	"context"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -251,4 +252,14 @@ func (p *Processor) loadTopicLimits(ctx context.Context, adm *kadm.Client) {
 				"topic", t, "max_message_bytes", l, "max_record_bytes", p.cfg.MaxRecordBytes)
 		}
 	}
+}
+
+// redact keeps error text free of anything but its own words: store and
+// Kafka errors never carry identifiers, but input-derived text is not
+// trusted in logs.
+func redact(s string) string {
+	if len(s) > 200 {
+		s = s[:200]
+	}
+	return strings.ToValidUTF8(s, "?")
 }

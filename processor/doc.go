@@ -14,8 +14,10 @@
 //     keys and writes their tombstones in one store transaction, then the
 //     confirmations are queued. Forget is idempotent per request ID, so a
 //     batch that is aborted and redone confirms with the same status. The
-//     step only reads its records and appends to the batch, so it could
-//     run in a transaction of its own.
+//     step shares with the order step only the subject cache (it evicts
+//     the forgotten subjects) and the too-large marks; it appends to the
+//     batch but reads nothing the order step wrote, so it could run in a
+//     transaction (and session) of its own.
 //  2. Orders (orders.go, project.go), in four steps. Admit: each value is
 //     unframed by the Wire (bare Avro, or the Confluent wire format
 //     resolved to the bundled schema), then scanned (validated, IDs and
@@ -53,7 +55,7 @@
 //	session.go     Run: the store baseline, one transactional session after another, backoff
 //	txn.go         one batch's transaction: begin, hand over, flush, guarded commit, abort
 //	batch.go       the batch's buffers, shared by the steps, and the contract's bounds
-//	forgets.go     the forget step: Store.Forget, confirmations
+//	forgets.go     the forget step: admit, Store.Forget, confirm
 //	orders.go      the order step: admit, resolve, assign
 //	project.go     the order step's projection, in parallel, in input order
 //	deadletter.go  dead letters, record size limits, too-large outputs

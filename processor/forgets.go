@@ -12,14 +12,34 @@ import (
 )
 
 // forgets destroys the keys of the batch's forget requests and queues their
-// confirmations.
+// confirmations, in three steps: admit (decode, check the contract), carry
+// out (one Store.Forget call) and confirm. It reads nothing the order step
+// wrote to b, and shares with it only the subject cache and the too-large
+// marks (see doc.go).
 func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
+	reqs, valid, err := p.admitForgets(ctx, b, recs)
+	if err != nil || len(reqs) == 0 {
+		return err
+	}
+	t := time.Now()
+	results, err := p.cfg.Store.Forget(ctx, reqs)
+	p.storeCall("forget", t, err)
+	if err != nil {
+		return fmt.Errorf("store forget: %w", err)
+	}
+	if len(results) != len(reqs) {
+		return fmt.Errorf("store forget: %d results for %d requests", len(results), len(reqs))
+	}
+	return p.confirm(b, reqs, results, valid)
+}
+
+// admitForgets returns the requests that keep the contract and their
+// records; the others are dead-lettered.
+func (p *Processor) admitForgets(ctx context.Context, b *batch, recs []*kgo.Record) (reqs []store.ForgetRequest, valid []*kgo.Record, err error) {
 	dlq := p.cfg.Topics.ForgetDeadLetter
-	var reqs []store.ForgetRequest
-	var valid []*kgo.Record
 	for _, r := range recs {
 		b.stats.ForgetsIn++
 		if len(r.Value) > p.cfg.MaxRecordBytes {
@@ -32,39 +52,40 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 				p.deadLetter(b, dlq, r, re.Class, re.Reason)
 				continue
 			}
-			return fmt.Errorf("decode forget request: %w", err)
+			return nil, nil, fmt.Errorf("decode forget request: %w", err)
 		}
-		switch {
-		case fr.RequestID == "":
-			p.deadLetter(b, dlq, r, schema.ClassContract, "request_id is empty")
-			continue
-		case fr.SubjectID == "":
-			p.deadLetter(b, dlq, r, schema.ClassContract, "subject_id is empty")
-			continue
-		case !timeInRange(fr.RequestedAt.UnixMilli()):
-			p.deadLetter(b, dlq, r, schema.ClassContract, "requested_at is outside the years 1 to 9999")
-			continue
-		case len(fr.SubjectID) > MaxIDBytes || len(fr.RequestID) > MaxIDBytes:
-			// Its confirmation echoes both, the subject twice (key and
-			// value): bounded IDs keep it far below any topic's limit.
-			p.deadLetter(b, dlq, r, schema.ClassContract, fmt.Sprintf("subject_id or request_id is longer than %d bytes", MaxIDBytes))
+		if reason := forgetBreaksContract(fr); reason != "" {
+			p.deadLetter(b, dlq, r, schema.ClassContract, reason)
 			continue
 		}
 		reqs = append(reqs, store.ForgetRequest{RequestID: fr.RequestID, SubjectID: fr.SubjectID, RequestedAt: fr.RequestedAt})
 		valid = append(valid, r)
 	}
-	if len(reqs) == 0 {
-		return nil
+	return reqs, valid, nil
+}
+
+// forgetBreaksContract returns why a decoded forget request breaks the
+// contract, or "".
+func forgetBreaksContract(fr *schema.ForgetRequest) string {
+	switch {
+	case fr.RequestID == "":
+		return "request_id is empty"
+	case fr.SubjectID == "":
+		return "subject_id is empty"
+	case !timeInRange(fr.RequestedAt.UnixMilli()):
+		return "requested_at is outside the years 1 to 9999"
+	case len(fr.SubjectID) > MaxIDBytes || len(fr.RequestID) > MaxIDBytes:
+		// Its confirmation echoes both, the subject twice (key and value):
+		// bounded IDs keep it far below any topic's limit.
+		return fmt.Sprintf("subject_id or request_id is longer than %d bytes", MaxIDBytes)
 	}
-	t := time.Now()
-	results, err := p.cfg.Store.Forget(ctx, reqs)
-	p.storeCall("forget", t, err)
-	if err != nil {
-		return fmt.Errorf("store forget: %w", err)
-	}
-	if len(results) != len(reqs) {
-		return fmt.Errorf("store forget: %d results for %d requests", len(results), len(reqs))
-	}
+	return ""
+}
+
+// confirm drops the forgotten subjects from the cache and queues a
+// confirmation per carried-out request (valid holds their records).
+func (p *Processor) confirm(b *batch, reqs []store.ForgetRequest, results []store.ForgetResult, valid []*kgo.Record) error {
+	dlq := p.cfg.Topics.ForgetDeadLetter
 	for i, req := range reqs {
 		p.cache.forget(p.cfg.Store.Hash(req.SubjectID))
 		res := results[i]

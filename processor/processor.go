@@ -4,7 +4,6 @@ import (
 	"errors"
 	"log/slog"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -212,14 +211,4 @@ func (p *Processor) updateReady() {
 	} else {
 		p.m.Ready.Set(0)
 	}
-}
-
-// redact keeps error text free of anything but its own words: store and
-// Kafka errors never carry identifiers, but input-derived text is not
-// trusted in logs.
-func redact(s string) string {
-	if len(s) > 200 {
-		s = s[:200]
-	}
-	return strings.ToValidUTF8(s, "?")
 }
