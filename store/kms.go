@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/aws/smithy-go"
 	"gocloud.dev/secrets"
 )
 
@@ -155,7 +156,7 @@ func ReencryptDataKey(ctx context.Context, meta Meta, kms KMSKey, name string) (
 	defer clear(plain)
 	ct, err := kms.Encrypt(ctx, plain)
 	if err != nil {
-		return 0, fmt.Errorf("kms: encrypt: %w", err)
+		return 0, kmsError("encrypt", err)
 	}
 	ok, err := meta.SwapMeta(ctx, name, rec, dataKeyRecord(id, ct))
 	if err != nil {
@@ -174,11 +175,11 @@ func CheckKMS(ctx context.Context, kms KMSKey) error {
 	probe := []byte("pseudonymizer/kms-probe/v1")
 	ct, err := kms.Encrypt(ctx, probe)
 	if err != nil {
-		return fmt.Errorf("kms: encrypt: %w", err)
+		return kmsError("encrypt", err)
 	}
 	pt, err := kms.Decrypt(ctx, ct)
 	if err != nil {
-		return fmt.Errorf("kms: decrypt: %w", err)
+		return kmsError("decrypt", err)
 	}
 	if !bytes.Equal(pt, probe) {
 		return errors.New("kms: decrypt returned other bytes than were encrypted")
@@ -198,7 +199,7 @@ func newDataKey(ctx context.Context, kms KMSKey) (*KEK, []byte, error) {
 	}
 	ct, err := kms.Encrypt(ctx, key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kms: encrypt: %w", err)
+		return nil, nil, kmsError("encrypt", err)
 	}
 	return kek, dataKeyRecord(kek.ID(), ct), nil
 }
@@ -221,7 +222,7 @@ func decryptDataKey(ctx context.Context, kms KMSKey, rec []byte) ([]byte, uint32
 	id := binary.BigEndian.Uint32(rec[1:5])
 	plain, err := kms.Decrypt(ctx, rec[5:])
 	if err != nil {
-		return nil, 0, fmt.Errorf("kms: decrypt data key %08x: %w", id, err)
+		return nil, 0, kmsError(fmt.Sprintf("decrypt data key %08x", id), err)
 	}
 	kek, err := NewKEK(plain)
 	if err != nil || kek.ID() != id {
@@ -237,3 +238,25 @@ func dataKeyRecord(id uint32, ciphertext []byte) []byte {
 	binary.BigEndian.PutUint32(rec[1:5], id)
 	return append(rec, ciphertext...)
 }
+
+// KMSError is a failed KMS call. Its message is the operation and the
+// KMS's own reason (for AWS its error code and message, e.g.
+// "DisabledException: … is disabled."), on one line.
+type KMSError struct {
+	Op  string
+	Err error
+}
+
+func (e *KMSError) Error() string {
+	var api smithy.APIError
+	if errors.As(e.Err, &api) {
+		return "kms: " + e.Op + ": " + api.ErrorCode() + ": " + oneLine(api.ErrorMessage())
+	}
+	return "kms: " + e.Op + ": " + oneLine(e.Err.Error())
+}
+
+func (e *KMSError) Unwrap() error { return e.Err }
+
+func kmsError(op string, err error) error { return &KMSError{Op: op, Err: err} }
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }

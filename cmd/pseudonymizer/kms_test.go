@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/hygiene/pseudonymizer/processor/config"
@@ -79,6 +81,30 @@ func (e *kmsEnv) dataKey(url string) []byte {
 		e.t.Fatal(err)
 	}
 	return rec
+}
+
+// mustBeEmpty fails if the store holds anything: no file, no table.
+func (e *kmsEnv) mustBeEmpty() {
+	e.t.Helper()
+	if e.cfg.Path != "" {
+		if _, err := os.Stat(e.cfg.Path); !errors.Is(err, os.ErrNotExist) {
+			e.t.Fatalf("the store file exists (stat: %v)", err)
+		}
+		return
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, e.cfg.Postgres)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var tables int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema()").Scan(&tables); err != nil {
+		e.t.Fatal(err)
+	}
+	if tables != 0 {
+		e.t.Fatalf("the store's schema has %d tables", tables)
+	}
 }
 
 // mustResolve has the configured store create (or find) the key of a
@@ -170,11 +196,13 @@ func TestKMSKeyLifecycle(t *testing.T) {
 			if !strings.Contains(out, "no data key yet") {
 				t.Errorf("check-config on an empty store: %q", out)
 			}
-			if rec := e.dataKey(url1); rec != nil {
-				t.Fatal("--check-config stored a data key")
-			}
+			e.mustBeEmpty()
 
 			logs, stop := startRun(t, cfg1, http1)
+			_, metrics := httpGet("http://" + http1 + "/metrics")
+			if !strings.Contains(metrics, "pseudonymizer_") {
+				t.Fatalf("no metrics: %.200q", metrics)
+			}
 			if err := stop(); err != nil {
 				t.Fatalf("run: %v", err)
 			}
@@ -186,7 +214,7 @@ func TestKMSKeyLifecycle(t *testing.T) {
 				t.Fatalf("data key encrypted by %s, want %s", got, k1)
 			}
 			plain := srv.MustDecrypt(t, rec[5:])
-			mustNotShow(t, logs.String(), plain, rec, rec[5:])
+			mustNotShow(t, logs.String()+metrics, plain, rec, rec[5:])
 
 			out = e.mustRun("run", "--config", cfg1, "--check-config")
 			if !strings.Contains(out, "the KMS unwraps data key") {
@@ -203,12 +231,20 @@ func TestKMSKeyLifecycle(t *testing.T) {
 			for _, args := range [][]string{{"run", "--config", cfg1, "--check-config"}, {"run", "--config", cfg1}, {"status", "--config", cfg1, "cust-1"}, {"rewrap", "--config", cfg1}} {
 				out, errOut, err := e.run(args...)
 				mustFailOneLine(t, err, out, disabled, plain, rec, rec[5:])
+				t.Logf("%s with the KMS key disabled: %v", args[0], err)
 				if err != nil && !strings.HasPrefix(err.Error(), "config: keys.kek_url: kms: ") {
 					t.Errorf("%s: error %q does not start with the key's name", args[0], err)
 				}
 				mustNotShow(t, out+errOut, plain, rec, rec[5:])
 			}
 			srv.MustEnable(t, k1)
+
+			// An unreachable KMS stops start-up with a clear line, too.
+			t.Setenv("AWS_ENDPOINT_URL_KMS", "http://"+freeAddr(t))
+			out, _, err := e.run("run", "--config", cfg1)
+			mustFailOneLine(t, err, out, []string{"connection refused"}, plain, rec, rec[5:])
+			t.Logf("run with the KMS unreachable: %v", err)
+			t.Setenv("AWS_ENDPOINT_URL_KMS", srv.Endpoint)
 
 			// Rotation to a new KMS key.
 			k2 := srv.MustCreateKey(t)
