@@ -56,7 +56,15 @@ func loadKeys(ctx context.Context, cfg config.Config, mode keyMode) (*store.Keyr
 			return nil, "", err
 		}
 	} else {
-		if active, summary, err = kmsDataKey(ctx, meta, k.KEKURL, mode); err != nil {
+		// A new data key is useless to a store already bound to another
+		// KEK unless that KEK is listed as retired: refuse before writing.
+		mayCreate := func() error {
+			if len(k.OldKEKURLs) > 0 || len(k.OldKEKFiles) > 0 {
+				return nil
+			}
+			return mustBeEmpty(ctx, cfg.Store)
+		}
+		if active, summary, err = kmsDataKey(ctx, meta, k.KEKURL, mode, mayCreate); err != nil {
 			return nil, "", fmt.Errorf("config: keys.kek_url: %w", err)
 		}
 	}
@@ -100,17 +108,25 @@ func activeFileKEK(k config.Keys) (*store.KEK, error) {
 	return kek, nil
 }
 
-// kmsDataKey returns the data key of the active KMS key. In read-only mode
-// a store without one gets a placeholder KEK that wraps nothing (it is
+// kmsDataKey returns the data key of the active KMS key. When the store
+// holds none, in keysCreate mode it creates one if mayCreate allows; in
+// read-only mode it returns a placeholder KEK that wraps nothing (it is
 // never stored), after a harmless encrypt-and-decrypt proved that the KMS
 // answers.
-func kmsDataKey(ctx context.Context, meta store.Meta, kmsURL string, mode keyMode) (*store.KEK, string, error) {
+func kmsDataKey(ctx context.Context, meta store.Meta, kmsURL string, mode keyMode, mayCreate func() error) (*store.KEK, string, error) {
 	kms, err := store.OpenKMSKey(ctx, kmsURL)
 	if err != nil {
 		return nil, "", err
 	}
 	defer kms.Close()
-	kek, err := store.DataKey(ctx, meta, kms, store.DataKeyName(kmsURL), mode == keysCreate)
+	name := store.DataKeyName(kmsURL)
+	kek, err := store.DataKey(ctx, meta, kms, name, false)
+	if errors.Is(err, store.ErrNoDataKey) && mode == keysCreate {
+		if err := mayCreate(); err != nil {
+			return nil, "", err
+		}
+		kek, err = store.DataKey(ctx, meta, kms, name, true)
+	}
 	switch {
 	case err == nil:
 		return kek, fmt.Sprintf("the KMS unwraps data key %08x", kek.ID()), nil
@@ -120,16 +136,44 @@ func kmsDataKey(ctx context.Context, meta store.Meta, kmsURL string, mode keyMod
 	if err := store.CheckKMS(ctx, kms); err != nil {
 		return nil, "", err
 	}
-	key, err := store.NewKey()
-	if err != nil {
-		return nil, "", err
-	}
-	defer clear(key)
-	placeholder, err := store.NewKEK(key)
+	placeholder, err := placeholderKEK()
 	if err != nil {
 		return nil, "", err
 	}
 	return placeholder, "the KMS answers; no data key yet (`run` or `rewrap` will create one)", nil
+}
+
+// placeholderKEK is a random KEK that is never stored: it stands in for an
+// active KEK where nothing is wrapped.
+func placeholderKEK() (*store.KEK, error) {
+	key, err := store.NewKey()
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	return store.NewKEK(key)
+}
+
+// mustBeEmpty returns an error unless the store is empty (read-only check).
+func mustBeEmpty(ctx context.Context, c config.Store) error {
+	kek, err := placeholderKEK()
+	if err != nil {
+		return err
+	}
+	kr, err := store.NewKeyring(kek)
+	if err != nil {
+		return err
+	}
+	initialized, err := checkStore(ctx, c, kr)
+	switch {
+	case errors.Is(err, store.ErrWrongKEK):
+		return errors.New("the key store holds no data key for this KMS key URL but is bound to another KEK: list that KEK in keys.old_kek_urls or keys.old_kek_files and run `pseudonymizer rewrap` (every instance must name a KMS key with the same URL)")
+	case err != nil:
+		return err
+	case initialized:
+		return errors.New("the key store's index key unwrapped with a random KEK")
+	}
+	return nil
 }
 
 // oldDataKey returns the data key of a retired KMS key; it must exist.

@@ -347,10 +347,19 @@ func TestKMSMigrationFromFileKEK(t *testing.T) {
 					}
 					// Without the old file KEK listed, a store that still
 					// needs it cannot open: the operator sees which.
-					cfgOther, _ := e.config("other.yaml", "keys: {kek_url: 'base64key://"+base64.URLEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))+"'}")
+					otherURL := "base64key://" + base64.URLEncoding.EncodeToString(bytes.Repeat([]byte{1}, 32))
+					cfgOther, _ := e.config("other.yaml", "keys: {kek_url: '"+otherURL+"'}")
 					_, _, err = e.run("status", "--config", cfgOther, "cust-1")
 					if err == nil || !strings.Contains(err.Error(), "no configured KEK unwraps") {
 						t.Errorf("status with another KMS key: %v", err)
+					}
+					// run with it refuses before creating a data key.
+					_, _, err = e.run("run", "--config", cfgOther)
+					if err == nil || !strings.Contains(err.Error(), "is bound to another KEK") {
+						t.Errorf("run with another KMS key: %v", err)
+					}
+					if e.dataKey(otherURL) != nil {
+						t.Error("run with another KMS key stored a data key")
 					}
 				})
 			}
