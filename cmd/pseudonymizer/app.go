@@ -73,14 +73,9 @@ func compilePlan(cfg *config.Config) ([]policy.Policy, *policy.Plan, error) {
 // loadKeyring reads the active KEK (environment first, then file) and the
 // retired ones from files; KEKs held by a KMS are loadKeys' business.
 func loadKeyring(k config.Keys) (*store.Keyring, error) {
-	var active *store.KEK
-	var err error
-	if k.KEK != "" {
-		if active, err = store.ParseKEK(k.KEK); err != nil {
-			return nil, fmt.Errorf("config: PSEUDONYMIZER_KEK: %w", err)
-		}
-	} else if active, err = store.ReadKEKFile(k.KEKFile, k.AllowReadableKEKFiles); err != nil {
-		return nil, fmt.Errorf("config: keys.kek_file: %w", err)
+	active, err := activeFileKEK(k)
+	if err != nil {
+		return nil, err
 	}
 	older, err := oldKEKFiles(k, active.ID())
 	if err != nil {
