@@ -17,7 +17,7 @@ import (
 // wrapped by the KMS key's current version. Pseudonyms do not change: the subject
 // keys themselves stay the same. Safe to run while the service runs.
 func runRewrap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("rewrap", "rewrap --config FILE [--batch N]", "Re-wraps every stored subject key with the active KEK, in batches.\nPseudonyms do not change. Safe while the service runs.")
+	fs := newFlags("rewrap", "rewrap --config FILE [--batch N]", "Re-wraps every stored subject key with the active KEK, in batches; with\nkeys.kek_url it first has the KMS re-encrypt the data key.\nPseudonyms do not change. Safe while the service runs.")
 	path := fs.String("config", "", "configuration file (YAML)")
 	batch := fs.Int("batch", 1000, "keys re-wrapped per store transaction")
 	if err := fs.parse(args, stdout, stderr); err != nil {
