@@ -9,6 +9,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
 	"github.com/hygiene/pseudonymizer/store"
@@ -37,10 +38,11 @@ func (e *env) decode(t *testing.T, recs []*kgo.Record) []decoded {
 	return out
 }
 
-// confirmations reads n confirmations and fails on any duplicate request.
+// confirmations reads every confirmation once the processors have consumed
+// every request, and fails unless there are n, one per request.
 func (e *env) confirmations(t *testing.T, n int) map[string]*schema.ForgetConfirmation {
 	t.Helper()
-	recs := e.readAll(t, n, 60*time.Second, e.topics.Forgotten)
+	recs := e.settled(t, e.topics.Forgotten)
 	out := map[string]*schema.ForgetConfirmation{}
 	for _, r := range recs {
 		c, err := schema.UnmarshalForgetConfirmation(r.Value)
@@ -66,11 +68,12 @@ func (e *env) confirmations(t *testing.T, n int) map[string]*schema.ForgetConfir
 func TestForgetStatuses(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			gen := sample.New(2, 2, time.Now().Add(-time.Hour))
 			e.produce(t, e.orderRecord(t, gen.ForCustomer(0)), e.orderRecord(t, gen.ForCustomer(1)))
 			e.start(t, "pz-1")
-			e.readAll(t, 2*len(e.plan.Systems()), 30*time.Second, e.outputTopics()...)
+			e.kc.AwaitCount(t, 2*len(e.plan.Systems()), 30*time.Second, e.outputTopics()...)
 
 			now := time.Now().Truncate(time.Millisecond)
 			c0 := sample.CustomerID(0)
@@ -95,10 +98,13 @@ func TestForgetStatuses(t *testing.T) {
 			if g := got["r1"].Systems; len(g) != len(e.plan.Systems()) {
 				t.Errorf("FORGOTTEN lists systems %v, want all %v", g, e.plan.Systems())
 			}
-			dlq := e.readAll(t, 3, 30*time.Second, e.topics.ForgetDeadLetter)
+			dlq := e.settled(t, e.topics.ForgetDeadLetter)
+			if len(dlq) != 3 {
+				t.Errorf("%d forget dead letters, want 3", len(dlq))
+			}
 			classes := map[string]bool{}
 			for _, r := range dlq {
-				classes[header(r, "error.class")] = true
+				classes[kafkatest.Header(r, "error.class")] = true
 			}
 			if !classes[processor.ClassDecode] || !classes[processor.ClassContract] {
 				t.Errorf("forget dead letters have classes %v, want decode and contract", classes)
@@ -113,6 +119,7 @@ func TestForgetStatuses(t *testing.T) {
 func TestForgetSuppressesAndRenews(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			systems := e.plan.Systems()
 			base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
@@ -124,7 +131,10 @@ func TestForgetSuppressesAndRenews(t *testing.T) {
 				e.produce(t, e.orderRecord(t, ev))
 			}
 			in := e.start(t, "pz-1")
-			before := e.decode(t, e.readAll(t, len(old)*len(systems), 30*time.Second, e.outputTopics()...))
+			before := e.decode(t, e.settled(t, e.outputTopics()...))
+			if len(before) != len(old)*len(systems) {
+				t.Fatalf("%d outputs, want %d", len(before), len(old)*len(systems))
+			}
 			oldKey := map[string]string{}
 			for _, d := range before {
 				oldKey[d.system] = d.key
@@ -144,11 +154,11 @@ func TestForgetSuppressesAndRenews(t *testing.T) {
 				e.produce(t, e.orderRecord(t, ev))
 			}
 			e.produce(t, e.orderRecord(t, newer[0]), e.orderRecord(t, newer[1]))
-			all := e.decode(t, e.readAll(t, (len(old)+2)*len(systems), 30*time.Second, e.outputTopics()...))
+			all := e.decode(t, e.settled(t, e.outputTopics()...))
 			if len(all) != (len(old)+2)*len(systems) {
 				t.Fatalf("%d outputs after replay, want %d (replays must be suppressed)", len(all), (len(old)+2)*len(systems))
 			}
-			waitFor(t, 10*time.Second, "suppressed count", func() bool { return in.p.Stats().Suppressed == len(old) })
+			kafkatest.WaitFor(t, 10*time.Second, "suppressed count", func() bool { return in.p.Stats().Suppressed == len(old) })
 			newKey := map[string]string{}
 			seen := map[string]int{}
 			for _, d := range all {
@@ -174,7 +184,10 @@ func TestForgetSuppressesAndRenews(t *testing.T) {
 			later := gen.ForCustomer(0)
 			later.OccurredAt = requested.Add(3 * time.Second)
 			e.produce(t, e.orderRecord(t, old[0]), e.orderRecord(t, later))
-			all = e.decode(t, e.readAll(t, (len(old)+3)*len(systems), 30*time.Second, e.outputTopics()...))
+			all = e.decode(t, e.settled(t, e.outputTopics()...))
+			if len(all) != (len(old)+3)*len(systems) {
+				t.Fatalf("%d outputs after the restart, want %d (the replay must be suppressed)", len(all), (len(old)+3)*len(systems))
+			}
 			for _, d := range all {
 				if !d.at.After(requested) {
 					continue
@@ -183,7 +196,7 @@ func TestForgetSuppressesAndRenews(t *testing.T) {
 					t.Fatalf("%s: fresh pseudonym changed across a restart", d.system)
 				}
 			}
-			waitFor(t, 10*time.Second, "suppressed replay after restart", func() bool { return in2.p.Stats().Suppressed == 1 })
+			kafkatest.WaitFor(t, 10*time.Second, "suppressed replay after restart", func() bool { return in2.p.Stats().Suppressed == 1 })
 		})
 	}
 }
@@ -195,6 +208,7 @@ func TestForgetSuppressesAndRenews(t *testing.T) {
 func TestForgetInvalidatesOtherInstancesCache(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			systems := e.plan.Systems()
 			base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
@@ -202,7 +216,7 @@ func TestForgetInvalidatesOtherInstancesCache(t *testing.T) {
 			first := gen.ForCustomer(0)
 			e.produce(t, e.orderRecord(t, first))
 			in := e.start(t, "pz-b")
-			e.readAll(t, len(systems), 30*time.Second, e.outputTopics()...)
+			e.kc.AwaitCount(t, len(systems), 30*time.Second, e.outputTopics()...)
 
 			// "Instance A" forgets the subject directly in the shared store;
 			// B still has the key cached.
@@ -216,11 +230,11 @@ func TestForgetInvalidatesOtherInstancesCache(t *testing.T) {
 			inFlight := gen.ForCustomer(0)
 			inFlight.OccurredAt = first.OccurredAt.Add(time.Second) // before the request
 			e.produce(t, e.orderRecord(t, inFlight))
-			waitFor(t, 30*time.Second, "in-flight event suppressed", func() bool { return in.p.Stats().Suppressed == 1 })
+			kafkatest.WaitFor(t, 30*time.Second, "in-flight event suppressed", func() bool { return in.p.Stats().Suppressed == 1 })
 			if st := in.p.Stats(); st.Stale < 1 {
 				t.Errorf("expected a stale batch to be redone, stats %+v", st)
 			}
-			outs := e.readAll(t, len(systems), 5*time.Second, e.outputTopics()...)
+			outs := e.settled(t, e.outputTopics()...)
 			if len(outs) != len(systems) {
 				t.Fatalf("%d outputs, want %d: the in-flight event was published with the forgotten key", len(outs), len(systems))
 			}
@@ -229,12 +243,16 @@ func TestForgetInvalidatesOtherInstancesCache(t *testing.T) {
 }
 
 // TestForgetRaceTwoInstances streams orders of several customers through
-// two instances while forget requests for some of them arrive; every
-// event after its request uses a fresh key, every replay after the
-// confirmation is suppressed, and each request is confirmed once.
+// two instances while forget requests for some of them arrive. An event
+// after its request that races the request may still get the old key (its
+// batch may commit before the forget), but every event sent after the
+// confirmations gets the fresh key, one per subject and system; every
+// replay after the confirmation is suppressed, and each request is
+// confirmed once.
 func TestForgetRaceTwoInstances(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			systems := e.plan.Systems()
 			ins := []*instance{e.start(t, "pz-a"), e.start(t, "pz-b")}
@@ -258,7 +276,7 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				return ev
 			}
 			requested := map[string]time.Time{}
-			for r := 0; r < rounds; r++ {
+			produceRound := func(r int) {
 				var recs []*kgo.Record
 				for c := 0; c < customers; c++ {
 					recs = append(recs, e.orderRecord(t, next(c)))
@@ -272,25 +290,38 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				}
 				e.produce(t, recs...)
 			}
+			// Rounds up to 3/4 race the forget requests; the rest are sent
+			// once every request is confirmed.
+			for r := 0; r < rounds*3/4; r++ {
+				produceRound(r)
+			}
+			confirmedAt := tick
 			e.confirmations(t, customers/2)
-			waitFor(t, 60*time.Second, "all orders committed", func() bool { return ordersIn() == len(events) })
+			for r := rounds * 3 / 4; r < rounds; r++ {
+				produceRound(r)
+			}
+			kafkatest.WaitFor(t, 60*time.Second, "all orders committed", func() bool { return ordersIn() == len(events) })
 
 			// Events at or before a request may be emitted (with the old key)
 			// or suppressed, depending on the interleaving; events after it
-			// must use a fresh key.
+			// get the old key only while they race the request, and a fresh
+			// key once it is confirmed.
 			guaranteed := 0
 			for _, ev := range events {
 				if req, ok := requested[ev.CustomerID]; !ok || ev.OccurredAt.After(req) {
 					guaranteed++
 				}
 			}
-			outs := e.decode(t, e.readAll(t, guaranteed*len(systems), 60*time.Second, e.outputTopics()...))
+			outs := e.decode(t, e.settled(t, e.outputTopics()...))
+			if len(outs) < guaranteed*len(systems) {
+				t.Fatalf("%d outputs, want at least %d", len(outs), guaranteed*len(systems))
+			}
 			byAt := map[int64]*schema.OrderEvent{}
 			for _, ev := range events {
 				byAt[ev.OccurredAt.UnixMilli()] = ev
 			}
 			type sk struct{ sys, cust string }
-			keysBefore, keysAfter := map[sk]map[string]bool{}, map[sk]map[string]bool{}
+			keysBefore, keysRacing, keysAfter := map[sk]map[string]bool{}, map[sk]map[string]bool{}, map[sk]map[string]bool{}
 			for _, d := range outs {
 				ev := byAt[d.at.UnixMilli()]
 				if ev == nil {
@@ -299,8 +330,11 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				k := sk{d.system, ev.CustomerID}
 				req, forgotten := requested[ev.CustomerID]
 				m := keysBefore
-				if forgotten && ev.OccurredAt.After(req) {
+				switch {
+				case forgotten && ev.OccurredAt.After(base.Add(time.Duration(confirmedAt)*time.Millisecond)):
 					m = keysAfter
+				case forgotten && ev.OccurredAt.After(req):
+					m = keysRacing
 				}
 				if m[k] == nil {
 					m[k] = map[string]bool{}
@@ -313,7 +347,7 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				}
 				for key := range keysAfter[k] {
 					if before[key] {
-						t.Errorf("%v: old pseudonym used after the forget", k)
+						t.Errorf("%v: old pseudonym used after the confirmation", k)
 					}
 				}
 			}
@@ -321,6 +355,14 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				if len(after) != 1 {
 					t.Errorf("%v: %d fresh pseudonyms, want 1", k, len(after))
 				}
+				for key := range keysRacing[k] {
+					if !after[key] && !keysBefore[k][key] {
+						t.Errorf("%v: an event racing the forget got a third pseudonym", k)
+					}
+				}
+			}
+			if len(keysAfter) != customers/2*len(systems) {
+				t.Errorf("fresh pseudonyms for %d subject/system pairs, want %d", len(keysAfter), customers/2*len(systems))
 			}
 			// Events at or before a request that arrived after it was
 			// processed are suppressed; the rest are emitted exactly once.
@@ -341,8 +383,8 @@ func TestForgetRaceTwoInstances(t *testing.T) {
 				}
 			}
 			e.produce(t, replay...)
-			waitFor(t, 60*time.Second, "replay committed", func() bool { return ordersIn() == 2*len(events) })
-			outs2 := e.readAll(t, n0+want*len(systems), 60*time.Second, e.outputTopics()...)
+			kafkatest.WaitFor(t, 60*time.Second, "replay committed", func() bool { return ordersIn() == 2*len(events) })
+			outs2 := e.settled(t, e.outputTopics()...)
 			if got := len(outs2) - n0; got != want*len(systems) {
 				t.Fatalf("replay produced %d outputs, want %d", got, want*len(systems))
 			}

@@ -3,7 +3,6 @@ package processor_test
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,13 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
 
 	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/store"
@@ -37,38 +36,45 @@ func testPolicies() []policy.Policy {
 	}
 }
 
-// env is one test world: a kfake cluster over TCP, a key store, policies.
+// env is one test world: a Kafka cluster (kfake over TCP, or the real broker
+// of PSEUDONYMIZER_TEST_KAFKA) with the test's own topics, a key store,
+// policies.
 type env struct {
-	t       *testing.T
-	kind    string
-	cluster *kfake.Cluster
-	topics  config.Topics
-	pols    []policy.Policy
-	plan    *policy.Plan
-	kr      *store.Keyring
-	kek     *store.KEK // the first active KEK
-	open    func(t *testing.T) store.KeyStore
-	log     *slog.Logger
-	logMu   sync.Mutex
-	logBuf  strings.Builder
+	t      *testing.T
+	kind   string
+	kc     *kafkatest.Cluster
+	group  string
+	topics config.Topics
+	pols   []policy.Policy
+	plan   *policy.Plan
+	kr     *store.Keyring
+	kek    *store.KEK // the first active KEK
+	open   func(t *testing.T) store.KeyStore
+	log    *slog.Logger
+	logMu  sync.Mutex
+	logBuf strings.Builder
 }
 
 // storeKinds lists the key stores every pipeline test runs against.
 var storeKinds = []string{"embedded", "postgres"}
 
-// newEnv builds a test world with the given store kind.
+// newEnv builds a test world with the given store kind. With kfake options
+// (faults), the world always runs on kfake; otherwise on the real broker of
+// PSEUDONYMIZER_TEST_KAFKA if set.
 func newEnv(t *testing.T, kind string, opts ...kfake.Opt) *env {
 	t.Helper()
-	e := &env{t: t, kind: kind, topics: config.Default().Topics, pols: testPolicies()}
+	kc := kafkatest.New
+	if len(opts) > 0 {
+		kc = kafkatest.NewFake
+	}
+	e := &env{t: t, kind: kind, kc: kc(t, opts...), pols: testPolicies()}
+	e.topics = namespaced(e.kc, config.Default().Topics)
+	e.group = e.kc.Group("pseudonymizer")
 	var err error
 	if e.plan, err = policy.Compile(schema.OrderEventSchema(), e.pols); err != nil {
 		t.Fatal(err)
 	}
-	opts = append([]kfake.Opt{kfake.SeedTopics(3, e.topics.Orders, e.topics.Forget)}, opts...)
-	if e.cluster, err = kfake.NewCluster(opts...); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.cluster.Close)
+	e.kc.CreateTopics(t, 3, nil, e.topics.Orders, e.topics.Forget)
 	kekBytes := make([]byte, 32)
 	_, _ = rand.Read(kekBytes)
 	kek, _ := store.NewKEK(kekBytes)
@@ -114,6 +120,18 @@ func newEnv(t *testing.T, kind string, opts ...kfake.Opt) *env {
 	return e
 }
 
+// namespaced returns topics with every name in the cluster's namespace.
+func namespaced(kc *kafkatest.Cluster, topics config.Topics) config.Topics {
+	return config.Topics{
+		Orders:           kc.Topic(topics.Orders),
+		Forget:           kc.Topic(topics.Forget),
+		Forgotten:        kc.Topic(topics.Forgotten),
+		OrdersDeadLetter: kc.Topic(topics.OrdersDeadLetter),
+		ForgetDeadLetter: kc.Topic(topics.ForgetDeadLetter),
+		PseudoPrefix:     kc.Topic(topics.PseudoPrefix),
+	}
+}
+
 // nopClose shares one embedded store between instances of a test.
 type nopClose struct{ store.KeyStore }
 
@@ -133,8 +151,6 @@ func (e *env) logs() string {
 	defer e.logMu.Unlock()
 	return e.logBuf.String()
 }
-
-func (e *env) brokers() []string { return e.cluster.ListenAddrs() }
 
 // instance is one running processor.
 type instance struct {
@@ -160,7 +176,8 @@ func (i *instance) stop(t *testing.T) {
 	})
 }
 
-// start runs a processor instance with transactional ID txnID.
+// start runs a processor instance with transactional ID txnID (in the
+// test's namespace).
 func (e *env) start(t *testing.T, txnID string, tweak ...func(*processor.Config)) *instance {
 	t.Helper()
 	cfg := processor.Config{
@@ -168,9 +185,9 @@ func (e *env) start(t *testing.T, txnID string, tweak ...func(*processor.Config)
 		Policies:           e.pols,
 		Plan:               e.plan,
 		Store:              e.open(t),
-		Kafka:              []kgo.Opt{kgo.SeedBrokers(e.brokers()...), kgo.WithLogger(kslog.New(e.log.With("component", "kafka")))},
-		GroupID:            "pseudonymizer",
-		TransactionalID:    txnID,
+		Kafka:              []kgo.Opt{kgo.SeedBrokers(e.kc.Brokers()...), kafkatest.FastMetadata(), kgo.WithLogger(kslog.New(e.log.With("component", "kafka")))},
+		GroupID:            e.group,
+		TransactionalID:    e.kc.TxnID(txnID),
 		TransactionTimeout: 10 * time.Second,
 		SessionTimeout:     6 * time.Second,
 		CacheSubjects:      1000,
@@ -186,7 +203,7 @@ func (e *env) start(t *testing.T, txnID string, tweak ...func(*processor.Config)
 	}
 	tctx, tcancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer tcancel()
-	if err := p.EnsureTopics(tctx, kadm.NewClient(e.client(t))); err != nil {
+	if err := p.EnsureTopics(tctx, e.kc.Admin()); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -196,26 +213,16 @@ func (e *env) start(t *testing.T, txnID string, tweak ...func(*processor.Config)
 	return in
 }
 
-// client returns a plain client for producing and admin.
+// client returns a plain client for producing and consuming.
 func (e *env) client(t *testing.T, opts ...kgo.Opt) *kgo.Client {
 	t.Helper()
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(e.brokers()...)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cl.Close)
-	return cl
+	return e.kc.Client(t, opts...)
 }
 
 // produce writes records synchronously.
 func (e *env) produce(t *testing.T, recs ...*kgo.Record) {
 	t.Helper()
-	cl := e.client(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-		t.Fatalf("produce: %v", err)
-	}
+	e.kc.Produce(t, recs...)
 }
 
 // orderRecord encodes an order event as a record of orders.raw.
@@ -238,57 +245,13 @@ func (e *env) forgetRecord(t *testing.T, reqID, subject string, at time.Time) *k
 	return &kgo.Record{Topic: e.topics.Forget, Key: []byte(subject), Value: b}
 }
 
-// readAll reads topics from the start with read_committed until it holds at
-// least want records and then no new record arrives for quiet; it fails
-// after timeout. Extra records (duplicates) are returned, not hidden.
-func (e *env) readAll(t *testing.T, want int, timeout time.Duration, topics ...string) []*kgo.Record {
+// settled waits until the processors have committed every input record
+// produced so far and no output transaction is open, then returns every
+// committed record of topics: an exact count, with any duplicate.
+func (e *env) settled(t *testing.T, topics ...string) []*kgo.Record {
 	t.Helper()
-	cl := e.client(t, kgo.ConsumeTopics(topics...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	deadline := time.Now().Add(timeout)
-	var out []*kgo.Record
-	quiet := 500 * time.Millisecond
-	for {
-		wait := time.Until(deadline)
-		if len(out) >= want {
-			wait = quiet
-		}
-		if wait <= 0 {
-			t.Fatalf("read %d records from %v, want %d", len(out), topics, want)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		f := cl.PollFetches(ctx)
-		cancel()
-		n := 0
-		for _, r := range f.Records() {
-			out = append(out, r)
-			n++
-		}
-		if n == 0 && len(out) >= want && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return out
-		}
-	}
-}
-
-// waitFor polls cond until it holds or timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func header(r *kgo.Record, key string) string {
-	for _, h := range r.Headers {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
+	e.kc.AwaitGroup(t, e.group, 60*time.Second, e.topics.Orders, e.topics.Forget)
+	return e.kc.AwaitStable(t, 30*time.Second, topics...)
 }
 
 func systemOf(e *env, topic string) string { return strings.TrimPrefix(topic, e.topics.PseudoPrefix) }

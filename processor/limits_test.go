@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
 )
@@ -90,20 +90,20 @@ func TestHugeRecordsDoNotWedge(t *testing.T) {
 			e.start(t, "pz-1", func(c *processor.Config) { c.MaxRecordBytes = tc.maxRecordBytes })
 
 			systems := e.plan.Systems()
-			outs := e.readAll(t, len(normal)*len(systems), 60*time.Second, e.outputTopics()...)
+			outs := e.settled(t, e.outputTopics()...)
 			if len(outs) != len(normal)*len(systems) {
 				t.Fatalf("%d outputs, want %d", len(outs), len(normal)*len(systems))
 			}
-			dlq := e.readAll(t, 2, 60*time.Second, e.topics.OrdersDeadLetter)
+			dlq := e.settled(t, e.topics.OrdersDeadLetter)
 			if len(dlq) != 2 {
 				t.Fatalf("%d order dead letters, want 2", len(dlq))
 			}
 			for i, want := range []*kgo.Record{orders[5], bigRec} {
 				d := dlq[i]
-				if got, wantTrunc := header(d, "error.truncated"), strconv.Itoa(len(want.Value)); got != wantTrunc {
+				if got, wantTrunc := kafkatest.Header(d, "error.truncated"), strconv.Itoa(len(want.Value)); got != wantTrunc {
 					t.Errorf("dead letter %d: error.truncated %q, want %q", i, got, wantTrunc)
 				}
-				if got := header(d, "source.offset"); got != strconv.FormatInt(want.Offset, 10) {
+				if got := kafkatest.Header(d, "source.offset"); got != strconv.FormatInt(want.Offset, 10) {
 					t.Errorf("dead letter %d: source.offset %s, want %d", i, got, want.Offset)
 				}
 				if string(d.Key) != string(want.Key) || len(d.Value) == 0 || string(d.Value) != string(want.Value[:len(d.Value)]) {
@@ -113,23 +113,23 @@ func TestHugeRecordsDoNotWedge(t *testing.T) {
 					t.Errorf("dead letter %d: %d bytes", i, size)
 				}
 			}
-			if got := header(dlq[1], "error.class"); got != processor.ClassTooLarge {
+			if got := kafkatest.Header(dlq[1], "error.class"); got != processor.ClassTooLarge {
 				t.Errorf("the valid order's dead letter has class %q, want %q", got, processor.ClassTooLarge)
 			}
-			fdlq := e.readAll(t, 1, 60*time.Second, e.topics.ForgetDeadLetter)
-			if len(fdlq) != 1 || header(fdlq[0], "error.class") != processor.ClassContract || header(fdlq[0], "source.offset") != strconv.FormatInt(hugeReq.Offset, 10) {
+			fdlq := e.settled(t, e.topics.ForgetDeadLetter)
+			if len(fdlq) != 1 || kafkatest.Header(fdlq[0], "error.class") != processor.ClassContract || kafkatest.Header(fdlq[0], "source.offset") != strconv.FormatInt(hugeReq.Offset, 10) {
 				t.Fatalf("forget dead letters %d; want the huge request, class contract", len(fdlq))
 			}
 			if c := e.confirmations(t, 1); c["req-ok"] == nil {
 				t.Fatalf("the request after the huge one is not confirmed")
 			}
 			// Both input partitions are committed up to their ends.
-			adm := kadm.NewClient(e.client(t))
+			adm := e.kc.Admin()
 			ends, err := adm.ListEndOffsets(ctx, e.topics.Orders, e.topics.Forget)
 			if err != nil {
 				t.Fatal(err)
 			}
-			committed, err := adm.FetchOffsets(ctx, "pseudonymizer")
+			committed, err := adm.FetchOffsets(ctx, e.group)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -156,13 +156,10 @@ func TestOversizedConfirmationIsDeadLettered(t *testing.T) {
 			t.Log(e.logs())
 		}
 	}()
-	adm := kadm.NewClient(e.client(t))
 	small := "1024"
+	e.kc.CreateTopics(t, 3, map[string]*string{"max.message.bytes": &small}, e.topics.Forgotten)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := adm.CreateTopic(ctx, 3, 1, map[string]*string{"max.message.bytes": &small}, e.topics.Forgotten); err != nil {
-		t.Fatal(err)
-	}
 	rnd := make([]byte, 600)
 	_, _ = rand.Read(rnd)
 	big := e.forgetRecord(t, "req-big", fmt.Sprintf("%x", rnd), time.Now()) // incompressible
@@ -176,8 +173,8 @@ func TestOversizedConfirmationIsDeadLettered(t *testing.T) {
 	if c := e.confirmations(t, 1); c["req-ok"] == nil {
 		t.Fatalf("the small request is not confirmed")
 	}
-	dlq := e.readAll(t, 1, 60*time.Second, e.topics.ForgetDeadLetter)
-	if len(dlq) != 1 || header(dlq[0], "error.class") != processor.ClassTooLarge || string(dlq[0].Value) != string(big.Value) {
+	dlq := e.settled(t, e.topics.ForgetDeadLetter)
+	if len(dlq) != 1 || kafkatest.Header(dlq[0], "error.class") != processor.ClassTooLarge || string(dlq[0].Value) != string(big.Value) {
 		t.Fatalf("forget dead letters %d; want the big request, whole, class too_large", len(dlq))
 	}
 }

@@ -69,7 +69,7 @@ func TestRestoredStoreDropsCache(t *testing.T) {
 			}
 		}
 		outputs = want
-		e.readAll(t, want, 60*time.Second, e.outputTopics()...)
+		e.kc.AwaitCount(t, want, 60*time.Second, e.outputTopics()...)
 	}
 	at := func(ev *schema.OrderEvent, d time.Duration) *schema.OrderEvent {
 		ev.OccurredAt = now.Add(d)
@@ -114,7 +114,11 @@ func TestRestoredStoreDropsCache(t *testing.T) {
 	// the same partition: once that is out, the first was decided.
 	old := at(gen.ForCustomer(0), -20*time.Minute)
 	emit(outputs+nsys, old, at(gen.ForCustomer(2), -5*time.Minute))
-	for _, d := range e.decode(t, e.readAll(t, outputs, 60*time.Second, e.outputTopics()...)) {
+	all := e.settled(t, e.outputTopics()...)
+	if len(all) != outputs {
+		t.Fatalf("%d outputs, want %d", len(all), outputs)
+	}
+	for _, d := range e.decode(t, all) {
 		if d.at.Equal(old.OccurredAt) {
 			t.Fatalf("%s received an event that occurred before a forget request, derived from a key cached before the store was restored", d.system)
 		}

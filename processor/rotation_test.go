@@ -17,6 +17,7 @@ import (
 func TestKEKRotationKeepsPseudonyms(t *testing.T) {
 	for _, kind := range storeKinds {
 		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, kind)
 			systems := e.plan.Systems()
 			const customers = 5
@@ -32,7 +33,11 @@ func TestKEKRotationKeepsPseudonyms(t *testing.T) {
 			pseudonyms := func(n int) map[string]string { // system/customer -> pseudonym
 				t.Helper()
 				out := map[string]string{}
-				for _, d := range e.decode(t, e.readAll(t, n*len(systems), 30*time.Second, e.outputTopics()...)) {
+				recs := e.settled(t, e.outputTopics()...)
+				if len(recs) != n*len(systems) {
+					t.Fatalf("%d outputs, want %d", len(recs), n*len(systems))
+				}
+				for _, d := range e.decode(t, recs) {
 					k := d.system + "/" + byAt[d.at.UnixMilli()].CustomerID
 					if prev, ok := out[k]; ok && prev != d.key {
 						t.Fatalf("%s: two pseudonyms", k)

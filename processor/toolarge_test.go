@@ -1,16 +1,15 @@
 package processor_test
 
 import (
-	"context"
 	"crypto/rand"
 	"fmt"
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
 )
@@ -23,13 +22,8 @@ func TestOversizedOutputIsDeadLettered(t *testing.T) {
 	e := newEnv(t, "embedded")
 	systems := e.plan.Systems()
 	// google-analytics keeps the items: give its topic a small limit.
-	adm := kadm.NewClient(e.client(t))
 	small := "262144"
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := adm.CreateTopic(ctx, 3, 1, map[string]*string{"max.message.bytes": &small}, e.topics.PseudoPrefix+"google-analytics"); err != nil {
-		t.Fatal(err)
-	}
+	e.kc.CreateTopics(t, 3, map[string]*string{"max.message.bytes": &small}, e.topics.PseudoPrefix+"google-analytics")
 	gen := sample.New(31, 3, time.Now().Add(-time.Hour))
 	big := gen.ForCustomer(0)
 	// Random SKUs: the copy must stay too large after compression.
@@ -56,11 +50,11 @@ func TestOversizedOutputIsDeadLettered(t *testing.T) {
 			t.Log(e.logs())
 		}
 	}()
-	dlq := e.readAll(t, 1, 30*time.Second, e.topics.OrdersDeadLetter)
-	if len(dlq) != 1 || header(dlq[0], "error.class") != processor.ClassTooLarge {
-		t.Fatalf("dead letters %d, class %q; want one too_large", len(dlq), header(dlq[0], "error.class"))
+	dlq := e.settled(t, e.topics.OrdersDeadLetter)
+	if len(dlq) != 1 || kafkatest.Header(dlq[0], "error.class") != processor.ClassTooLarge {
+		t.Fatalf("%d dead letters, want one too_large", len(dlq))
 	}
-	outs := e.decode(t, e.readAll(t, len(normal)*len(systems), 30*time.Second, e.outputTopics()...))
+	outs := e.decode(t, e.settled(t, e.outputTopics()...))
 	if len(outs) != len(normal)*len(systems) {
 		t.Fatalf("%d outputs, want %d", len(outs), len(normal)*len(systems))
 	}

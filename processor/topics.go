@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -25,10 +26,54 @@ func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
 	}
+	var created []string
 	for _, r := range resp.Sorted() {
-		if r.Err != nil && !errors.Is(r.Err, kerr.TopicAlreadyExists) {
+		switch {
+		case r.Err == nil:
+			created = append(created, r.Topic)
+		case !errors.Is(r.Err, kerr.TopicAlreadyExists):
 			return fmt.Errorf("create topic %s: %w", r.Topic, r.Err)
 		}
 	}
-	return nil
+	return awaitLeaders(ctx, adm, created)
+}
+
+// awaitLeaders waits until every partition of topics has a leader. A Kafka
+// broker refuses produce requests to a topic created a moment ago until its
+// partitions have leaders, and a client that was refused waits for its next
+// metadata refresh (5 s by default), so the first batch after start-up
+// would stall.
+func awaitLeaders(ctx context.Context, adm *kadm.Client, topics []string) error {
+	if len(topics) == 0 {
+		return nil
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		td, err := adm.ListTopics(ctx, topics...)
+		if err == nil && leadersReady(td, topics) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("create topics: waiting for partition leaders: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// leadersReady reports whether every partition of topics has a leader.
+func leadersReady(td kadm.TopicDetails, topics []string) bool {
+	for _, name := range topics {
+		t, ok := td[name]
+		if !ok || t.Err != nil || len(t.Partitions) == 0 {
+			return false
+		}
+		for _, p := range t.Partitions {
+			if p.Err != nil || p.Leader < 0 {
+				return false
+			}
+		}
+	}
+	return true
 }

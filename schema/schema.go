@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/hamba/avro/v2"
+
+	"github.com/hygiene/pseudonymizer/schema/avrowalk"
 )
 
 var (
@@ -49,6 +51,29 @@ var parsed = sync.OnceValue(func() [3]avro.Schema {
 	}
 	return out
 })
+
+// walkers holds the validators of the bundled schemas, in the order of
+// parsed. hamba/avro can crash or loop on hostile input (see package
+// avrowalk), so every Unmarshal function validates its input first.
+var walkers = sync.OnceValue(func() [3]*avrowalk.Schema {
+	var out [3]*avrowalk.Schema
+	for i, s := range parsed() {
+		w, err := avrowalk.Compile(s)
+		if err != nil {
+			panic(fmt.Sprintf("schema: bundled schema %d does not compile: %v", i, err))
+		}
+		out[i] = w
+	}
+	return out
+})
+
+// unmarshal validates b with walker i, then decodes it into v.
+func unmarshal(i int, b []byte, v any) error {
+	if err := walkers()[i].Validate(b); err != nil {
+		return fmt.Errorf("schema: %w", err)
+	}
+	return avro.Unmarshal(parsed()[i], b, v)
+}
 
 // OrderEventSchema returns the parsed hygiene.v1.OrderEvent schema.
 func OrderEventSchema() avro.Schema { return parsed()[0] }
@@ -127,10 +152,11 @@ type ForgetConfirmation struct {
 // MarshalOrderEvent encodes e as bare Avro binary with the bundled schema.
 func MarshalOrderEvent(e *OrderEvent) ([]byte, error) { return avro.Marshal(OrderEventSchema(), e) }
 
-// UnmarshalOrderEvent decodes bare Avro binary written with the bundled schema.
+// UnmarshalOrderEvent decodes bare Avro binary written with the bundled
+// schema, with work bounded by len(b); trailing bytes are an error.
 func UnmarshalOrderEvent(b []byte) (*OrderEvent, error) {
 	var e OrderEvent
-	if err := avro.Unmarshal(OrderEventSchema(), b, &e); err != nil {
+	if err := unmarshal(0, b, &e); err != nil {
 		return nil, err
 	}
 	return &e, nil
@@ -146,22 +172,23 @@ func MarshalForgetConfirmation(c *ForgetConfirmation) ([]byte, error) {
 	return avro.Marshal(ForgetConfirmationSchema(), c)
 }
 
-// UnmarshalForgetConfirmation decodes bare Avro binary written with the bundled schema.
+// UnmarshalForgetConfirmation decodes bare Avro binary written with the
+// bundled schema, with work bounded by len(b); trailing bytes are an error.
 func UnmarshalForgetConfirmation(b []byte) (*ForgetConfirmation, error) {
 	var c ForgetConfirmation
-	if err := avro.Unmarshal(ForgetConfirmationSchema(), b, &c); err != nil {
+	if err := unmarshal(2, b, &c); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
 
 // UnmarshalForgetRequest strictly decodes bare Avro binary written with the
-// bundled schema: truncated input, trailing bytes and non-canonical
-// encodings are errors. (A ForgetRequest has no arrays or maps, so its
+// bundled schema, with work bounded by len(b): truncated input, trailing
+// bytes and non-canonical encodings are errors. (A ForgetRequest has no arrays or maps, so its
 // binary encoding is canonical and re-encoding must give the input back.)
 func UnmarshalForgetRequest(b []byte) (*ForgetRequest, error) {
 	var r ForgetRequest
-	if err := avro.Unmarshal(ForgetRequestSchema(), b, &r); err != nil {
+	if err := unmarshal(1, b, &r); err != nil {
 		return nil, err
 	}
 	again, err := avro.Marshal(ForgetRequestSchema(), &r)

@@ -87,6 +87,7 @@ func runBench(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	profile := fs.String("profile", "", "directory for CPU and allocation profiles of the pseudonymizer workers")
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up on a pipeline after this long")
 	verbose := fs.Bool("v", false, "pass the workers' logs through")
+	brokers := fs.String("brokers", "", "seed brokers (host:port,…) of a Kafka cluster to run against instead of the embedded broker; the run's topics and groups get a unique prefix and are deleted afterwards")
 	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
@@ -120,6 +121,14 @@ func runBench(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	b := &bench{
 		events: *events, customers: *customers, partitions: *partitions, pols: pols,
 		dsn: *dsn, profile: *profile, timeout: *timeout, verbose: *verbose, stderr: stderr,
+		topics: config.Default().Topics,
+	}
+	if *brokers != "" {
+		b.brokers = strings.Split(*brokers, ",")
+		var rnd [4]byte
+		_, _ = rand.Read(rnd[:])
+		b.ns = "bench-" + hex.EncodeToString(rnd[:]) + "."
+		b.topics = benchTopics(b.ns)
 	}
 	defer b.close()
 	return b.run(ctx, want, stdout)
@@ -133,6 +142,10 @@ type bench struct {
 	verbose                       bool
 	stderr                        io.Writer
 
+	brokers  []string // seed brokers; the embedded broker's when cluster is set
+	ns       string   // prefix of the run's topics and groups on an external broker
+	topics   config.Topics
+	created  []string // topics to delete at close
 	cluster  *kfake.Cluster
 	adm      *kadm.Client
 	cl       *kgo.Client
@@ -173,7 +186,29 @@ var benchPipelines = []struct{ name, kind, label string }{
 	{"d", "embedded", "pseudonymizer, embedded, warm store"},
 }
 
+// benchTopics are the default topic names with prefix ns.
+func benchTopics(ns string) config.Topics {
+	t := config.Default().Topics
+	return config.Topics{
+		Orders: ns + t.Orders, Forget: ns + t.Forget, Forgotten: ns + t.Forgotten,
+		OrdersDeadLetter: ns + t.OrdersDeadLetter, ForgetDeadLetter: ns + t.ForgetDeadLetter,
+		PseudoPrefix: ns + t.PseudoPrefix,
+	}
+}
+
 func (b *bench) close() {
+	if b.adm != nil && len(b.created) > 0 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if _, err := b.adm.DeleteTopics(ctx, b.created...); err != nil {
+			fmt.Fprintf(b.stderr, "bench: deleting the run's topics: %v\n", err)
+		}
+		var groups []string
+		for _, p := range benchPipelines {
+			groups = append(groups, b.ns+"bench-"+p.name)
+		}
+		_, _ = b.adm.DeleteGroups(ctx, groups...)
+		cancel()
+	}
 	if b.cl != nil {
 		b.cl.Close()
 	}
@@ -196,19 +231,29 @@ func (b *bench) close() {
 }
 
 func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) error {
-	topics := config.Default().Topics
+	topics := b.topics
 	seed := []string{topics.Orders, topics.Forget, topics.Forgotten, topics.OrdersDeadLetter, topics.ForgetDeadLetter}
 	for _, p := range benchPipelines {
-		seed = append(seed, b.outputs("bench."+p.name+".")...)
+		seed = append(seed, b.outputs(b.ns+"bench."+p.name+".")...)
 	}
 	var err error
-	if b.cluster, err = kfake.NewCluster(kfake.Ports(0), kfake.SeedTopics(int32(b.partitions), seed...)); err != nil {
-		return fmt.Errorf("bench: embedded broker: %w", err)
+	brokerKind := "Kafka broker"
+	if b.brokers == nil {
+		if b.cluster, err = kfake.NewCluster(kfake.Ports(0), kfake.SeedTopics(int32(b.partitions), seed...)); err != nil {
+			return fmt.Errorf("bench: embedded broker: %w", err)
+		}
+		b.brokers = b.cluster.ListenAddrs()
+		brokerKind = "kfake broker"
 	}
-	if b.cl, err = kgo.NewClient(kgo.SeedBrokers(b.cluster.ListenAddrs()...), kgo.ProducerLinger(5*time.Millisecond)); err != nil {
+	if b.cl, err = kgo.NewClient(kgo.SeedBrokers(b.brokers...), kgo.ProducerLinger(5*time.Millisecond)); err != nil {
 		return err
 	}
 	b.adm = kadm.NewClient(b.cl)
+	if b.cluster == nil {
+		if err := b.createTopics(ctx, seed); err != nil {
+			return err
+		}
+	}
 	if b.dir, err = os.MkdirTemp("", "pseudonymizer-bench-"); err != nil {
 		return err
 	}
@@ -220,8 +265,8 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 	if err := b.backlog(ctx, topics.Orders); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "pseudonymizer bench: %d events (%.0f B Avro on average) of %d customers, %d systems, %d partitions; kfake broker at %s (backlog written in %s)\n",
-		b.events, b.avgBytes, b.customers, len(b.pols), b.partitions, strings.Join(b.cluster.ListenAddrs(), ","), time.Since(t0).Round(time.Millisecond))
+	fmt.Fprintf(w, "pseudonymizer bench: %d events (%.0f B Avro on average) of %d customers, %d systems, %d partitions; %s at %s (backlog written in %s)\n",
+		b.events, b.avgBytes, b.customers, len(b.pols), b.partitions, brokerKind, strings.Join(b.brokers, ","), time.Since(t0).Round(time.Millisecond))
 	fmt.Fprintf(w, "machine: %d CPUs (%s), GOMAXPROCS %d, %s\n\n", runtime.NumCPU(), cpuModel(), runtime.GOMAXPROCS(0), runtime.Version())
 
 	if want["pg"] {
@@ -252,6 +297,39 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 		}
 	}
 	return nil
+}
+
+// createTopics creates the run's topics on an external broker, with the
+// broker's default replication factor, and waits until each partition has
+// a leader.
+func (b *bench) createTopics(ctx context.Context, topics []string) error {
+	cctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	resp, err := b.adm.CreateTopics(cctx, int32(b.partitions), -1, nil, topics...)
+	for _, r := range resp {
+		if r.Err == nil {
+			b.created = append(b.created, r.Topic)
+		}
+	}
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("bench: creating topics on %s: %w", strings.Join(b.brokers, ","), err)
+	}
+	for {
+		td, err := b.adm.ListTopics(cctx, topics...)
+		ready := err == nil && len(td) == len(topics)
+		td.EachPartition(func(p kadm.PartitionDetail) { ready = ready && p.Err == nil && p.Leader >= 0 })
+		if ready {
+			return nil
+		}
+		select {
+		case <-cctx.Done():
+			return fmt.Errorf("bench: the run's topics have no leaders after a minute (%v)", err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // backlog writes the events to the input topic.
@@ -298,10 +376,10 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 	if err != nil {
 		return err
 	}
-	prefix := "bench." + r.name + "."
-	group := "bench-" + r.name
-	args := []string{"bench-worker", "--mode", kind, "--brokers", strings.Join(b.cluster.ListenAddrs(), ","),
-		"--prefix", prefix, "--group", group, "--systems", fmt.Sprint(len(b.pols))}
+	prefix := b.ns + "bench." + r.name + "."
+	group := b.ns + "bench-" + r.name
+	args := []string{"bench-worker", "--mode", kind, "--brokers", strings.Join(b.brokers, ","),
+		"--ns", b.ns, "--prefix", prefix, "--group", group, "--systems", fmt.Sprint(len(b.pols))}
 	switch kind {
 	case "pg":
 		args = append(args, "--postgres", b.dsn, "--schema", b.pgSchema)
@@ -428,7 +506,7 @@ func (b *bench) progress(ctx context.Context, outputs []string, group string, tx
 		return false, any, err
 	}
 	for p, end := range b.inEnd {
-		o, ok := resp.Lookup(config.Default().Topics.Orders, p)
+		o, ok := resp.Lookup(b.topics.Orders, p)
 		if end > 0 && (!ok || o.Err != nil || o.At < end) {
 			return false, any, nil
 		}
@@ -505,6 +583,7 @@ func runBenchWorker(ctx context.Context, args []string, stdout, stderr io.Writer
 	mode := fs.String("mode", "", "copy, txcopy, pg or embedded")
 	brokers := fs.String("brokers", "", "seed brokers")
 	prefix := fs.String("prefix", "", "output topic prefix")
+	ns := fs.String("ns", "", "prefix of the input, confirmation and dead-letter topics")
 	group := fs.String("group", "", "consumer group")
 	nsys := fs.Int("systems", 3, "systems")
 	dsn := fs.String("postgres", "", "PostgreSQL DSN")
@@ -542,7 +621,7 @@ func runBenchWorker(ctx context.Context, args []string, stdout, stderr io.Writer
 			}
 		}()
 	}
-	topics := config.Default().Topics
+	topics := benchTopics(*ns)
 	var outputs []string
 	for _, p := range pols {
 		outputs = append(outputs, *prefix+p.System)

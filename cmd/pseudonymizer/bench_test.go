@@ -10,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // TestMain lets the test binary serve as `pseudonymizer bench-worker`, which
@@ -67,5 +70,67 @@ func TestBenchQuick(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "d/b ") {
 		t.Errorf("no d/b ratio:\n%s", out.String())
+	}
+}
+
+// TestBenchExternalBroker runs the quick bench against the Kafka cluster of
+// PSEUDONYMIZER_TEST_KAFKA (skipped without it) and checks that the run
+// deleted every topic it created.
+func TestBenchExternalBroker(t *testing.T) {
+	brokers := os.Getenv("PSEUDONYMIZER_TEST_KAFKA")
+	if brokers == "" {
+		t.Skip("set PSEUDONYMIZER_TEST_KAFKA=host:port to run the bench against a real broker")
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(brokers, ",")...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	benchTopics := func() []string {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		td, err := adm.ListTopics(ctx)
+		if err != nil {
+			t.Fatalf("list topics: %v", err)
+		}
+		var out []string
+		for _, name := range td.Names() {
+			if strings.HasPrefix(name, "bench-") {
+				out = append(out, name)
+			}
+		}
+		return out
+	}
+	before := map[string]bool{}
+	for _, name := range benchTopics() {
+		before[name] = true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var out, errOut bytes.Buffer
+	if err := run(ctx, []string{"bench", "--quick", "--events", "3000", "--no-postgres", "--brokers", brokers}, &out, &errOut); err != nil {
+		t.Fatalf("bench: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
+	}
+	if !strings.Contains(out.String(), "Kafka broker at "+brokers) || !strings.Contains(out.String(), "d/b ") {
+		t.Errorf("the table does not name the external broker or lacks the d/b ratio:\n%s", out.String())
+	}
+	// Topic deletion is asynchronous on a real broker: the run's topics
+	// must disappear from the metadata.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var left []string
+		for _, name := range benchTopics() {
+			if !before[name] {
+				left = append(left, name)
+			}
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the run's topics still exist 30s after it: %v", left)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

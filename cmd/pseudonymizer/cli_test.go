@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -26,6 +28,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 	"github.com/twmb/franz-go/plugin/kslog"
 
+	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
 )
@@ -497,5 +500,33 @@ func TestStrictDecode(t *testing.T) {
 	}
 	if _, err := strictDecode(s, append(append([]byte(nil), good...), 0)); err == nil {
 		t.Error("trailing byte accepted")
+	}
+}
+
+// TestTailRefusesHostileValues: a value whose array announces MinInt64 items
+// (which makes hamba negate the count and write through a negative slice
+// length) is reported as undecodable; hamba never sees it.
+func TestTailRefusesHostileValues(t *testing.T) {
+	s := schema.ForgetConfirmationSchema()
+	good, err := schema.MarshalForgetConfirmation(&schema.ForgetConfirmation{RequestID: "r", SubjectID: "s", Status: schema.StatusForgotten})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The empty systems array is the final 0x00: announce MinInt64 items
+	// (a negative count, so a block byte size follows), then 2 strings.
+	hostile := append([]byte(nil), good[:len(good)-1]...)
+	hostile = binary.AppendVarint(hostile, math.MinInt64)
+	hostile = binary.AppendVarint(hostile, 0)
+	hostile = binary.AppendVarint(hostile, 2)
+	hostile = append(hostile, 2, 'a', 2, 'b', 0)
+	d, err := newOutputDecoder(config.Config{}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, err := d.decode(context.Background(), hostile); err == nil {
+		t.Fatalf("hostile value decoded: %v", v)
+	}
+	if v, err := d.decode(context.Background(), good); err != nil || v.(map[string]any)["request_id"] != "r" {
+		t.Errorf("valid value: %v, %v", v, err)
 	}
 }

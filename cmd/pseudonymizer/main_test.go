@@ -11,7 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 )
 
 const validSystems = `
@@ -140,14 +143,12 @@ func TestDemo(t *testing.T) {
 // TestForgetCommandTimesOut: without a running service the forget command
 // gives up after --timeout with exit status 3 and a clear message.
 func TestForgetCommandTimesOut(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.SeedTopics(1, "subjects.forget", "subjects.forgotten"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
-	cfg := writeFile(t, t.TempDir(), "config.yaml", "kafka: {brokers: ["+strings.Join(cluster.ListenAddrs(), ",")+"]}\n"+validSystems)
+	kc := kafkatest.New(t)
+	d := config.Default().Topics
+	kc.CreateTopics(t, 1, nil, kc.Topic(d.Forget), kc.Topic(d.Forgotten))
+	cfg := writeFile(t, t.TempDir(), "config.yaml", kafkaYAML(kc)+validSystems)
 	var out, errb bytes.Buffer
-	err = run(context.Background(), []string{"forget", "--config", cfg, "--timeout", "1s", "cust-1"}, &out, &errb)
+	err := run(context.Background(), []string{"forget", "--config", cfg, "--timeout", "1s", "cust-1"}, &out, &errb)
 	if err == nil {
 		t.Fatal("forget without a service succeeded")
 	}

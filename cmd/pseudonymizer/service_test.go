@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -11,9 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
 )
@@ -38,18 +40,27 @@ func httpGet(url string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// TestServiceEndpoints runs `pseudonymizer run` in-process against kfake and
-// the embedded store: /healthz, /readyz and /metrics answer, an order is
-// processed and counted, and cancellation shuts the service down cleanly.
+// kafkaYAML is the configuration's kafka and topics sections for the
+// test's namespace in kc.
+func kafkaYAML(kc *kafkatest.Cluster) string {
+	d := config.Default().Topics
+	return fmt.Sprintf("kafka: {brokers: [%s], group_id: %s, transactional_id: %s, session_timeout: 6s}\n"+
+		"topics: {orders: %s, forget: %s, forgotten: %s, orders_dead_letter: %s, forget_dead_letter: %s, pseudo_prefix: %s}\n",
+		strings.Join(kc.Brokers(), ","), kc.Group("pseudonymizer"), kc.TxnID("svc"),
+		kc.Topic(d.Orders), kc.Topic(d.Forget), kc.Topic(d.Forgotten), kc.Topic(d.OrdersDeadLetter), kc.Topic(d.ForgetDeadLetter), kc.Topic(d.PseudoPrefix))
+}
+
+// TestServiceEndpoints runs `pseudonymizer run` in-process against Kafka
+// (kfake, or the broker of PSEUDONYMIZER_TEST_KAFKA) and the embedded store:
+// /healthz, /readyz and /metrics answer, an order is processed and counted,
+// and cancellation shuts the service down cleanly.
 func TestServiceEndpoints(t *testing.T) {
-	cluster, err := kfake.NewCluster(kfake.SeedTopics(2, "orders.raw", "subjects.forget"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cluster.Close()
+	kc := kafkatest.New(t)
+	orders := kc.Topic(config.Default().Topics.Orders)
+	kc.CreateTopics(t, 2, nil, orders, kc.Topic(config.Default().Topics.Forget))
 	dir := t.TempDir()
 	addr := freeAddr(t)
-	cfg := writeFile(t, dir, "config.yaml", "kafka: {brokers: ["+strings.Join(cluster.ListenAddrs(), ",")+"], transactional_id: svc-test, session_timeout: 6s}\n"+
+	cfg := writeFile(t, dir, "config.yaml", kafkaYAML(kc)+
 		"store: {path: "+filepath.Join(dir, "keys.db")+"}\n"+
 		"keys: {kek_file: "+writeFile(t, dir, "kek.b64", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")+"}\n"+
 		"http: {listen: '"+addr+"'}\nlog: {level: debug, format: json}\n"+validSystems)
@@ -61,42 +72,22 @@ func TestServiceEndpoints(t *testing.T) {
 	go func() { done <- run(ctx, []string{"run", "--config", cfg}, io.Discard, &syncWriter{buf: &logs}) }()
 
 	base := "http://" + addr
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		code, body := httpGet(base + "/readyz")
-		if code == http.StatusOK {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz never became ready: %d %s", code, body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	kafkatest.WaitFor(t, 30*time.Second, "/readyz to answer 200", func() bool {
+		code, _ := httpGet(base + "/readyz")
+		return code == http.StatusOK
+	})
 	if code, _ := httpGet(base + "/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz: %d", code)
 	}
 
 	ev := sample.New(1, 1, time.Now()).Next()
 	val, _ := schema.MarshalOrderEvent(ev)
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "orders.raw", Key: []byte(ev.CustomerID), Value: val}).FirstErr(); err != nil {
-		t.Fatal(err)
-	}
+	kc.Produce(t, &kgo.Record{Topic: orders, Key: []byte(ev.CustomerID), Value: val})
 	var metrics string
-	for {
+	kafkatest.WaitFor(t, 30*time.Second, "the order to be counted in /metrics", func() bool {
 		_, metrics = httpGet(base + "/metrics")
-		if strings.Contains(metrics, `pseudonymizer_records_out_total{system="meta"} 1`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("order not counted in /metrics")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return strings.Contains(metrics, `pseudonymizer_records_out_total{system="meta"} 1`)
+	})
 	for _, want := range []string{"pseudonymizer_ready 1", "pseudonymizer_batches_total", "pseudonymizer_store_calls_total", "pseudonymizer_kafka_"} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)

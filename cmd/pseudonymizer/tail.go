@@ -19,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sr"
 
 	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/schema/avrowalk"
 )
 
 // runTail is `pseudonymizer tail`: a system's output topic as JSON lines,
@@ -150,10 +151,14 @@ type outputDecoder struct {
 
 	mu   sync.Mutex
 	byID map[uint32]avro.Schema
+	// walk holds the bounded validators of the schemas seen: hamba never
+	// sees bytes they have not accepted (anyone who may write to a topic
+	// could otherwise crash or stall this command).
+	walk map[avro.Schema]*avrowalk.Schema
 }
 
 func newOutputDecoder(cfg config.Config, bare avro.Schema) (*outputDecoder, error) {
-	d := &outputDecoder{bare: bare, byID: map[uint32]avro.Schema{}}
+	d := &outputDecoder{bare: bare, byID: map[uint32]avro.Schema{}, walk: map[avro.Schema]*avrowalk.Schema{}}
 	if cfg.SchemaRegistry.URL != "" {
 		cl, err := newRegistryClient(cfg.SchemaRegistry)
 		if err != nil {
@@ -177,7 +182,29 @@ func (d *outputDecoder) decode(ctx context.Context, value []byte) (any, error) {
 		}
 		body = value[5:]
 	}
+	if err := d.validate(s, body); err != nil {
+		return nil, err
+	}
 	return strictDecode(s, body)
+}
+
+// validate checks body against s with a bounded walker.
+func (d *outputDecoder) validate(s avro.Schema, body []byte) error {
+	d.mu.Lock()
+	w, ok := d.walk[s]
+	if !ok {
+		var err error
+		if w, err = avrowalk.Compile(s); err != nil {
+			d.mu.Unlock()
+			return fmt.Errorf("schema: %w", err)
+		}
+		d.walk[s] = w
+	}
+	d.mu.Unlock()
+	if err := w.Validate(body); err != nil {
+		return fmt.Errorf("decode: %w", err)
+	}
+	return nil
 }
 
 // strictDecode decodes body with s; truncated input and trailing bytes are

@@ -22,7 +22,7 @@ import (
 // InitProducerID on a restart. Each injection must fire and the oracle must
 // hold.
 func TestBrokerFaults(t *testing.T) {
-	w := MustNewWorld(t)
+	w := MustNewWorld(t, withKfake())
 	a := w.MustStart(t, "pz-a")
 	b := w.MustStart(t, "pz-b")
 	a.MustAwaitReadyz(t, 200, time.Minute)
@@ -45,11 +45,11 @@ func TestBrokerFaults(t *testing.T) {
 		{name: "EndTxn abort: UNKNOWN_SERVER_ERROR", faults: []kfake.Fault{{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.UnknownServerError, Count: 1, When: func(r kmsg.Request) bool { return !isCommit(r) }}}, also: []kfake.Fault{{Keys: []kmsg.Key{kmsg.Produce}, Topic: crm, Err: kerr.InvalidRecord, Count: 1}}},
 		{name: "EndTxn commit: NOT_COORDINATOR", faults: []kfake.Fault{{Keys: []kmsg.Key{kmsg.EndTxn}, Err: kerr.NotCoordinator, Count: 2, When: isCommit}}},
 		{name: "TxnOffsetCommit: UNKNOWN_SERVER_ERROR", faults: []kfake.Fault{{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.UnknownServerError, Count: 1}}},
-		{name: "TxnOffsetCommit: ILLEGAL_GENERATION", faults: []kfake.Fault{{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Group: groupID, Err: kerr.IllegalGeneration, Count: 1}}},
+		{name: "TxnOffsetCommit: ILLEGAL_GENERATION", faults: []kfake.Fault{{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Group: w.group, Err: kerr.IllegalGeneration, Count: 1}}},
 		{name: "TxnOffsetCommit: REQUEST_TIMED_OUT (applied, then failed)", faults: []kfake.Fault{{Keys: []kmsg.Key{kmsg.TxnOffsetCommit}, Err: kerr.RequestTimedOut, Count: 2}}},
 		{name: "InitProducerID: CONCURRENT_TRANSACTIONS then UNKNOWN_SERVER_ERROR", restart: true, faults: []kfake.Fault{
-			{Keys: []kmsg.Key{kmsg.InitProducerID}, TxnID: "pz-a", Err: kerr.ConcurrentTransactions, Count: 3},
-			{Keys: []kmsg.Key{kmsg.InitProducerID}, TxnID: "pz-a", Err: kerr.UnknownServerError, Count: 1},
+			{Keys: []kmsg.Key{kmsg.InitProducerID}, TxnID: w.txnID("pz-a"), Err: kerr.ConcurrentTransactions, Count: 3},
+			{Keys: []kmsg.Key{kmsg.InitProducerID}, TxnID: w.txnID("pz-a"), Err: kerr.UnknownServerError, Count: 1},
 		}},
 	}
 	type fired struct {
@@ -58,9 +58,9 @@ func TestBrokerFaults(t *testing.T) {
 	}
 	var all []fired
 	for _, inj := range injections {
-		h := w.cluster.Fault(inj.faults...)
+		h := w.fake.Fault(inj.faults...)
 		if len(inj.also) > 0 {
-			w.cluster.Fault(inj.also...)
+			w.fake.Fault(inj.also...)
 		}
 		all = append(all, fired{inj.name, h})
 		if inj.restart {
@@ -91,7 +91,7 @@ func TestBrokerFaults(t *testing.T) {
 	// A dropped EndTxn commit: the connection closes with no answer, so the
 	// client cannot know whether it committed.
 	var dropped atomic.Int32
-	w.cluster.ControlKey(int16(kmsg.EndTxn), func(r kmsg.Request) (kmsg.Response, error, bool) {
+	w.fake.ControlKey(int16(kmsg.EndTxn), func(r kmsg.Request) (kmsg.Response, error, bool) {
 		if !isCommit(r) {
 			return nil, nil, false
 		}
@@ -132,12 +132,12 @@ func isCommit(r kmsg.Request) bool {
 // partial fan-out: it aborts, retries, and every order reaches every system
 // exactly once.
 func TestOutputTooLarge(t *testing.T) {
-	w := MustNewWorld(t)
+	w := MustNewWorld(t, withKfake())
 	a := w.MustStart(t, "pz-a")
 	a.MustAwaitReadyz(t, 200, time.Minute)
 	done := w.Stream(t, stream{n: 600, forgetEvery: 50, chunk: 20, pause: 100 * time.Millisecond})
 	time.Sleep(time.Second)
-	h := w.cluster.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: w.topics.PseudoPrefix + "meta", Err: kerr.MessageTooLarge, Count: 3})
+	h := w.fake.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: w.topics.PseudoPrefix + "meta", Err: kerr.MessageTooLarge, Count: 3})
 	deadline := time.Now().Add(45 * time.Second)
 	for h.Hits() < 3 && time.Now().Before(deadline) {
 		w.MustProduce(t, 20, 0)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"errors"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -16,11 +15,11 @@ import (
 	"time"
 
 	"github.com/hamba/avro/v2"
-	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/registry"
 	"github.com/hygiene/pseudonymizer/store"
@@ -28,7 +27,7 @@ import (
 )
 
 // TestEndToEnd runs a real processor with the registry wire against the
-// fake registry and a kfake cluster: wire-format orders of the bundled, an
+// fake registry and Kafka (kfake, or the broker of PSEUDONYMIZER_TEST_KAFKA): wire-format orders of the bundled, an
 // evolved and an older writer schema are pseudonymized into wire-format
 // outputs with the registered IDs; an incompatible writer, an unknown ID
 // and a bad header are dead-lettered with their classes; a registry outage
@@ -38,23 +37,22 @@ func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end")
 	}
+	kc := kafkatest.New(t)
 	w := newWorld(t, nil)
+	d := w.topics
+	w.topics = config.Topics{Orders: kc.Topic(d.Orders), Forget: kc.Topic(d.Forget), Forgotten: kc.Topic(d.Forgotten),
+		OrdersDeadLetter: kc.Topic(d.OrdersDeadLetter), ForgetDeadLetter: kc.Topic(d.ForgetDeadLetter), PseudoPrefix: kc.Topic(d.PseudoPrefix)}
 	wire := w.start(t)
 	topics := w.topics
+	group := kc.Group("pseudonymizer")
 	ctx := context.Background()
-
-	cluster, err := kfake.NewCluster(kfake.SeedTopics(3, topics.Orders, topics.Forget))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cluster.Close)
-	client := func(opts ...kgo.Opt) *kgo.Client {
-		cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cluster.ListenAddrs()...)}, opts...)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(cl.Close)
-		return cl
+	kc.CreateTopics(t, 3, nil, topics.Orders, topics.Forget)
+	// settled waits until the processor committed every input record
+	// produced so far, then returns every committed record of ts.
+	settled := func(ts ...string) []*kgo.Record {
+		t.Helper()
+		kc.AwaitGroup(t, group, 60*time.Second, topics.Orders, topics.Forget)
+		return kc.AwaitStable(t, 30*time.Second, ts...)
 	}
 
 	kek := make([]byte, 32)
@@ -73,9 +71,9 @@ func TestEndToEnd(t *testing.T) {
 		Plan:            w.plan,
 		Store:           st,
 		Wire:            wire,
-		Kafka:           []kgo.Opt{kgo.SeedBrokers(cluster.ListenAddrs()...)},
-		GroupID:         "pseudonymizer",
-		TransactionalID: "e2e-1",
+		Kafka:           []kgo.Opt{kgo.SeedBrokers(kc.Brokers()...), kafkatest.FastMetadata()},
+		GroupID:         group,
+		TransactionalID: kc.TxnID("e2e-1"),
 		SessionTimeout:  6 * time.Second,
 		CacheSubjects:   1000,
 		MaxBackoff:      500 * time.Millisecond,
@@ -86,7 +84,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	tctx, tcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer tcancel()
-	if err := p.EnsureTopics(tctx, kadm.NewClient(client())); err != nil {
+	if err := p.EnsureTopics(tctx, kc.Admin()); err != nil {
 		t.Fatal(err)
 	}
 	rctx, cancel := context.WithCancel(ctx)
@@ -143,11 +141,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	produce := func(recs ...*kgo.Record) {
 		t.Helper()
-		pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
-		defer pcancel()
-		if err := client().ProduceSync(pctx, recs...).FirstErr(); err != nil {
-			t.Fatal(err)
-		}
+		kc.Produce(t, recs...)
 	}
 	produce(good...)
 	for _, recs := range bad {
@@ -159,15 +153,21 @@ func TestEndToEnd(t *testing.T) {
 	for i, sys := range w.plan.Systems() {
 		outTopics[i] = topics.PseudoPrefix + sys
 	}
-	outs := readAll(t, client, len(good)*nSys, 30*time.Second, outTopics...)
+	outs := settled(outTopics...)
+	if len(outs) != len(good)*nSys {
+		t.Fatalf("%d outputs, want %d", len(outs), len(good)*nSys)
+	}
 	checkOutputs(t, w, wire, outs, outTopics)
 
-	dlq := readAll(t, client, 4, 30*time.Second, topics.OrdersDeadLetter)
+	dlq := settled(topics.OrdersDeadLetter)
+	if len(dlq) != 4 {
+		t.Fatalf("%d dead letters, want 4", len(dlq))
+	}
 	var classes []string
 	for _, r := range dlq {
-		classes = append(classes, header(r, "error.class"))
-		if !bytes.Equal(r.Value, findValue(bad, header(r, "error.class"), r.Value)) {
-			t.Errorf("dead letter of class %s is not the original bytes", header(r, "error.class"))
+		classes = append(classes, kafkatest.Header(r, "error.class"))
+		if !bytes.Equal(r.Value, findValue(bad, kafkatest.Header(r, "error.class"), r.Value)) {
+			t.Errorf("dead letter of class %s is not the original bytes", kafkatest.Header(r, "error.class"))
 		}
 	}
 	sort.Strings(classes)
@@ -193,11 +193,14 @@ func TestEndToEnd(t *testing.T) {
 		return false
 	})
 	produce(order(ev(8), frame(outageID, encodeAs(t, outageText, ev(8), map[string]any{"channel": "app"}, nil))))
-	waitFor(t, 30*time.Second, "the processor to ask the registry during the outage", func() bool { return refused.Load() >= 2 })
+	kafkatest.WaitFor(t, 30*time.Second, "the processor to ask the registry during the outage", func() bool { return refused.Load() >= 2 })
 	down.Store(false)
-	outs = readAll(t, client, (len(good)+1)*nSys, 30*time.Second, outTopics...)
+	outs = settled(outTopics...)
+	if len(outs) != (len(good)+1)*nSys {
+		t.Fatalf("%d outputs after the outage, want %d", len(outs), (len(good)+1)*nSys)
+	}
 	checkOutputs(t, w, wire, outs, outTopics)
-	if dlq := readAll(t, client, 4, 30*time.Second, topics.OrdersDeadLetter); len(dlq) != 4 {
+	if dlq := settled(topics.OrdersDeadLetter); len(dlq) != 4 {
 		t.Errorf("%d dead letters after the outage, want still 4", len(dlq))
 	}
 
@@ -211,7 +214,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	produce(&kgo.Record{Topic: topics.Forget, Key: []byte("cust-never-seen"), Value: fv})
-	confs := readAll(t, client, 1, 30*time.Second, topics.Forgotten)
+	confs := settled(topics.Forgotten)
 	if len(confs) != 1 {
 		t.Fatalf("%d confirmations, want 1", len(confs))
 	}
@@ -297,51 +300,4 @@ func findValue(bad map[string][]*kgo.Record, class string, v []byte) []byte {
 		}
 	}
 	return nil
-}
-
-func header(r *kgo.Record, key string) string {
-	for _, h := range r.Headers {
-		if h.Key == key {
-			return string(h.Value)
-		}
-	}
-	return ""
-}
-
-// readAll reads topics from the start (read_committed) until it holds at
-// least want records and nothing new arrives for a while.
-func readAll(t *testing.T, client func(...kgo.Opt) *kgo.Client, want int, timeout time.Duration, topics ...string) []*kgo.Record {
-	t.Helper()
-	cl := client(kgo.ConsumeTopics(topics...), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	deadline := time.Now().Add(timeout)
-	var out []*kgo.Record
-	for {
-		wait := time.Until(deadline)
-		if len(out) >= want {
-			wait = 500 * time.Millisecond
-		}
-		if wait <= 0 {
-			t.Fatalf("read %d records from %v, want %d", len(out), topics, want)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), wait)
-		f := cl.PollFetches(ctx)
-		cancel()
-		n := len(f.Records())
-		out = append(out, f.Records()...)
-		if n == 0 && len(out) >= want && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return out
-		}
-	}
-}
-
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -75,6 +75,9 @@ func (f *ForgetClient) Confirmation(ctx context.Context, value []byte) (*schema.
 	}
 	var c schema.ForgetConfirmation
 	if p.fast {
+		if err := p.validate(body); err != nil {
+			return nil, err
+		}
 		if err := decodeAPI.Unmarshal(f.confs.schema, body, &c); err != nil {
 			return nil, errors.New("registry: not a hygiene.v1.ForgetConfirmation in the wire format")
 		}

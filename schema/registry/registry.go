@@ -15,6 +15,17 @@
 // Output schemas are registered at start-up under "<topic>-value" and the
 // outputs carry their IDs.
 //
+// Writers and bodies are hostile until proven otherwise: hamba/avro can
+// crash the process or loop for ever on input it was not built to doubt
+// (issue 12). Each writer schema is compiled by package avrowalk when it is
+// first fetched, which refuses recursive, too deeply nested and
+// exponentially expanding schemas (class schema) before any hamba decoder
+// is built for them; every body that hamba decodes is first validated
+// against its writer schema by avrowalk, with work bounded by its size
+// (class decode). Bodies of a writer identical to the bundled OrderEvent
+// go to the pipeline's own scanner instead, and bare ForgetRequests are
+// validated by package schema.
+//
 // Errors: a bad header is class decode; an unknown ID (the registry answers
 // 404 with error code 40403), a non-Avro or incompatible writer schema is
 // class schema; a registry that cannot be reached or answers otherwise is

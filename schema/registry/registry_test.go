@@ -63,7 +63,7 @@ func testPolicies() []policy.Policy {
 	}
 }
 
-func newWorld(t *testing.T, fakeOpts []srfake.Option, clOpts ...sr.ClientOpt) *world {
+func newWorld(t testing.TB, fakeOpts []srfake.Option, clOpts ...sr.ClientOpt) *world {
 	t.Helper()
 	w := &world{fake: srfake.New(fakeOpts...), topics: config.Default().Topics, reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
 	t.Cleanup(w.fake.Close)
@@ -84,7 +84,7 @@ func newWorld(t *testing.T, fakeOpts []srfake.Option, clOpts ...sr.ClientOpt) *w
 }
 
 // start builds the wire (registering the output schemas).
-func (w *world) start(t *testing.T) *registry.Wire {
+func (w *world) start(t testing.TB) *registry.Wire {
 	t.Helper()
 	wire, err := registry.New(context.Background(), w.cl, w.plan, w.topics,
 		registry.WithLogger(slog.New(slog.NewTextHandler(w.logs, nil))), registry.WithRegisterer(w.reg))

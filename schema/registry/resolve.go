@@ -17,6 +17,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sr"
 
 	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/schema/avrowalk"
 )
 
 // headerLen is the length of the Confluent wire format header: magic byte
@@ -60,7 +61,7 @@ type resolver struct {
 	log *slog.Logger
 
 	mu       sync.Mutex
-	writers  map[int]avro.Schema
+	writers  map[int]*writer
 	bad      map[int]*processor.RecordError // IDs whose schema is unusable for good
 	notFound map[int]time.Time              // IDs the registry did not know, until when
 	now      func() time.Time
@@ -70,17 +71,23 @@ func newResolver(cl *sr.Client, log *slog.Logger) *resolver {
 	return &resolver{
 		cl:       cl,
 		log:      log,
-		writers:  map[int]avro.Schema{},
+		writers:  map[int]*writer{},
 		bad:      map[int]*processor.RecordError{},
 		notFound: map[int]time.Time{},
 		now:      time.Now,
 	}
 }
 
-// writer returns the parsed writer schema of id. A *processor.RecordError
-// means the ID is unknown to the registry or its schema is unusable; any
-// other error is a registry outage.
-func (r *resolver) writer(ctx context.Context, id int) (avro.Schema, error) {
+// writer is a parsed writer schema and its compiled validator.
+type writer struct {
+	schema avro.Schema
+	walk   *avrowalk.Schema
+}
+
+// writer returns the writer schema of id. A *processor.RecordError means
+// the ID is unknown to the registry or its schema is unusable; any other
+// error is a registry outage.
+func (r *resolver) writer(ctx context.Context, id int) (*writer, error) {
 	r.mu.Lock()
 	if s, ok := r.writers[id]; ok {
 		r.mu.Unlock()
@@ -116,8 +123,10 @@ func (r *resolver) writer(ctx context.Context, id int) (avro.Schema, error) {
 	return s, nil
 }
 
-// fetch asks the registry for schema id and parses it with its references.
-func (r *resolver) fetch(ctx context.Context, id int) (avro.Schema, error) {
+// fetch asks the registry for schema id, parses it with its references and
+// compiles its validator. A schema the validator refuses (recursive, too
+// deep, too large) is refused before any hamba decoder is built for it.
+func (r *resolver) fetch(ctx context.Context, id int) (*writer, error) {
 	s, err := r.cl.SchemaByID(ctx, id)
 	if err != nil {
 		if notFound(err) {
@@ -136,7 +145,11 @@ func (r *resolver) fetch(ctx context.Context, id int) (avro.Schema, error) {
 	if err != nil {
 		return nil, schemaErr("schema id %d does not parse as Avro: %s", id, oneLine(err.Error()))
 	}
-	return parsed, nil
+	walk, err := avrowalk.Compile(parsed)
+	if err != nil {
+		return nil, schemaErr("schema id %d is refused: %s", id, oneLine(err.Error()))
+	}
+	return &writer{schema: parsed, walk: walk}, nil
 }
 
 // parseRefs parses the schemas that refs name into cache, depth first.
@@ -229,6 +242,7 @@ type reader struct {
 // plan is how to read values of one writer schema ID.
 type plan struct {
 	id       int
+	walk     *avrowalk.Schema       // validates bodies of the writer schema
 	fast     bool                   // writer is canonically the reader schema
 	resolved avro.Schema            // else: the resolved schema
 	err      *processor.RecordError // or why the writer cannot be read
@@ -262,11 +276,11 @@ func (rd *reader) plan(ctx context.Context, value []byte) (*plan, []byte, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	p = &plan{id: id}
-	if w.Fingerprint() == rd.fp {
+	p = &plan{id: id, walk: w.walk}
+	if w.schema.Fingerprint() == rd.fp {
 		p.fast = true
 	} else {
-		res, err := avro.NewSchemaCompatibility().Resolve(rd.schema, w)
+		res, err := avro.NewSchemaCompatibility().Resolve(rd.schema, w.schema)
 		if err != nil {
 			p.err = schemaErr("writer schema id %d cannot be read as %s: %s", id, rd.name, oneLine(err.Error()))
 			rd.res.log.Warn("incompatible writer schema: its records are dead-lettered", "schema", rd.name, "schema_id", id)
@@ -276,7 +290,7 @@ func (rd *reader) plan(ctx context.Context, value []byte) (*plan, []byte, error)
 			return nil, nil, p.err
 		}
 		p.resolved = res
-		rd.report(id, w)
+		rd.report(id, w.schema)
 	}
 	rd.res.log.Info("resolved a writer schema", "schema", rd.name, "schema_id", id, "identical", p.fast)
 	rd.mu.Lock()
@@ -302,9 +316,22 @@ func (rd *reader) report(id int, w avro.Schema) {
 		"schema", rd.name, "schema_id", id, "fields", fields)
 }
 
-// decode reads body with the resolved schema into v, rejecting trailing
-// bytes.
+// validate checks that body is one valid value of the writer schema, with
+// work bounded by its size (see package avrowalk). It must pass before
+// hamba sees body: hamba can crash or loop on hostile input.
+func (p *plan) validate(body []byte) error {
+	if err := p.walk.Validate(body); err != nil {
+		return &processor.RecordError{Class: processor.ClassDecode, Reason: fmt.Sprintf("body is not valid for its writer schema id %d: %s", p.id, err)}
+	}
+	return nil
+}
+
+// decode validates body, then reads it with the resolved schema into v,
+// rejecting trailing bytes.
 func (p *plan) decode(body []byte, v any) error {
+	if err := p.validate(body); err != nil {
+		return err
+	}
 	r := avro.NewReader(nil, 0, avro.WithReaderConfig(decodeAPI)).Reset(body)
 	r.ReadVal(p.resolved, v)
 	if r.Error != nil {
