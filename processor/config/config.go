@@ -603,6 +603,7 @@ var NonConfigEnv = []string{
 	EnvPrefix + "BENCH_WORKER",     // set by `pseudonymizer bench` for its workers
 	EnvPrefix + "REQUIRE_POSTGRES", // tests: a missing PostgreSQL fails instead of skipping
 	EnvPrefix + "REQUIRE_KMS",      // tests: an emulated KMS that cannot be built fails instead of skipping
+	EnvPrefix + "REQUIRE_KAFKA",    // tests: a missing real broker (or Java) fails instead of skipping
 	EnvPrefix + "INTEGRATION",      // tests: run the integration suite
 	EnvPrefix + "INTEGRATION_*",    // tests: integration suite options
 	EnvPrefix + "TEST_*",           // tests: PostgreSQL, Kafka and verbosity settings

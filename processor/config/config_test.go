@@ -148,6 +148,7 @@ func TestEnvironmentNames(t *testing.T) {
 		"PSEUDONYMIZER_KEK=c2VjcmV0", "PSEUDONYMIZER_FAILPOINT=x:1", "PSEUDONYMIZER_TEST_POSTGRES=postgres://x",
 		"PSEUDONYMIZER_REQUIRE_POSTGRES=1", "PSEUDONYMIZER_INTEGRATION=1", "PSEUDONYMIZER_INTEGRATION_LOGS=1",
 		"PSEUDONYMIZER_BENCH_WORKER=1", "PSEUDONYMIZER_SCHEMA_REGISTRY_TLS_CA_FILE=ca.pem",
+		"PSEUDONYMIZER_REQUIRE_KMS=1", "PSEUDONYMIZER_REQUIRE_KAFKA=1",
 	}
 	if _, err := Load(writeConfig(t, minimal), ok); err != nil {
 		t.Errorf("non-config and nested variables rejected: %v", err)
