@@ -175,17 +175,17 @@ func mustKfake(t *testing.T) *kfake.Cluster {
 // TestKMSKeyLifecycle runs the KEK's life in a real AWS KMS API
 // (local-kms), with both stores: --check-config on an empty store creates
 // nothing; the first start creates the data key; a disabled KMS key stops
-// start-up, --check-config and status with the KMS's reason on one line;
-// rotation to a new KMS key plus rewrap leaves pseudonyms unchanged, after
+// start-up, --check-config and status with the KMS's reason on one line,
+// and so does an unreachable KMS, while a running instance goes on
+// pseudonymizing with the key disabled and the KMS gone; rotation to a new KMS key plus rewrap leaves pseudonyms unchanged, after
 // which the old key is not needed; a new key behind the same alias plus
 // rewrap moves the data key to it. No secret shows in logs or errors.
 func TestKMSKeyLifecycle(t *testing.T) {
 	srv := kmstest.MustStart(t)
-	cluster := mustKfake(t)
 	disabled := []string{"DisabledException", "AccessDeniedException"}
 	for _, kind := range []string{"embedded", "postgres"} {
 		t.Run(kind, func(t *testing.T) {
-			e := newKMSEnv(t, kind, cluster)
+			e := newKMSEnv(t, kind, mustKfake(t))
 			k1 := srv.MustCreateKey(t)
 			alias := "alias/pz-lifecycle-" + kind
 			srv.MustAlias(t, alias, k1)
@@ -246,12 +246,28 @@ func TestKMSKeyLifecycle(t *testing.T) {
 			t.Logf("run with the KMS unreachable: %v", err)
 			t.Setenv("AWS_ENDPOINT_URL_KMS", srv.Endpoint)
 
+			// A running instance keeps its data key: neither a disabled
+			// KMS key nor a lost KMS stops it.
+			_, stop = startRun(t, cfg1, http1)
+			srv.MustDisable(t, k1)
+			t.Setenv("AWS_ENDPOINT_URL_KMS", "http://"+freeAddr(t))
+			e.mustRun("produce-sample", "--config", cfg1, "--orders", "4", "--customers", "2", "--seed", "3")
+			out = e.mustRun("tail", "--config", cfg1, "--system", "meta", "-n", "4")
+			if n := len(strings.Split(strings.TrimSpace(out), "\n")); n != 4 || strings.Contains(out, `"error"`) {
+				t.Errorf("outputs while the KMS key is disabled: %d lines, want 4:\n%s", n, out)
+			}
+			if err := stop(); err != nil {
+				t.Fatalf("run while the KMS key is disabled: %v", err)
+			}
+			t.Setenv("AWS_ENDPOINT_URL_KMS", srv.Endpoint)
+			srv.MustEnable(t, k1)
+
 			// Rotation to a new KMS key.
 			k2 := srv.MustCreateKey(t)
 			url2 := "awskms:///" + k2
 			cfg2, _ := e.config("config2.yaml", "keys: {kek_url: '"+url2+"', old_kek_urls: ['"+url1+"']}")
 			out = e.mustRun("rewrap", "--config", cfg2)
-			if !strings.Contains(out, "re-wrapped 2 keys") { // the index key and cust-1
+			if !strings.Contains(out, "done: 4 keys re-wrapped") { // the index key, cust-1 and the 2 sample customers
 				t.Errorf("rewrap: %q", out)
 			}
 			rec2 := e.dataKey(url2)
