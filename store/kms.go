@@ -56,12 +56,19 @@ type KMSKey interface {
 
 // OpenKMSKey opens the KMS key named by a gocloud.dev/secrets URL
 // (awskms://, gcpkms://, azurekeyvault://, base64key://; the program
-// registers the drivers it supports). The error never contains the URL,
-// which for base64key:// is the key itself.
+// registers the drivers it supports). An azurekeyvault:// URL must name
+// the key version. The error never contains the URL, which for
+// base64key:// is the key itself.
 func OpenKMSKey(ctx context.Context, rawURL string) (*secrets.Keeper, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme == "" {
 		return nil, errors.New("kms: not a URL such as awskms:///arn:aws:kms:…")
+	}
+	if u.Scheme == "azurekeyvault" && len(strings.Split(strings.Trim(u.Path, "/"), "/")) < 3 {
+		// Key Vault decrypts with the version the URL names, the newest
+		// one if none: the key's next version would make the stored data
+		// key undecryptable.
+		return nil, errors.New("kms: an azurekeyvault:// URL must name the key version: azurekeyvault://VAULT.vault.azure.net/keys/KEY/VERSION")
 	}
 	k, err := secrets.OpenKeeper(ctx, rawURL)
 	if err != nil {

@@ -219,3 +219,21 @@ func TestOpenKMSKeyErrorsHideURL(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenKMSKeyAzureNeedsVersion: Key Vault decrypts with the version the
+// URL names (the newest if none), so an unversioned URL is refused before
+// the key's next version could strand the data key.
+func TestOpenKMSKeyAzureNeedsVersion(t *testing.T) {
+	for _, url := range []string{"azurekeyvault://v.vault.azure.net/keys/k", "azurekeyvault://v.vault.azure.net/keys/k/"} {
+		_, err := store.OpenKMSKey(context.Background(), url)
+		if err == nil || !strings.Contains(err.Error(), "must name the key version") {
+			t.Errorf("OpenKMSKey(%q): %v, want a demand for the version", url, err)
+		}
+	}
+	// With a version the check passes; this test binary has no Azure
+	// driver, so opening then fails for that reason.
+	_, err := store.OpenKMSKey(context.Background(), "azurekeyvault://v.vault.azure.net/keys/k/0123abcd")
+	if err == nil || !strings.Contains(err.Error(), "no driver registered") {
+		t.Errorf("OpenKMSKey with a version: %v, want no driver registered", err)
+	}
+}
