@@ -598,15 +598,13 @@ func (c *Config) TxnID() string {
 // prefixes. Any other PSEUDONYMIZER_* variable that names no configuration
 // key is an error, so that a misspelled override is not silently ignored.
 var NonConfigEnv = []string{
-	EnvPrefix + "KEK",              // the active KEK itself (keys.kek_file's alternative)
-	EnvPrefix + "FAILPOINT",        // crash injection for the fault tests
-	EnvPrefix + "BENCH_WORKER",     // set by `pseudonymizer bench` for its workers
-	EnvPrefix + "REQUIRE_POSTGRES", // tests: a missing PostgreSQL fails instead of skipping
-	EnvPrefix + "REQUIRE_KMS",      // tests: an emulated KMS that cannot be built fails instead of skipping
-	EnvPrefix + "REQUIRE_KAFKA",    // tests: a missing real broker (or Java) fails instead of skipping
-	EnvPrefix + "INTEGRATION",      // tests: run the integration suite
-	EnvPrefix + "INTEGRATION_*",    // tests: integration suite options
-	EnvPrefix + "TEST_*",           // tests: PostgreSQL, Kafka and verbosity settings
+	EnvPrefix + "KEK",           // the active KEK itself (keys.kek_file's alternative)
+	EnvPrefix + "FAILPOINT",     // crash injection for the fault tests
+	EnvPrefix + "BENCH_WORKER",  // set by `pseudonymizer bench` for its workers
+	EnvPrefix + "REQUIRE_*",     // tests: a missing PostgreSQL, Kafka broker, … fails instead of skipping
+	EnvPrefix + "INTEGRATION",   // tests: run the integration suite
+	EnvPrefix + "INTEGRATION_*", // tests: integration suite options
+	EnvPrefix + "TEST_*",        // tests: PostgreSQL, Kafka and verbosity settings
 }
 
 func nonConfig(name string) bool {
