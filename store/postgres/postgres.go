@@ -90,9 +90,27 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	if o.maxConns < 1 {
 		return nil, fmt.Errorf("postgres: open: max conns must be positive, got %d", o.maxConns)
 	}
-	cfg, err := pgx.ParseConfig(dsn)
+	cfg, err := connConfig(dsn, o)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
+	pl, err := newPool(cfg, o.maxConns)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
+	s := &Store{pool: pl, kr: kr}
+	if err := s.migrate(ctx, o.schema); err != nil {
+		s.pool.close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// connConfig parses dsn and applies the options.
+func connConfig(dsn string, o options) (*pgx.ConnConfig, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
 	}
 	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
 		cfg.RuntimeParams["application_name"] = "pseudonymizer"
@@ -106,16 +124,7 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = defaultConnectTimeout
 	}
-	pl, err := newPool(cfg, o.maxConns)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: open: %w", err)
-	}
-	s := &Store{pool: pl, kr: kr}
-	if err := s.migrate(ctx, o.schema); err != nil {
-		s.pool.close()
-		return nil, err
-	}
-	return s, nil
+	return cfg, nil
 }
 
 // Hash returns the keyed hash that identifies subjectID in the store.

@@ -34,6 +34,7 @@ type config struct {
 	raw      func(t *testing.T) []byte
 	multi    bool
 	snapshot func(t *testing.T) (restore func())
+	meta     MetaOpener
 }
 
 // WithSnapshot lets the suite restore test t's storage to an older state,
