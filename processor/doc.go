@@ -144,6 +144,36 @@
 // guarantee that freed memory is cleared, so this narrows the window in
 // which a memory dump reveals a key; it does not close it.
 //
+// # Hostile input
+//
+// Anyone who may write to the input topics may send anything. The rule:
+// every input record ends as outputs, a dead letter or a retried outage;
+// the time spent on a record is bounded by its size; no input can stop the
+// service or a partition. It holds because:
+//
+//   - Sizes are checked before anything else: a record above
+//     processing.max_record_bytes is dead-lettered unread. That limit is
+//     checked at start-up against the producer's batch cap, with room for
+//     the dead letter's headers; a dead letter that still does not fit its
+//     topic is cut, with header error.truncated giving the original size,
+//     and an output or confirmation the broker refuses as too large is
+//     blamed on its input, which is then dead-lettered as too_large.
+//   - No library decoder sees bytes a bounded walker has not accepted. Bare
+//     orders are scanned by policy's validating walker. A registry writer
+//     schema is compiled by schema/avrowalk when first fetched: recursive,
+//     too deep or exploding schemas are refused (class schema) before hamba
+//     builds a decoder for them; every body is then validated (block counts
+//     bounded by the bytes that remain, a work budget proportional to the
+//     record's size) before hamba decodes it. Forget requests likewise, in
+//     both wire formats, and IDs longer than 4096 bytes break the contract.
+//   - Only failures that are not the record's fault (store, broker or
+//     registry unreachable) abort a batch; they are retried with backoff.
+//   - Configuration cannot route raw data to a marketing system: input,
+//     confirmation, dead-letter and output topics must all differ.
+//
+// Held by processor/limits_test.go, schema/registry/hostile_test.go and
+// the fuzz targets FuzzScan, FuzzValidate, FuzzOrderWriter and FuzzForget.
+//
 // # Exactly once
 //
 // The session is a franz-go GroupTransactSession: outputs and offsets commit

@@ -71,33 +71,37 @@ func compilePlan(cfg *config.Config) ([]policy.Policy, *policy.Plan, error) {
 }
 
 // loadKeyring reads the active KEK (environment first, then file) and the
-// retired ones.
+// retired ones from files; KEKs held by a KMS are loadKeys' business.
 func loadKeyring(k config.Keys) (*store.Keyring, error) {
-	var active *store.KEK
-	var err error
-	if k.KEK != "" {
-		if active, err = store.ParseKEK(k.KEK); err != nil {
-			return nil, fmt.Errorf("config: PSEUDONYMIZER_KEK: %w", err)
-		}
-	} else if active, err = store.ReadKEKFile(k.KEKFile, k.AllowReadableKEKFiles); err != nil {
-		return nil, fmt.Errorf("config: keys.kek_file: %w", err)
+	active, err := activeFileKEK(k)
+	if err != nil {
+		return nil, err
 	}
-	var older []*store.KEK
-	for _, f := range k.OldKEKFiles {
-		kek, err := store.ReadKEKFile(f, k.AllowReadableKEKFiles)
-		if err != nil {
-			return nil, fmt.Errorf("config: keys.old_kek_files: %w", err)
-		}
-		if kek.ID() == active.ID() {
-			continue
-		}
-		older = append(older, kek)
+	older, err := oldKEKFiles(k, active.ID())
+	if err != nil {
+		return nil, err
 	}
 	kr, err := store.NewKeyring(active, older...)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
 	return kr, nil
+}
+
+// oldKEKFiles reads keys.old_kek_files, leaving out the active KEK.
+func oldKEKFiles(k config.Keys, activeID uint32) ([]*store.KEK, error) {
+	var older []*store.KEK
+	for _, f := range k.OldKEKFiles {
+		kek, err := store.ReadKEKFile(f, k.AllowReadableKEKFiles)
+		if err != nil {
+			return nil, fmt.Errorf("config: keys.old_kek_files: %w", err)
+		}
+		if kek.ID() == activeID {
+			continue
+		}
+		older = append(older, kek)
+	}
+	return older, nil
 }
 
 // kafkaLogger passes the Kafka client's warnings and errors through and

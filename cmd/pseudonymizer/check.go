@@ -20,15 +20,17 @@ import (
 // checkTimeout bounds each network check of --check-config.
 const checkTimeout = 10 * time.Second
 
-// checkConfig is `run --check-config`: it checks the policies, the KEK, the
-// key store, the schema registry and the brokers and topics, and writes
-// nothing anywhere: no table, file, index key, schema or topic is created.
+// checkConfig is `run --check-config`: it checks the policies, the KEK (a
+// KMS key must answer: it decrypts the stored data key, or encrypts and
+// decrypts a probe when there is none yet), the key store, the schema
+// registry and the brokers and topics, and writes nothing anywhere: no
+// table, file, index key, data key, schema or topic is created.
 func checkConfig(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
 	_, plan, err := compilePlan(&cfg)
 	if err != nil {
 		return err
 	}
-	kr, err := loadKeyring(cfg.Keys)
+	kr, kmsState, err := loadKeys(ctx, cfg, keysReadOnly)
 	if err != nil {
 		return err
 	}
@@ -41,6 +43,9 @@ func checkConfig(ctx context.Context, cfg config.Config, log *slog.Logger, stdou
 	storeState := "initialized, the KEK unwraps its index key"
 	if !initialized {
 		storeState = "empty (`run` will initialize it and bind it to this KEK)"
+	}
+	if kmsState != "" {
+		storeState += "; " + kmsState
 	}
 	if cfg.SchemaRegistry.URL != "" {
 		cl, err := newRegistryClient(cfg.SchemaRegistry)

@@ -2,17 +2,22 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/hygiene/pseudonymizer/store"
 )
 
 // runRewrap is `pseudonymizer rewrap`: after a new KEK became active (and
-// the old one was listed in keys.old_kek_files), re-wrap every stored key
-// with the active KEK, in batches. Pseudonyms do not change: the subject
+// the old one was listed in keys.old_kek_files or keys.old_kek_urls),
+// re-wrap every stored key with the active KEK, in batches. With
+// keys.kek_url it first has the KMS re-encrypt the data key, so that it is
+// wrapped by the KMS key's current version. Pseudonyms do not change: the subject
 // keys themselves stay the same. Safe to run while the service runs.
 func runRewrap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("rewrap", "rewrap --config FILE [--batch N]", "Re-wraps every stored subject key with the active KEK, in batches.\nPseudonyms do not change. Safe while the service runs.")
+	fs := newFlags("rewrap", "rewrap --config FILE [--batch N]", "Re-wraps every stored subject key with the active KEK, in batches; with\nkeys.kek_url it first has the KMS re-encrypt the data key.\nPseudonyms do not change. Safe while the service runs.")
 	path := fs.String("config", "", "configuration file (YAML)")
 	batch := fs.Int("batch", 1000, "keys re-wrapped per store transaction")
 	if err := fs.parse(args, stdout, stderr); err != nil {
@@ -25,7 +30,7 @@ func runRewrap(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	kr, err := loadKeyring(cfg.Keys)
+	kr, _, err := loadKeys(ctx, cfg, keysCreate)
 	if err != nil {
 		return err
 	}
@@ -34,6 +39,13 @@ func runRewrap(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer st.Close()
+	if cfg.Keys.KEKURL != "" {
+		id, err := reencryptDataKey(ctx, st, cfg.Keys.KEKURL)
+		if err != nil {
+			return fmt.Errorf("config: keys.kek_url: %w", err)
+		}
+		fmt.Fprintf(stdout, "data key %08x re-encrypted by the current version of the KMS key\n", id)
+	}
 	start, total := time.Now(), 0
 	for {
 		n, err := st.Rewrap(ctx, *batch)
@@ -48,4 +60,21 @@ func runRewrap(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "done: %d keys re-wrapped with KEK %08x; retired KEKs are no longer needed\n", total, kr.ActiveID())
 	return nil
+}
+
+// reencryptDataKey has the KMS key at kmsURL re-encrypt its data key in
+// st's metadata.
+func reencryptDataKey(ctx context.Context, st store.KeyStore, kmsURL string) (uint32, error) {
+	meta, ok := st.(store.Meta)
+	if !ok {
+		return 0, errors.New("the key store cannot hold a KMS data key")
+	}
+	ctx, cancel := context.WithTimeout(ctx, kmsTimeout)
+	defer cancel()
+	kms, err := store.OpenKMSKey(ctx, kmsURL)
+	if err != nil {
+		return 0, err
+	}
+	defer kms.Close()
+	return store.ReencryptDataKey(ctx, meta, kms, store.DataKeyName(kmsURL))
 }

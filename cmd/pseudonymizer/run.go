@@ -78,7 +78,7 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 	if err != nil {
 		return nil, err
 	}
-	kr, err := loadKeyring(cfg.Keys)
+	kr, _, err := loadKeys(ctx, cfg, keysCreate)
 	if err != nil {
 		return nil, err
 	}

@@ -236,7 +236,7 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 // files or an index key. PostgreSQL sessions are read-only: a schema that
 // needs a migration is an error (run the service once first), not a write.
 func openAuditor(ctx context.Context, cfg config.Config) (store.Auditor, func(), error) {
-	kr, err := loadKeyring(cfg.Keys)
+	kr, _, err := loadKeys(ctx, cfg, keysReadOnly)
 	if err != nil {
 		return nil, nil, err
 	}

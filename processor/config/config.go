@@ -135,6 +135,14 @@ type Keys struct {
 	// OldKEKFiles hold retired KEKs, still used to unwrap keys until
 	// `pseudonymizer rewrap` has re-wrapped them with the active KEK.
 	OldKEKFiles []string `yaml:"old_kek_files"`
+	// KEKURL names the active KEK in a key-management service, as a
+	// gocloud.dev/secrets URL (awskms://, gcpkms://, azurekeyvault://;
+	// base64key:// for tests). The KMS wraps one data key, kept in the
+	// store, which wraps the subject keys. Set it or a KEK file, not both.
+	KEKURL string `yaml:"kek_url"`
+	// OldKEKURLs name retired KMS keys, still used to unwrap their data
+	// keys until `pseudonymizer rewrap` has re-wrapped every key.
+	OldKEKURLs []string `yaml:"old_kek_urls"`
 	// AllowReadableKEKFiles accepts KEK files that group or others may
 	// access. By default such a file stops start-up: a KEK should be
 	// readable by the service's user only (chmod 600).
@@ -485,8 +493,12 @@ func (c *Config) Validate() error {
 		return errors.New("config: no key store: set store.postgres or store.path")
 	case c.Store.Postgres != "" && c.Store.Path != "":
 		return errors.New("config: set only one of store.postgres and store.path")
-	case c.Keys.KEK == "" && c.Keys.KEKFile == "":
-		return errors.New("config: no KEK: set keys.kek_file or PSEUDONYMIZER_KEK")
+	case c.Keys.KEK == "" && c.Keys.KEKFile == "" && c.Keys.KEKURL == "":
+		return errors.New("config: no KEK: set keys.kek_url (a KMS key), keys.kek_file or PSEUDONYMIZER_KEK")
+	case c.Keys.KEKURL != "" && c.Keys.KEK != "":
+		return errors.New("config: set only one of keys.kek_url and PSEUDONYMIZER_KEK")
+	case c.Keys.KEKURL != "" && c.Keys.KEKFile != "":
+		return errors.New("config: set only one of keys.kek_url and keys.kek_file (a retired KEK file goes to keys.old_kek_files)")
 	case len(c.Systems) == 0:
 		return errors.New("config: no systems configured")
 	case c.Kafka.ProducerBatchMaxBytes > 0 && c.Kafka.ProducerBatchMaxBytes < 2*DeadLetterHeadroom:
@@ -586,14 +598,14 @@ func (c *Config) TxnID() string {
 // prefixes. Any other PSEUDONYMIZER_* variable that names no configuration
 // key is an error, so that a misspelled override is not silently ignored.
 var NonConfigEnv = []string{
-	EnvPrefix + "KEK",              // the active KEK itself (keys.kek_file's alternative)
-	EnvPrefix + "FAILPOINT",        // crash injection for the fault tests
-	EnvPrefix + "BENCH_WORKER",     // set by cmd/pseudonymizer-bench for its copy workers
-	EnvPrefix + "PROFILE",          // set by cmd/pseudonymizer-bench: profile `run`
-	EnvPrefix + "REQUIRE_POSTGRES", // tests: a missing PostgreSQL fails instead of skipping
-	EnvPrefix + "INTEGRATION",      // tests: run the integration suite
-	EnvPrefix + "INTEGRATION_*",    // tests: integration suite options
-	EnvPrefix + "TEST_*",           // tests: PostgreSQL, Kafka and verbosity settings
+	EnvPrefix + "KEK",           // the active KEK itself (keys.kek_file's alternative)
+	EnvPrefix + "FAILPOINT",     // crash injection for the fault tests
+	EnvPrefix + "BENCH_WORKER",  // set by cmd/pseudonymizer-bench for its copy workers
+	EnvPrefix + "PROFILE",       // set by cmd/pseudonymizer-bench: profile `run`
+	EnvPrefix + "REQUIRE_*",     // tests: a missing PostgreSQL, Kafka broker, … fails instead of skipping
+	EnvPrefix + "INTEGRATION",   // tests: run the integration suite
+	EnvPrefix + "INTEGRATION_*", // tests: integration suite options
+	EnvPrefix + "TEST_*",        // tests: PostgreSQL, Kafka and verbosity settings
 }
 
 func nonConfig(name string) bool {
@@ -642,6 +654,17 @@ func applyEnv(cfg *Config, environ []string) error {
 		}
 		return fmt.Errorf("config: unknown environment variable %s%s; configuration keys map to %s<SECTION>_<KEY>",
 			strings.Join(unknown, ", "), hint, EnvPrefix)
+	}
+	// Likewise an active KEK given in the environment replaces the file's
+	// active KEK of the other kind.
+	_, kekSet := env[EnvPrefix+"KEK"]
+	_, fileSet := env[EnvPrefix+"KEYS_KEK_FILE"]
+	_, urlSet := env[EnvPrefix+"KEYS_KEK_URL"]
+	switch {
+	case urlSet && !kekSet && !fileSet && cfg.Keys.KEKURL != "":
+		cfg.Keys.KEKFile = ""
+	case (kekSet || fileSet) && !urlSet && (cfg.Keys.KEK != "" || cfg.Keys.KEKFile != ""):
+		cfg.Keys.KEKURL = ""
 	}
 	pg, pgSet := env[EnvPrefix+"STORE_POSTGRES"]
 	path, pathSet := env[EnvPrefix+"STORE_PATH"]

@@ -148,6 +148,7 @@ func TestEnvironmentNames(t *testing.T) {
 		"PSEUDONYMIZER_KEK=c2VjcmV0", "PSEUDONYMIZER_FAILPOINT=x:1", "PSEUDONYMIZER_TEST_POSTGRES=postgres://x",
 		"PSEUDONYMIZER_REQUIRE_POSTGRES=1", "PSEUDONYMIZER_INTEGRATION=1", "PSEUDONYMIZER_INTEGRATION_LOGS=1",
 		"PSEUDONYMIZER_BENCH_WORKER=1", "PSEUDONYMIZER_SCHEMA_REGISTRY_TLS_CA_FILE=ca.pem",
+		"PSEUDONYMIZER_REQUIRE_KMS=1", "PSEUDONYMIZER_REQUIRE_KAFKA=1",
 	}
 	if _, err := Load(writeConfig(t, minimal), ok); err != nil {
 		t.Errorf("non-config and nested variables rejected: %v", err)
@@ -286,4 +287,63 @@ func FuzzParse(f *testing.F) {
 			_ = cfg.Validate()
 		}
 	})
+}
+
+func TestKEKSources(t *testing.T) {
+	const body = `
+store: {path: ./keys.db}
+systems:
+  meta:
+    keep: [event_type]
+    pseudonymize: [customer_id]
+`
+	const url = "awskms:///alias/pz"
+	for _, test := range []struct {
+		name    string
+		keys    string
+		env     []string
+		wantURL string
+		file    bool // keys.kek_file remains set
+		wantErr string
+	}{
+		{name: "url in the file", keys: "keys: {kek_url: " + url + "}", wantURL: url},
+		{name: "url from the environment replaces the file's kek_file", keys: "keys: {kek_file: ./kek.b64}",
+			env: []string{"PSEUDONYMIZER_KEYS_KEK_URL=" + url}, wantURL: url},
+		{name: "PSEUDONYMIZER_KEK replaces the file's kek_url", keys: "keys: {kek_url: " + url + "}",
+			env: []string{"PSEUDONYMIZER_KEK=c2VjcmV0"}},
+		{name: "kek_file from the environment replaces the file's kek_url", keys: "keys: {kek_url: " + url + "}",
+			env: []string{"PSEUDONYMIZER_KEYS_KEK_FILE=k.b64"}, file: true},
+		{name: "both in the file", keys: "keys: {kek_url: " + url + ", kek_file: ./kek.b64}",
+			wantErr: "set only one of keys.kek_url and keys.kek_file"},
+		{name: "both in the environment", keys: "keys: {}",
+			env: []string{"PSEUDONYMIZER_KEK=c2VjcmV0", "PSEUDONYMIZER_KEYS_KEK_URL=" + url}, wantErr: "set only one of keys.kek_url and PSEUDONYMIZER_KEK"},
+		{name: "none", keys: "keys: {}", wantErr: "no KEK: set keys.kek_url"},
+		{name: "old urls from the environment", keys: "keys: {kek_url: " + url + "}",
+			env: []string{"PSEUDONYMIZER_KEYS_OLD_KEK_URLS=awskms:///alias/a,gcpkms://projects/p/locations/l/keyRings/r/cryptoKeys/k"}, wantURL: url},
+	} {
+		t.Run(test.name, func(t *testing.T) {
+			cfg, err := Load(writeConfig(t, body+test.keys+"\n"), test.env)
+			if test.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), test.wantErr) {
+					t.Fatalf("Load: %v, want an error containing %q", err, test.wantErr)
+				}
+				if strings.Contains(err.Error(), "alias/pz") || strings.Contains(err.Error(), "c2VjcmV0") {
+					t.Errorf("error echoes a value: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := cfg.Keys.KEKURL; got != test.wantURL {
+				t.Errorf("kek_url %q, want %q", got, test.wantURL)
+			}
+			if got := cfg.Keys.KEKFile != ""; got != test.file {
+				t.Errorf("kek_file set: %v, want %v", got, test.file)
+			}
+			if strings.Contains(test.name, "old urls") && len(cfg.Keys.OldKEKURLs) != 2 {
+				t.Errorf("old_kek_urls %q, want 2", cfg.Keys.OldKEKURLs)
+			}
+		})
+	}
 }

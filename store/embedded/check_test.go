@@ -1,6 +1,7 @@
 package embedded_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -50,5 +51,28 @@ func TestCheckIsReadOnly(t *testing.T) {
 	}
 	if initialized, err := embedded.Check(dir, kr); err != nil || initialized {
 		t.Errorf("Check of a directory without %s = %v, %v; want false, nil", embedded.FileName, initialized, err)
+	}
+}
+
+// TestCheckAfterMetaOnly: a file where only store.Meta was written (a KMS
+// data key stored, then the first start stopped before Open) is reported
+// as not initialized, and Open then initializes it.
+func TestCheckAfterMetaOnly(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data", "keys.db")
+	m := embedded.OpenMeta(path)
+	if ok, err := m.SwapMeta(context.Background(), "data-key", nil, []byte("wrapped")); err != nil || !ok {
+		t.Fatalf("SwapMeta = %v, %v", ok, err)
+	}
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	if initialized, err := embedded.Check(path, kr); err != nil || initialized {
+		t.Fatalf("Check = %v, %v; want false, nil", initialized, err)
+	}
+	s, err := embedded.Open(path, kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, err := s.GetMeta(context.Background(), "data-key"); err != nil || string(v) != "wrapped" {
+		t.Errorf("GetMeta after Open = %q, %v", v, err)
 	}
 }

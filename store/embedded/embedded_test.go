@@ -22,7 +22,10 @@ func TestConformance(t *testing.T) {
 	}}
 	storetest.Run(t, func(t *testing.T, kr *store.Keyring) (store.KeyStore, error) {
 		return embedded.Open(files.Get(t), kr, embedded.WithForgetLogLimit(forgetLogLimit))
-	}, storetest.WithForgetLogLimit(forgetLogLimit), storetest.WithRaw(func(t *testing.T) []byte {
+	}, storetest.WithForgetLogLimit(forgetLogLimit), storetest.WithMeta(func(t *testing.T) (store.Meta, func() error, error) {
+		m := embedded.OpenMeta(files.Get(t))
+		return m, m.Close, nil
+	}), storetest.WithRaw(func(t *testing.T) []byte {
 		b, err := os.ReadFile(files.Get(t))
 		if err != nil {
 			t.Fatalf("read store file: %v", err)

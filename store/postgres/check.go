@@ -41,14 +41,21 @@ func Check(ctx context.Context, dsn string, kr *store.Keyring) (initialized bool
 			return err
 		}
 		var v []byte
-		if err := tx.QueryRow(ctx, "SELECT value FROM pz_meta WHERE name = 'schema_version'").Scan(&v); err != nil {
+		err := tx.QueryRow(ctx, "SELECT value FROM pz_meta WHERE name = 'schema_version'").Scan(&v)
+		if errors.Is(err, pgx.ErrNoRows) {
+			// Only store.Meta was written (a KMS data key): Open has not
+			// run yet.
+			initialized = false
+			return nil
+		}
+		if err != nil {
 			return fmt.Errorf("schema_version: %w", err)
 		}
 		var version int
 		if _, err := fmt.Sscan(string(v), &version); err != nil || version > len(migrations) {
 			return fmt.Errorf("schema version %q is not one this binary supports (up to %d)", v, len(migrations))
 		}
-		err := tx.QueryRow(ctx, "SELECT value FROM pz_meta WHERE name = 'index_key'").Scan(&wrapped)
+		err = tx.QueryRow(ctx, "SELECT value FROM pz_meta WHERE name = 'index_key'").Scan(&wrapped)
 		if errors.Is(err, pgx.ErrNoRows) {
 			initialized = false
 			return nil

@@ -53,3 +53,32 @@ func TestCheckIsReadOnly(t *testing.T) {
 		t.Errorf("Check of an unreachable database: %v, want ErrUnavailable", err)
 	}
 }
+
+// TestCheckAfterMetaOnly: a database where only store.Meta was written (a
+// KMS data key stored, then the first start stopped before Open) is
+// reported as not initialized, and Open then initializes it.
+func TestCheckAfterMetaOnly(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dsn := pgtest.MustTempSchemaDSN(t)
+	m, err := postgres.OpenMeta(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := m.SwapMeta(ctx, "data-key", nil, []byte("wrapped")); err != nil || !ok {
+		t.Fatalf("SwapMeta = %v, %v", ok, err)
+	}
+	m.Close()
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	if initialized, err := postgres.Check(ctx, dsn, kr); err != nil || initialized {
+		t.Fatalf("Check = %v, %v; want false, nil", initialized, err)
+	}
+	s, err := postgres.Open(ctx, dsn, kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, err := s.GetMeta(ctx, "data-key"); err != nil || string(v) != "wrapped" {
+		t.Errorf("GetMeta after Open = %q, %v", v, err)
+	}
+}

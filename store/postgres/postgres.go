@@ -100,21 +100,9 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	if o.maxConns < 1 {
 		return nil, fmt.Errorf("postgres: open: max conns must be positive, got %d", o.maxConns)
 	}
-	cfg, err := pgx.ParseConfig(dsn)
+	cfg, err := connConfig(dsn, o)
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
-	}
-	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
-		cfg.RuntimeParams["application_name"] = "pseudonymizer"
-	}
-	if o.idleInTx > 0 {
-		cfg.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(o.idleInTx.Milliseconds(), 10)
-	}
-	if o.schema != "" {
-		cfg.RuntimeParams["search_path"] = pgx.Identifier{o.schema}.Sanitize()
-	}
-	if cfg.ConnectTimeout == 0 {
-		cfg.ConnectTimeout = defaultConnectTimeout
 	}
 	pl, err := newPool(cfg, o.maxConns)
 	if err != nil {
@@ -129,6 +117,27 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 		return nil, err
 	}
 	return s, nil
+}
+
+// connConfig parses dsn and applies the options.
+func connConfig(dsn string, o options) (*pgx.ConnConfig, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
+		cfg.RuntimeParams["application_name"] = "pseudonymizer"
+	}
+	if o.idleInTx > 0 {
+		cfg.RuntimeParams["idle_in_transaction_session_timeout"] = strconv.FormatInt(o.idleInTx.Milliseconds(), 10)
+	}
+	if o.schema != "" {
+		cfg.RuntimeParams["search_path"] = pgx.Identifier{o.schema}.Sanitize()
+	}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = defaultConnectTimeout
+	}
+	return cfg, nil
 }
 
 // Hash returns the keyed hash that identifies subjectID in the store.

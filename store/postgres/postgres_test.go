@@ -31,7 +31,15 @@ func TestConformance(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		return postgres.Open(ctx, dsns.Get(t), kr, postgres.WithForgetLogLimit(forgetLogLimit))
-	}, storetest.WithForgetLogLimit(forgetLogLimit), storetest.WithMultipleOpen(), storetest.WithRaw(func(t *testing.T) []byte {
+	}, storetest.WithForgetLogLimit(forgetLogLimit), storetest.WithMeta(func(t *testing.T) (store.Meta, func() error, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		m, err := postgres.OpenMeta(ctx, dsns.Get(t))
+		if err != nil {
+			return nil, nil, err
+		}
+		return m, m.Close, nil
+	}), storetest.WithMultipleOpen(), storetest.WithRaw(func(t *testing.T) []byte {
 		return mustDump(t, dsns.Get(t))
 	}), storetest.WithSnapshot(func(t *testing.T) func() {
 		// A backup: every table copied into another schema; the restore

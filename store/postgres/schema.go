@@ -78,6 +78,33 @@ const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (
 	value bytea NOT NULL
 )`
 
+// ensureMeta creates the schema and pz_meta if they are missing. DDL runs
+// only when something is missing, so that a role without CREATE privileges
+// can open an existing store. The caller holds the migration lock.
+func ensureMeta(ctx context.Context, tx pgx.Tx, schema string) error {
+	if schema != "" {
+		var exists bool
+		if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			if _, err := tx.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
+				return err
+			}
+		}
+	}
+	var hasMeta bool
+	if err := tx.QueryRow(ctx, "SELECT to_regclass('pz_meta') IS NOT NULL").Scan(&hasMeta); err != nil {
+		return err
+	}
+	if !hasMeta {
+		if _, err := tx.Exec(ctx, metaDDL); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // migrate creates or upgrades the tables and loads (or creates) the index
 // key, in one transaction under the migration lock.
 func (s *Store) migrate(ctx context.Context, schema string) error {
@@ -88,27 +115,8 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", migrationLock); err != nil {
 				return err
 			}
-			// DDL runs only when something is missing, so that a role
-			// without CREATE privileges can open an existing store.
-			if schema != "" {
-				var exists bool
-				if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema).Scan(&exists); err != nil {
-					return err
-				}
-				if !exists {
-					if _, err := tx.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{schema}.Sanitize()); err != nil {
-						return err
-					}
-				}
-			}
-			var hasMeta bool
-			if err := tx.QueryRow(ctx, "SELECT to_regclass('pz_meta') IS NOT NULL").Scan(&hasMeta); err != nil {
+			if err := ensureMeta(ctx, tx, schema); err != nil {
 				return err
-			}
-			if !hasMeta {
-				if _, err := tx.Exec(ctx, metaDDL); err != nil {
-					return err
-				}
 			}
 			version := 0
 			var v []byte

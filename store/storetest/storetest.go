@@ -35,6 +35,7 @@ type config struct {
 	multi    bool
 	snapshot func(t *testing.T) (restore func())
 	maxLog   int
+	meta     MetaOpener
 }
 
 // WithSnapshot lets the suite restore test t's storage to an older state,

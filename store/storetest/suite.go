@@ -62,6 +62,9 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"CloseWipesIndexKey", s.testCloseWipesIndexKey},
 		{"SubjectReportsStateReadOnly", s.testSubject},
 		{"ForgetLogListsResultsInOrder", s.testForgetLog},
+		{"MetaIsACompareAndSwapRegister", s.testMetaSwap},
+		{"MetaBeforeOpen", s.testMetaBeforeOpen},
+		{"DataKeyCreatedOnce", s.testDataKeyCreatedOnce},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
