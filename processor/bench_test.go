@@ -2,7 +2,6 @@ package processor
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,17 +19,12 @@ import (
 	"github.com/hygiene/pseudonymizer/schema/sample"
 	"github.com/hygiene/pseudonymizer/store"
 	"github.com/hygiene/pseudonymizer/store/embedded"
+	"github.com/hygiene/pseudonymizer/store/storetest"
 )
 
 // benchPolicies are three systems that each pseudonymize the event, the
 // order and the customer, as in the demo.
-func benchPolicies() []policy.Policy {
-	return []policy.Policy{
-		{System: "google-analytics", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "items", "attributes.utm_source"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
-		{System: "meta", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "shipping_address.country"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
-		{System: "tiktok", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "attributes.utm_campaign"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
-	}
-}
+func benchPolicies() []policy.Policy { return policy.Examples()[:3] }
 
 // benchProcessor returns a processor over an embedded store and n sample
 // order records of customers customers.
@@ -41,10 +35,7 @@ func benchProcessor(tb testing.TB, n, customers, cacheSubjects int) (*Processor,
 	if err != nil {
 		tb.Fatal(err)
 	}
-	kekBytes := make([]byte, 32)
-	_, _ = rand.Read(kekBytes)
-	kek, _ := store.NewKEK(kekBytes)
-	kr, _ := store.NewKeyring(kek)
+	kr := storetest.MustKeyring(tb, storetest.MustKEK(tb, 1))
 	st, err := embedded.Open(filepath.Join(tb.TempDir(), "keys.db"), kr)
 	if err != nil {
 		tb.Fatal(err)

@@ -1,6 +1,8 @@
 package processor
 
 import (
+	"time"
+
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/store"
 )
@@ -10,8 +12,9 @@ import (
 type subject struct {
 	id          string
 	hash        store.SubjectHash
-	key         []byte // nil: no key (forgotten, nothing newer asked for one)
-	forgottenAt int64  // ms since epoch of the newest tombstone; 0 if none
+	key         []byte    // nil: no key (forgotten, nothing newer asked for one)
+	forgottenAt int64     // ms since epoch of the newest tombstone; 0 if none
+	tombstone   time.Time // the newest tombstone; zero if none
 	// pseudo holds the subject's customer pseudonym in each system, in plan
 	// order, pseudonym.Size bytes each: the record key of every output of
 	// this subject, derived once per cached key (nil until first needed).
@@ -23,7 +26,9 @@ type subject struct {
 
 // needsKey reports whether an event that occurred at ms needs a key that
 // this subject does not have yet.
-func (s *subject) needsKey(ms int64) bool { return s.key == nil && ms > s.forgottenAt }
+func (s *subject) needsKey(ms int64) bool {
+	return s.key == nil && store.NeedsKey(false, s.tombstone, time.UnixMilli(ms))
+}
 
 // subjectCache is a bounded two-generation cache of subjects: lookups hit the
 // hot generation, or the cold one and are promoted; when the hot generation

@@ -22,6 +22,7 @@ func wiped(s *subject) bool { return s.key == nil && s.pseudo == nil }
 // never wiped.
 func TestCacheWipesEvictedKeys(t *testing.T) {
 	t.Run("evicted", func(t *testing.T) {
+		t.Parallel()
 		c := newSubjectCache(2)
 		a, b, d := testSubject("a", 1), testSubject("b", 2), testSubject("d", 3)
 		keyOfA := a.key
@@ -47,6 +48,7 @@ func TestCacheWipesEvictedKeys(t *testing.T) {
 		}
 	})
 	t.Run("replaced", func(t *testing.T) {
+		t.Parallel()
 		c := newSubjectCache(10)
 		old, fresh := testSubject("a", 1), testSubject("a", 1)
 		c.put(old)
@@ -57,6 +59,7 @@ func TestCacheWipesEvictedKeys(t *testing.T) {
 		}
 	})
 	t.Run("cleared", func(t *testing.T) {
+		t.Parallel()
 		c := newSubjectCache(10)
 		a := testSubject("a", 1)
 		c.put(a)
@@ -67,6 +70,7 @@ func TestCacheWipesEvictedKeys(t *testing.T) {
 		}
 	})
 	t.Run("not cached", func(t *testing.T) {
+		t.Parallel()
 		c := newSubjectCache(0)
 		a := testSubject("a", 1)
 		c.put(a)

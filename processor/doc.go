@@ -5,33 +5,63 @@
 //
 // # One batch
 //
-// A batch is what one PollRecords returns, from both input topics:
+// A batch is what one PollRecords returns, from both input topics. Its
+// Kafka transaction (txn.go) begins, runs the forget step and the order
+// step, which queue their records in the batch, hands the records to the
+// client, and ends in a guarded commit or an abort:
 //
-//  1. Forget requests first: one Store.Forget call destroys the subjects'
+//  1. Forgets (forgets.go): one Store.Forget call destroys the subjects'
 //     keys and writes their tombstones in one store transaction, then the
 //     confirmations are queued. Forget is idempotent per request ID, so a
-//     batch that is aborted and redone confirms with the same status.
-//  2. Orders: each value is unframed by the Wire (bare Avro, or the
-//     Confluent wire format resolved to the bundled schema), then scanned
-//     (validated, IDs and top-level field offsets located, no allocation;
-//     in parallel); bad ones are queued for the dead-letter topic. Subjects missing from the cache are resolved in one
-//     Store.Resolve call (one round trip; one more write transaction if some
-//     need a fresh key, which is durable before anything that uses it is
-//     committed to Kafka). Events that occurred at or before their subject's
-//     tombstone are suppressed. These decisions are made sequentially, in
-//     input order; then the emitted events are projected once per system by
+//     batch that is aborted and redone confirms with the same status. The
+//     step shares with the order step only the subject cache (it evicts
+//     the forgotten subjects) and the too-large marks; it appends to the
+//     batch but reads nothing the order step wrote, so it could run in a
+//     transaction (and session) of its own.
+//  2. Orders (orders.go, project.go), in four steps. Admit: each value is
+//     unframed by the Wire (bare Avro, or the Confluent wire format
+//     resolved to the bundled schema), then scanned (validated, IDs and
+//     top-level field offsets located, no allocation; in parallel), checked
+//     against the contract and looked up in the cache; bad ones are queued
+//     for the dead-letter topic. Resolve: subjects missing from the cache
+//     are resolved in one Store.Resolve call (one round trip; one more
+//     write transaction if some need a fresh key, which is durable before
+//     anything that uses it is committed to Kafka). Assign: in input
+//     order, events that occurred at or before their subject's tombstone
+//     are suppressed, and each other event gets one output slot per
+//     system. Project: the emitted events are projected once per system by
 //     up to GOMAXPROCS workers, in chunks, each writing its events'
-//     pre-assigned output slots; each chunk's records are produced, in input
-//     order, as soon as it and every chunk before it are complete, so
-//     outputs keep the input order. A subject's customer pseudonyms (the
-//     record keys) and its prepared HMAC key are derived once and cached
-//     with its key.
-//  3. Produce the rest, flush, take the store Guard, commit the Kafka
-//     transaction (offsets included), release the Guard.
+//     pre-assigned slots; each chunk's records are handed to the client,
+//     in input order, as soon as it and every chunk before it are
+//     complete, so outputs keep the input order. A subject's customer
+//     pseudonyms (the record keys) and its prepared HMAC key are derived
+//     once and cached with its key.
+//  3. Commit (txn.go): hand over the rest, flush, take the store Guard,
+//     commit the Kafka transaction (offsets included), release the Guard.
 //
-// Any error aborts the transaction; the session rewinds to the committed
-// offsets and the batch is redone after a capped, jittered backoff. Errors of
-// the transactional client itself end the session and a new one starts.
+// Dead letters (deadletter.go) are queued by both steps: the original
+// record with the reason in headers, cut to fit its topic. An output that
+// the broker refuses as too large marks its input, and the redone batch
+// dead-letters that input instead of retrying it for ever.
+//
+// Any error aborts the transaction; the session (session.go) rewinds to
+// the committed offsets and the batch is redone after a capped, jittered
+// backoff. Errors of the transactional client itself end the session and
+// a new one starts.
+//
+// # Files
+//
+//	processor.go   Config, New, Stats, readiness
+//	session.go     Run: the store baseline, one transactional session after another, backoff
+//	txn.go         one batch's transaction: begin, hand over, flush, guarded commit, abort
+//	batch.go       the batch's buffers, shared by the steps, and the contract's bounds
+//	forgets.go     the forget step: admit, Store.Forget, confirm
+//	orders.go      the order step: admit, resolve, assign
+//	project.go     the order step's projection, in parallel, in input order
+//	deadletter.go  dead letters, record size limits, too-large outputs
+//	cache.go       the subject cache
+//	topics.go      EnsureTopics
+//	metrics.go     Prometheus metrics
 //
 // # Why no instance can publish with a forgotten key
 //
@@ -59,11 +89,12 @@
 // records may become visible just after the confirmation. The batch then
 // finds the guard lost when it releases it; this is logged as an error and
 // counted (pseudonymizer_guard_lost_total). Closing it completely would
-// mean delaying every confirmation by the transaction timeout. The lock is never held while waiting for anything
-// but one EndTxn. A stalled (SIGSTOPped) holder cannot block forgets for
-// ever: the PostgreSQL store sets idle_in_transaction_session_timeout
-// (30s) above the Kafka transaction timeout (10s by default), so the broker
-// aborts the stalled transaction before PostgreSQL drops its lock.
+// mean delaying every confirmation by the transaction timeout. The lock is
+// never held while waiting for anything but one EndTxn. A stalled
+// (SIGSTOPped) holder cannot block forgets for ever: the PostgreSQL store
+// sets idle_in_transaction_session_timeout (30s) above the Kafka
+// transaction timeout (10s by default), so the broker aborts the stalled
+// transaction before PostgreSQL drops its lock.
 //
 // The cache needs no time-to-live for correctness: it is invalidated through
 // the guard, and it is bounded (processing.cache_subjects) for memory only.
@@ -148,7 +179,8 @@
 // The session is a franz-go GroupTransactSession: outputs and offsets commit
 // atomically, a rebalance during a batch aborts it, zombies are fenced by the
 // transactional ID's epoch and by the group generation (KIP-447), and an
-// unconfirmed commit counts as an abort. Output produce errors abort the
-// whole batch (AbortingFirstErrPromise), so a batch's fan-out reaches all
-// systems or none.
+// unconfirmed commit counts as an abort. The first failed record of a
+// batch aborts the whole transaction (producePromise, which works like
+// kgo.AbortingFirstErrPromise), so a batch's fan-out reaches all systems
+// or none.
 package processor

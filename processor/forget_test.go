@@ -8,7 +8,6 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
@@ -106,7 +105,7 @@ func TestForgetStatuses(t *testing.T) {
 			for _, r := range dlq {
 				classes[kafkatest.Header(r, "error.class")] = true
 			}
-			if !classes[processor.ClassDecode] || !classes[processor.ClassContract] {
+			if !classes[schema.ClassDecode] || !classes[schema.ClassContract] {
 				t.Errorf("forget dead letters have classes %v, want decode and contract", classes)
 			}
 		})

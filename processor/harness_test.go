@@ -2,7 +2,6 @@ package processor_test
 
 import (
 	"context"
-	"crypto/rand"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -24,6 +23,7 @@ import (
 	"github.com/hygiene/pseudonymizer/store/embedded"
 	"github.com/hygiene/pseudonymizer/store/postgres"
 	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
+	"github.com/hygiene/pseudonymizer/store/storetest"
 )
 
 // testPolicies are docs/configuration.md's example systems plus a CRM that may see a
@@ -31,8 +31,8 @@ import (
 func testPolicies() []policy.Policy {
 	return []policy.Policy{
 		{System: "crm", Keep: []string{"event_type", "occurred_at", "total_minor", "shipping_address.city"}, Pseudonymize: []string{"order_id", "customer_id"}, Headers: []string{"traceparent"}},
-		{System: "google-analytics", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "items", "attributes.utm_source"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
-		{System: "meta", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "shipping_address.country"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
+		policy.Example("google-analytics"),
+		policy.Example("meta"),
 	}
 }
 
@@ -75,11 +75,8 @@ func newEnv(t *testing.T, kind string, opts ...kfake.Opt) *env {
 		t.Fatal(err)
 	}
 	e.kc.CreateTopics(t, 3, nil, e.topics.Orders, e.topics.Forget)
-	kekBytes := make([]byte, 32)
-	_, _ = rand.Read(kekBytes)
-	kek, _ := store.NewKEK(kekBytes)
-	e.kr, _ = store.NewKeyring(kek)
-	e.kek = kek
+	e.kek = storetest.MustKEK(t, 1)
+	e.kr = storetest.MustKeyring(t, e.kek)
 	switch kind {
 	case "embedded":
 		path := filepath.Join(t.TempDir(), "keys.db")

@@ -35,6 +35,7 @@ func TestHugeRecordsDoNotWedge(t *testing.T) {
 		{"derived limit", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			e := newEnv(t, "embedded")
 			defer func() {
 				if t.Failed() {
@@ -113,11 +114,11 @@ func TestHugeRecordsDoNotWedge(t *testing.T) {
 					t.Errorf("dead letter %d: %d bytes", i, size)
 				}
 			}
-			if got := kafkatest.Header(dlq[1], "error.class"); got != processor.ClassTooLarge {
-				t.Errorf("the valid order's dead letter has class %q, want %q", got, processor.ClassTooLarge)
+			if got := kafkatest.Header(dlq[1], "error.class"); got != schema.ClassTooLarge {
+				t.Errorf("the valid order's dead letter has class %q, want %q", got, schema.ClassTooLarge)
 			}
 			fdlq := e.settled(t, e.topics.ForgetDeadLetter)
-			if len(fdlq) != 1 || kafkatest.Header(fdlq[0], "error.class") != processor.ClassContract || kafkatest.Header(fdlq[0], "source.offset") != strconv.FormatInt(hugeReq.Offset, 10) {
+			if len(fdlq) != 1 || kafkatest.Header(fdlq[0], "error.class") != schema.ClassContract || kafkatest.Header(fdlq[0], "source.offset") != strconv.FormatInt(hugeReq.Offset, 10) {
 				t.Fatalf("forget dead letters %d; want the huge request, class contract", len(fdlq))
 			}
 			if c := e.confirmations(t, 1); c["req-ok"] == nil {
@@ -174,7 +175,7 @@ func TestOversizedConfirmationIsDeadLettered(t *testing.T) {
 		t.Fatalf("the small request is not confirmed")
 	}
 	dlq := e.settled(t, e.topics.ForgetDeadLetter)
-	if len(dlq) != 1 || kafkatest.Header(dlq[0], "error.class") != processor.ClassTooLarge || string(dlq[0].Value) != string(big.Value) {
+	if len(dlq) != 1 || kafkatest.Header(dlq[0], "error.class") != schema.ClassTooLarge || string(dlq[0].Value) != string(big.Value) {
 		t.Fatalf("forget dead letters %d; want the big request, whole, class too_large", len(dlq))
 	}
 }

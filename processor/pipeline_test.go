@@ -42,15 +42,15 @@ func badInputs(t *testing.T) []badInput {
 	huge.Attributes["note"] = string(bytes.Repeat([]byte("x"), 100<<10))
 	hb, _ := schema.MarshalOrderEvent(huge)
 	return []badInput{
-		{"empty", []byte("k1"), nil, processor.ClassDecode},
-		{"garbage", []byte("k2"), []byte("this is not avro at all, not even close"), processor.ClassDecode},
-		{"truncated", []byte("k3"), valid[:len(valid)/2], processor.ClassDecode},
-		{"trailing bytes", []byte("k4"), append(append([]byte{}, valid...), 0, 1, 2), processor.ClassDecode},
-		{"huge length prefix", []byte("k5"), []byte{0xfe, 0xff, 0xff, 0xff, 0x0f, 'a'}, processor.ClassDecode},
-		{"empty customer_id", []byte("k6"), ec, processor.ClassContract},
-		{"empty order_id", []byte("k7"), eo, processor.ClassContract},
-		{"too large", []byte("k8"), hb, processor.ClassTooLarge},
-		{"occurred_at out of range", []byte("k9"), ff, processor.ClassContract},
+		{"empty", []byte("k1"), nil, schema.ClassDecode},
+		{"garbage", []byte("k2"), []byte("this is not avro at all, not even close"), schema.ClassDecode},
+		{"truncated", []byte("k3"), valid[:len(valid)/2], schema.ClassDecode},
+		{"trailing bytes", []byte("k4"), append(append([]byte{}, valid...), 0, 1, 2), schema.ClassDecode},
+		{"huge length prefix", []byte("k5"), []byte{0xfe, 0xff, 0xff, 0xff, 0x0f, 'a'}, schema.ClassDecode},
+		{"empty customer_id", []byte("k6"), ec, schema.ClassContract},
+		{"empty order_id", []byte("k7"), eo, schema.ClassContract},
+		{"too large", []byte("k8"), hb, schema.ClassTooLarge},
+		{"occurred_at out of range", []byte("k9"), ff, schema.ClassContract},
 	}
 }
 

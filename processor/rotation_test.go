@@ -2,13 +2,13 @@ package processor_test
 
 import (
 	"context"
-	"crypto/rand"
 	"testing"
 	"time"
 
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
 	"github.com/hygiene/pseudonymizer/store"
+	"github.com/hygiene/pseudonymizer/store/storetest"
 )
 
 // TestKEKRotationKeepsPseudonyms rotates the KEK (new active KEK, old one
@@ -54,7 +54,7 @@ func TestKEKRotationKeepsPseudonyms(t *testing.T) {
 
 			// Rotate: KEK 2 wraps, KEK 1 still unwraps; re-wrap everything.
 			oldKEK := e.kek
-			newKEK := mustNewKEK(t)
+			newKEK := storetest.MustKEK(t, 2)
 			kr2, err := store.NewKeyring(newKEK, oldKEK)
 			if err != nil {
 				t.Fatal(err)
@@ -93,15 +93,4 @@ func TestKEKRotationKeepsPseudonyms(t *testing.T) {
 			}
 		})
 	}
-}
-
-func mustNewKEK(t *testing.T) *store.KEK {
-	t.Helper()
-	b := make([]byte, 32)
-	_, _ = rand.Read(b)
-	k, err := store.NewKEK(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
 }

@@ -8,7 +8,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
@@ -51,7 +50,7 @@ func TestOversizedOutputIsDeadLettered(t *testing.T) {
 		}
 	}()
 	dlq := e.settled(t, e.topics.OrdersDeadLetter)
-	if len(dlq) != 1 || kafkatest.Header(dlq[0], "error.class") != processor.ClassTooLarge {
+	if len(dlq) != 1 || kafkatest.Header(dlq[0], "error.class") != schema.ClassTooLarge {
 		t.Fatalf("%d dead letters, want one too_large", len(dlq))
 	}
 	outs := e.decode(t, e.settled(t, e.outputTopics()...))

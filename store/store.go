@@ -36,6 +36,14 @@ type Lookup struct {
 	Latest time.Time
 }
 
+// NeedsKey is the rule for creating keys: a subject without a key gets a
+// fresh one for an event at latest unless it has a tombstone (forgottenAt,
+// zero if none) at or after latest; such events are suppressed instead.
+// Both stores create keys by it, and the processor's cache asks it.
+func NeedsKey(hasKey bool, forgottenAt, latest time.Time) bool {
+	return !hasKey && (forgottenAt.IsZero() || latest.After(forgottenAt))
+}
+
 // Entry is the state of one subject as returned by Resolve.
 type Entry struct {
 	// Hash is the subject's keyed hash.
@@ -248,6 +256,11 @@ type Guard interface {
 	// error means the guard may have been lost before Release.
 	Release(ctx context.Context) error
 }
+
+// DefaultForgetLogLimit is the most forget-log entries a Guard returns, and
+// the most a store keeps, unless the store is opened with another limit
+// (a test's). A guard further behind is not Complete.
+const DefaultForgetLogLimit = 100_000
 
 // CheckSince decides a guard's Diverged and Complete for a caller at since,
 // given the log's newest position, the highest pruned sequence number,

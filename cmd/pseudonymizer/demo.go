@@ -24,22 +24,15 @@ import (
 	"github.com/hygiene/pseudonymizer/schema/sample"
 )
 
-// demoSystems is the demo's policy set when no --config is given.
-const demoSystems = `
-systems:
-  google-analytics:
-    keep: [event_type, occurred_at, currency, total_minor, items, attributes.utm_source]
-    pseudonymize: [event_id, order_id, customer_id]
-  meta:
-    keep: [event_type, occurred_at, currency, total_minor, shipping_address.country]
-    pseudonymize: [event_id, order_id, customer_id]
-  tiktok:
-    keep: [event_type, occurred_at, currency, total_minor, attributes.utm_campaign]
-    pseudonymize: [event_id, order_id, customer_id]
-  crm:
-    keep: [event_type, occurred_at, currency, total_minor, items, shipping_address.city, shipping_address.country]
-    pseudonymize: [order_id, customer_id]
-`
+// demoSystems is the demo's policy set when no --config is given: the
+// example systems.
+func demoSystems() map[string]policy.Policy {
+	systems := map[string]policy.Policy{}
+	for _, p := range policy.Examples() {
+		systems[p.System] = p
+	}
+	return systems
+}
 
 // demoTopicPrefix prefixes every topic of the demo's service, so that a
 // user's own `run` against the demo's broker (default topics, group
@@ -131,9 +124,7 @@ type demo struct {
 
 func newDemo(path string, port int, metricsAddr string, verbose bool, stderr io.Writer) (*demo, error) {
 	cfg := config.Default()
-	if err := config.Parse([]byte(demoSystems), &cfg); err != nil {
-		return nil, err
-	}
+	cfg.Systems = demoSystems()
 	if path != "" {
 		own, err := config.Read(path, os.Environ())
 		if err != nil {

@@ -75,7 +75,6 @@ Usage:
                                                      publish sample orders to the orders topic
   pseudonymizer rewrap --config FILE                 re-wrap stored keys with the active KEK
   pseudonymizer healthcheck [--url URL]              exit 0 when the service's /readyz answers 200
-  pseudonymizer bench [--quick] [--events N] [--no-postgres]  throughput against plain and transactional copies
   pseudonymizer version                              print the version
   pseudonymizer help COMMAND                         a command's flags
 `
@@ -128,8 +127,6 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runProduceSample(ctx, rest, stdout, stderr)
 	case "healthcheck":
 		return runHealthcheck(ctx, rest, stdout, stderr)
-	case "bench", "bench-worker":
-		return runBench(ctx, cmd, rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, version())
 		return nil

@@ -12,6 +12,7 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +44,11 @@ func runService(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *check {
 		return checkConfig(ctx, cfg, log, stdout)
 	}
+	stopProfile, err := profileFromEnv(log)
+	if err != nil {
+		return err
+	}
+	defer stopProfile()
 	svc, err := newService(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -147,18 +153,23 @@ func (s *service) listen() (net.Addr, error) {
 	return s.ln.Addr(), nil
 }
 
-// run serves HTTP and processes until ctx is canceled.
+// run serves HTTP and processes until ctx is canceled. The HTTP server and
+// the lag reporter end before run returns; so does the processor, unless
+// it outlives processing.shutdown_timeout (then run returns an error and
+// the process exits).
 func (s *service) run(ctx context.Context) error {
 	if _, err := s.listen(); err != nil {
 		return err
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	if ln := s.ln; ln != nil {
 		srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 5 * time.Second}
-		go func() {
+		wg.Go(func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("http server", "err", err)
 			}
-		}()
+		})
 		defer func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
@@ -174,8 +185,10 @@ func (s *service) run(ctx context.Context) error {
 		"group", s.cfg.Kafka.GroupID, "transactional_id", s.cfg.TxnID())
 	lagCtx, stopLag := context.WithCancel(ctx)
 	defer stopLag()
-	go reportLag(lagCtx, s.kopts, s.cfg.Kafka.GroupID, s.metrics, 15*time.Second)
+	wg.Go(func() { reportLag(lagCtx, s.kopts, s.cfg.Kafka.GroupID, s.metrics, 15*time.Second) })
 
+	// The processor is waited for through done, within the shutdown
+	// timeout; not through wg, which must not wait beyond it.
 	done := make(chan error, 1)
 	go func() { done <- s.proc.Run(ctx) }()
 	select {

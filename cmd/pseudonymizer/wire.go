@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/sr"
 
-	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
@@ -25,9 +24,9 @@ const registryTimeout = 15 * time.Second
 
 // newWire returns the framing of values: bare Avro without a schema
 // registry, else the Confluent wire format (registering the output schemas).
-func newWire(ctx context.Context, cfg config.Config, plan *policy.Plan, log *slog.Logger, reg prometheus.Registerer) (processor.Wire, error) {
+func newWire(ctx context.Context, cfg config.Config, plan *policy.Plan, log *slog.Logger, reg prometheus.Registerer) (schema.Wire, error) {
 	if cfg.SchemaRegistry.URL == "" {
-		return processor.BareWire{}, nil
+		return schema.BareWire{}, nil
 	}
 	cl, err := newRegistryClient(cfg.SchemaRegistry)
 	if err != nil {
@@ -35,7 +34,11 @@ func newWire(ctx context.Context, cfg config.Config, plan *policy.Plan, log *slo
 	}
 	rctx, cancel := context.WithTimeout(ctx, registryTimeout)
 	defer cancel()
-	w, err := registry.New(rctx, cl, plan, cfg.Topics,
+	outputs := make([]registry.Output, 0, len(plan.Systems()))
+	for i, sys := range plan.Systems() {
+		outputs = append(outputs, registry.Output{System: sys, Topic: cfg.Topics.PseudoPrefix + sys, Schema: plan.OutputSchema(i)})
+	}
+	w, err := registry.New(rctx, cl, outputs, cfg.Topics.Forgotten,
 		registry.WithLogger(log.With("component", "schema-registry")), registry.WithRegisterer(reg))
 	if err != nil {
 		return nil, fmt.Errorf("schema_registry: %w", err)

@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 
-	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/registry"
@@ -41,8 +40,8 @@ func TestNewWire(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, ok := w.(processor.BareWire); !ok {
-			t.Fatalf("wire %T, want processor.BareWire", w)
+		if _, ok := w.(schema.BareWire); !ok {
+			t.Fatalf("wire %T, want schema.BareWire", w)
 		}
 		fc, err := newForgetCodec(context.Background(), cfg)
 		if err != nil {

@@ -600,7 +600,8 @@ func (c *Config) TxnID() string {
 var NonConfigEnv = []string{
 	EnvPrefix + "KEK",           // the active KEK itself (keys.kek_file's alternative)
 	EnvPrefix + "FAILPOINT",     // crash injection for the fault tests
-	EnvPrefix + "BENCH_WORKER",  // set by `pseudonymizer bench` for its workers
+	EnvPrefix + "BENCH_WORKER",  // set by cmd/pseudonymizer-bench for its copy workers
+	EnvPrefix + "PROFILE",       // set by cmd/pseudonymizer-bench: profile `run`
 	EnvPrefix + "REQUIRE_*",     // tests: a missing PostgreSQL, Kafka broker, … fails instead of skipping
 	EnvPrefix + "INTEGRATION",   // tests: run the integration suite
 	EnvPrefix + "INTEGRATION_*", // tests: integration suite options

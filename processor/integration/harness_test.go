@@ -105,8 +105,8 @@ func MustIntegration(t testing.TB) {
 func testPolicies() []policy.Policy {
 	return []policy.Policy{
 		{System: "crm", Keep: []string{"event_type", "occurred_at", "total_minor"}, Pseudonymize: []string{"order_id", "customer_id"}},
-		{System: "google-analytics", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "items", "attributes.utm_source"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
-		{System: "meta", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "shipping_address.country"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
+		policy.Example("google-analytics"),
+		policy.Example("meta"),
 	}
 }
 

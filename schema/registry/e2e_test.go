@@ -3,7 +3,6 @@ package registry_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"log/slog"
 	"net/http"
@@ -22,8 +21,8 @@ import (
 	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/registry"
-	"github.com/hygiene/pseudonymizer/store"
 	"github.com/hygiene/pseudonymizer/store/embedded"
+	"github.com/hygiene/pseudonymizer/store/storetest"
 )
 
 // TestEndToEnd runs a real processor with the registry wire against the
@@ -55,10 +54,7 @@ func TestEndToEnd(t *testing.T) {
 		return kc.AwaitStable(t, 30*time.Second, ts...)
 	}
 
-	kek := make([]byte, 32)
-	_, _ = rand.Read(kek)
-	k, _ := store.NewKEK(kek)
-	kr, _ := store.NewKeyring(k)
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
 	st, err := embedded.Open(filepath.Join(t.TempDir(), "keys.db"), kr)
 	if err != nil {
 		t.Fatal(err)
@@ -130,11 +126,11 @@ func TestEndToEnd(t *testing.T) {
 		order(ev(3), frame(olderID, encodeAs(t, olderText, ev(3), nil, nil))),
 	}
 	bad := map[string][]*kgo.Record{
-		processor.ClassSchema: {
+		schema.ClassSchema: {
 			order(ev(4), frame(badID, encodeAs(t, badText, ev(4), nil, nil))),
 			order(ev(5), frame(987654, bare0)),
 		},
-		processor.ClassDecode: {
+		schema.ClassDecode: {
 			order(ev(6), bare0), // bare Avro: magic byte is not 0
 			order(ev(7), []byte{0, 0}),
 		},

@@ -40,10 +40,10 @@ func NewForgetClient(ctx context.Context, cl *sr.Client, forgetTopic string, opt
 		id = ss.ID
 	case notFound(err):
 		if id, err = cl.RegisterSchema(ctx, subject, s, -1, -1); err != nil {
-			return nil, fmt.Errorf("registry: register the forget request schema under subject %s: %s", subject, describe(err))
+			return nil, fmt.Errorf("registry: register the forget request schema under subject %s: %w", subject, describe(err))
 		}
 	default:
-		return nil, fmt.Errorf("registry: look up the forget request schema under subject %s: %s", subject, describe(err))
+		return nil, fmt.Errorf("registry: look up the forget request schema under subject %s: %w", subject, describe(err))
 	}
 	return &ForgetClient{
 		reqPre: prefix(id),

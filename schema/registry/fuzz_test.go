@@ -15,7 +15,6 @@ import (
 
 	"github.com/hamba/avro/v2"
 
-	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/avrowalk/avrowalktest"
 )
@@ -353,12 +352,12 @@ func FuzzOrderWriter(f *testing.F) {
 		}
 		out, err := bounded(t, func() ([]byte, error) { return fw.w.wire.Order(context.Background(), frame(id, body)) })
 		if g.recursive {
-			wantClass(t, err, processor.ClassSchema)
+			wantClass(t, err, schema.ClassSchema)
 			return
 		}
 		if err != nil {
-			re, ok := processor.AsRecordError(err)
-			if !ok || re.Class != processor.ClassDecode {
+			re, ok := schema.AsRecordError(err)
+			if !ok || re.Class != schema.ClassDecode {
 				t.Fatalf("error %v, want a record error of class decode", err)
 			}
 			if want != nil {
@@ -411,9 +410,9 @@ func FuzzForget(f *testing.F) {
 			return
 		}
 		// Bare.
-		fr, err := bounded(t, func() (*schema.ForgetRequest, error) { return processor.BareWire{}.Forget(context.Background(), data) })
+		fr, err := bounded(t, func() (*schema.ForgetRequest, error) { return schema.BareWire{}.Forget(context.Background(), data) })
 		if err != nil {
-			wantClass(t, err, processor.ClassDecode)
+			wantClass(t, err, schema.ClassDecode)
 		} else if again, err := schema.MarshalForgetRequest(fr); err != nil || !bytes.Equal(again, data) {
 			t.Fatalf("accepted bare request re-encodes differently (%v)", err)
 		}
@@ -444,9 +443,9 @@ func FuzzForget(f *testing.F) {
 		got, err := bounded(t, func() (*schema.ForgetRequest, error) { return fw.w.wire.Forget(context.Background(), frame(id, body)) })
 		switch {
 		case g.recursive:
-			wantClass(t, err, processor.ClassSchema)
+			wantClass(t, err, schema.ClassSchema)
 		case err != nil:
-			wantClass(t, err, processor.ClassDecode)
+			wantClass(t, err, schema.ClassDecode)
 			if want != nil {
 				t.Fatalf("valid body refused: %v", err)
 			}

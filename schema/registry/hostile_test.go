@@ -12,7 +12,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/sr"
 
-	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/registry"
 )
@@ -73,7 +72,7 @@ func TestHostileMinInt64BlockCount(t *testing.T) {
 	body = append(body, block...)
 	body = body.long(0).long(0).long(0) // end of items, empty attributes, null loyalty_tier
 	_, err := wire.Order(context.Background(), frame(id, body))
-	wantClass(t, err, processor.ClassDecode)
+	wantClass(t, err, schema.ClassDecode)
 	if strings.Contains(err.Error(), "cust-42") {
 		t.Errorf("error %q contains a record value", err)
 	}
@@ -106,6 +105,7 @@ func TestHostileSkippedBlockCount(t *testing.T) {
 		{"array of fixed(0)", `{"type":"array","items":{"type":"fixed","name":"Zero","size":0}}`, 1 << 62},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			w := newWorld(t, nil)
 			wire := w.start(t)
 			var typ any
@@ -124,10 +124,11 @@ func TestHostileSkippedBlockCount(t *testing.T) {
 				_, err := wire.Order(context.Background(), frame(id, body))
 				return err
 			})
-			wantClass(t, err, processor.ClassDecode)
+			wantClass(t, err, schema.ClassDecode)
 		})
 	}
 	t.Run("forget request", func(t *testing.T) {
+		t.Parallel()
 		w := newWorld(t, nil)
 		wire := w.start(t)
 		id := registerForgetWriter(t, w, `{"name":"tags","type":{"type":"array","items":"string"},"default":[]}`)
@@ -136,7 +137,7 @@ func TestHostileSkippedBlockCount(t *testing.T) {
 			_, err := wire.Forget(context.Background(), frame(id, body))
 			return err
 		})
-		wantClass(t, err, processor.ClassDecode)
+		wantClass(t, err, schema.ClassDecode)
 	})
 }
 
@@ -207,6 +208,7 @@ func TestHostileRecursiveWriter(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			w := newWorld(t, nil)
 			wire := w.start(t)
 			id := w.registerWriter(t, evolve(t, tc.evolv))
@@ -216,7 +218,7 @@ func TestHostileRecursiveWriter(t *testing.T) {
 					_, err := wire.Order(context.Background(), frame(id, body))
 					return err
 				})
-				wantClass(t, err, processor.ClassSchema)
+				wantClass(t, err, schema.ClassSchema)
 			}
 			if n := w.requests.Load(); n != 1 {
 				t.Errorf("%d registry look-ups, want 1 (the verdict is cached)", n)
@@ -224,12 +226,13 @@ func TestHostileRecursiveWriter(t *testing.T) {
 		})
 	}
 	t.Run("forget request", func(t *testing.T) {
+		t.Parallel()
 		w := newWorld(t, nil)
 		wire := w.start(t)
 		id := registerForgetWriter(t, w, `{"name":"tree","type":`+node+`,"default":[]}`)
 		body := enc{}.str("r-1").str("cust-42").long(1_760_000_000_000).long(0).long(0)
 		_, err := wire.Forget(context.Background(), frame(id, body))
-		wantClass(t, err, processor.ClassSchema)
+		wantClass(t, err, schema.ClassSchema)
 	})
 }
 
@@ -250,13 +253,13 @@ func TestHostileForgetAllocation(t *testing.T) {
 		f    func() error
 	}{
 		{"registry", func() error { _, err := wire.Forget(context.Background(), v); return err }},
-		{"bare", func() error { _, err := processor.BareWire{}.Forget(context.Background(), body); return err }},
+		{"bare", func() error { _, err := schema.BareWire{}.Forget(context.Background(), body); return err }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
 			for range 20 {
-				wantClass(t, tc.f(), processor.ClassDecode)
+				wantClass(t, tc.f(), schema.ClassDecode)
 			}
 			runtime.ReadMemStats(&after)
 			if got := after.TotalAlloc - before.TotalAlloc; got > 1<<20 {

@@ -1,6 +1,6 @@
 // Package registry implements the Confluent wire format (magic byte 0, a
 // 4-byte big-endian schema ID, then Avro binary) with a schema registry, as
-// a processor.Wire.
+// a schema.Wire.
 //
 // Input values are read with their writer schema, fetched by ID from the
 // registry and cached, through Avro schema resolution into the bundled
@@ -16,8 +16,8 @@
 // outputs carry their IDs.
 //
 // Writers and bodies are hostile until proven otherwise: hamba/avro can
-// crash the process or loop for ever on input it was not built to doubt
-// (issue 12). Each writer schema is compiled by package avrowalk when it is
+// crash the process or loop for ever on input it was not built to doubt.
+// Each writer schema is compiled by package avrowalk when it is
 // first fetched, which refuses recursive, too deeply nested and
 // exponentially expanding schemas (class schema) before any hamba decoder
 // is built for them; every body that hamba decodes is first validated
@@ -44,9 +44,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/sr"
 
-	"github.com/hygiene/pseudonymizer/processor"
-	"github.com/hygiene/pseudonymizer/processor/config"
-	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
 )
 
@@ -87,15 +84,27 @@ type Wire struct {
 	confPre [headerLen]byte
 }
 
-var _ processor.Wire = (*Wire)(nil)
+var _ schema.Wire = (*Wire)(nil)
 
-// New registers each system's output schema (plan.OutputSchema) under
-// Subject(topics.PseudoPrefix+system) and the ForgetConfirmation schema
-// under Subject(topics.Forgotten), and returns the wire. Registering a
-// schema that is already there is a no-op that returns its ID.
-func New(ctx context.Context, cl *sr.Client, plan *policy.Plan, topics config.Topics, opts ...Option) (*Wire, error) {
-	if cl == nil || plan == nil {
-		return nil, errors.New("registry: a client and a plan are required")
+// Output is one system's output topic and the schema of its values.
+type Output struct {
+	// System names the system, for logs and errors.
+	System string
+	// Topic is the output topic; the schema is registered under
+	// Subject(Topic).
+	Topic string
+	// Schema is the system's output schema (policy.Plan.OutputSchema).
+	Schema avro.Schema
+}
+
+// New registers each output's schema under Subject(output.Topic) and the
+// ForgetConfirmation schema under Subject(confirmations), and returns the
+// wire; outputs are in the order of the system indexes the processor
+// passes to AppendOutputPrefix. Registering a schema that is already there
+// is a no-op that returns its ID.
+func New(ctx context.Context, cl *sr.Client, outputs []Output, confirmations string, opts ...Option) (*Wire, error) {
+	if cl == nil {
+		return nil, errors.New("registry: a client is required")
 	}
 	o := buildOptions(opts)
 	unmapped, err := unmappedCounter(o.reg)
@@ -108,17 +117,17 @@ func New(ctx context.Context, cl *sr.Client, plan *policy.Plan, topics config.To
 		orders:  newReader(res, schema.OrderEventSchema(), unmapped),
 		forgets: newReader(res, schema.ForgetRequestSchema(), nil),
 	}
-	for i, sys := range plan.Systems() {
-		subject := Subject(topics.PseudoPrefix + sys)
-		id, err := register(ctx, cl, subject, plan.OutputSchema(i))
+	for _, out := range outputs {
+		subject := Subject(out.Topic)
+		id, err := register(ctx, cl, subject, out.Schema)
 		if err != nil {
-			return nil, fmt.Errorf("registry: register the output schema of system %s: %w", sys, err)
+			return nil, fmt.Errorf("registry: register the output schema of system %s: %w", out.System, err)
 		}
 		w.outIDs = append(w.outIDs, id)
 		w.outPre = append(w.outPre, prefix(id))
-		o.log.Info("registered output schema", "system", sys, "subject", subject, "schema_id", id)
+		o.log.Info("registered output schema", "system", out.System, "subject", subject, "schema_id", id)
 	}
-	subject := Subject(topics.Forgotten)
+	subject := Subject(confirmations)
 	if w.confID, err = register(ctx, cl, subject, schema.ForgetConfirmationSchema()); err != nil {
 		return nil, fmt.Errorf("registry: register the confirmation schema: %w", err)
 	}
@@ -135,7 +144,7 @@ func register(ctx context.Context, cl *sr.Client, subject string, s avro.Schema)
 	}
 	id, err := cl.RegisterSchema(ctx, subject, sr.Schema{Schema: string(text), Type: sr.TypeAvro}, -1, -1)
 	if err != nil {
-		return 0, fmt.Errorf("subject %s: %s", subject, describe(err))
+		return 0, fmt.Errorf("subject %s: %w", subject, describe(err))
 	}
 	return id, nil
 }
@@ -198,7 +207,7 @@ func (w *Wire) Forget(ctx context.Context, value []byte) (*schema.ForgetRequest,
 	if p.fast {
 		fr, err := schema.UnmarshalForgetRequest(body)
 		if err != nil {
-			return nil, &processor.RecordError{Class: processor.ClassDecode, Reason: "not a hygiene.v1.ForgetRequest in the wire format"}
+			return nil, &schema.RecordError{Class: schema.ClassDecode, Reason: "not a hygiene.v1.ForgetRequest in the wire format"}
 		}
 		return fr, nil
 	}

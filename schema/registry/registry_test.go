@@ -19,7 +19,6 @@ import (
 	"github.com/twmb/franz-go/pkg/sr"
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 
-	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
@@ -56,12 +55,8 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func testPolicies() []policy.Policy {
-	return []policy.Policy{
-		{System: "google-analytics", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "items", "attributes.utm_source"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
-		{System: "meta", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "shipping_address.country"}, Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
-	}
-}
+// testPolicies are the first two example systems.
+func testPolicies() []policy.Policy { return policy.Examples()[:2] }
 
 func newWorld(t testing.TB, fakeOpts []srfake.Option, clOpts ...sr.ClientOpt) *world {
 	t.Helper()
@@ -83,10 +78,19 @@ func newWorld(t testing.TB, fakeOpts []srfake.Option, clOpts ...sr.ClientOpt) *w
 	return w
 }
 
+// outputs are the plan's systems with their output topics and schemas.
+func (w *world) outputs() []registry.Output {
+	var out []registry.Output
+	for i, sys := range w.plan.Systems() {
+		out = append(out, registry.Output{System: sys, Topic: w.topics.PseudoPrefix + sys, Schema: w.plan.OutputSchema(i)})
+	}
+	return out
+}
+
 // start builds the wire (registering the output schemas).
 func (w *world) start(t testing.TB) *registry.Wire {
 	t.Helper()
-	wire, err := registry.New(context.Background(), w.cl, w.plan, w.topics,
+	wire, err := registry.New(context.Background(), w.cl, w.outputs(), w.topics.Forgotten,
 		registry.WithLogger(slog.New(slog.NewTextHandler(w.logs, nil))), registry.WithRegisterer(w.reg))
 	if err != nil {
 		t.Fatal(err)
@@ -202,7 +206,7 @@ func encodeAs(t *testing.T, text string, e *schema.OrderEvent, extra, addrExtra 
 
 func wantClass(t *testing.T, err error, class string) {
 	t.Helper()
-	re, ok := processor.AsRecordError(err)
+	re, ok := schema.AsRecordError(err)
 	if !ok {
 		t.Fatalf("error %v is not a record error, want class %s", err, class)
 	}
@@ -333,6 +337,7 @@ func unmapped(t *testing.T, reg *prometheus.Registry, field string) float64 {
 func TestOlderWriterWithoutOptionalFields(t *testing.T) {
 	for _, drop := range []string{"attributes", "phone"} {
 		t.Run(drop, func(t *testing.T) {
+			t.Parallel()
 			w := newWorld(t, nil)
 			wire := w.start(t)
 			text := evolve(t, without(drop))
@@ -379,7 +384,7 @@ func TestIncompatibleWriter(t *testing.T) {
 	id := w.registerWriter(t, text)
 	for range 3 {
 		_, err := wire.Order(context.Background(), frame(id, encodeAs(t, text, sampleEvent(), nil, nil)))
-		wantClass(t, err, processor.ClassSchema)
+		wantClass(t, err, schema.ClassSchema)
 	}
 	if n := w.requests.Load(); n != 1 {
 		t.Errorf("%d registry look-ups, want 1 (the verdict is cached)", n)
@@ -390,30 +395,31 @@ func TestIncompatibleWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = wire.Order(context.Background(), frame(pid, []byte{1}))
-	wantClass(t, err, processor.ClassSchema)
+	wantClass(t, err, schema.ClassSchema)
 	// A schema that is not Avro JSON is class schema.
 	jid, _, err := w.fake.RegisterSchema("other2-value", sr.Schema{Schema: `{"type":"nonsense"}`})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, err = wire.Order(context.Background(), frame(jid, []byte{1}))
-	wantClass(t, err, processor.ClassSchema)
+	wantClass(t, err, schema.ClassSchema)
 }
 
 func TestUnknownID(t *testing.T) {
 	w := newWorld(t, nil)
 	wire := w.start(t)
 	_, err := wire.Order(context.Background(), frame(4242, []byte{1, 2, 3}))
-	wantClass(t, err, processor.ClassSchema)
+	wantClass(t, err, schema.ClassSchema)
 	if !strings.Contains(err.Error(), "4242") {
 		t.Errorf("error %q does not name the schema ID", err)
 	}
 	_, err = wire.Forget(context.Background(), frame(4242, []byte{1, 2, 3}))
-	wantClass(t, err, processor.ClassSchema)
+	wantClass(t, err, schema.ClassSchema)
 }
 
 func TestRegistryDown(t *testing.T) {
 	t.Run("closed", func(t *testing.T) {
+		t.Parallel()
 		w := newWorld(t, nil)
 		wire := w.start(t)
 		w.fake.Close()
@@ -422,11 +428,11 @@ func TestRegistryDown(t *testing.T) {
 		if err == nil {
 			t.Fatal("no error with the registry down")
 		}
-		if _, ok := processor.AsRecordError(err); ok {
+		if _, ok := schema.AsRecordError(err); ok {
 			t.Fatalf("registry outage is a record error (%v): it would be dead-lettered", err)
 		}
 		_, err = wire.Forget(context.Background(), frame(1000, []byte{2}))
-		if _, ok := processor.AsRecordError(err); ok || err == nil {
+		if _, ok := schema.AsRecordError(err); ok || err == nil {
 			t.Fatalf("forget: registry outage gave %v", err)
 		}
 	})
@@ -441,6 +447,7 @@ func TestRegistryDown(t *testing.T) {
 		{"401", http.StatusUnauthorized, `{"error_code":401,"message":"Unauthorized"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			w := newWorld(t, nil)
 			wire := w.start(t)
 			id := w.registerWriter(t, schema.OrderEventJSON())
@@ -459,7 +466,7 @@ func TestRegistryDown(t *testing.T) {
 			if err == nil {
 				t.Fatal("no error")
 			}
-			if _, ok := processor.AsRecordError(err); ok {
+			if _, ok := schema.AsRecordError(err); ok {
 				t.Fatalf("%v is a record error: it would be dead-lettered", err)
 			}
 			if strings.Contains(err.Error(), "\n") {
@@ -473,6 +480,7 @@ func TestRegistryDown(t *testing.T) {
 		})
 	}
 	t.Run("timeout", func(t *testing.T) {
+		t.Parallel()
 		w := newWorld(t, nil)
 		wire := w.start(t)
 		release := make(chan struct{})
@@ -487,7 +495,7 @@ func TestRegistryDown(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		defer cancel()
 		_, err := wire.Order(ctx, frame(1, []byte{1}))
-		if _, ok := processor.AsRecordError(err); ok || err == nil {
+		if _, ok := schema.AsRecordError(err); ok || err == nil {
 			t.Fatalf("timeout gave %v, want a transient error", err)
 		}
 	})
@@ -498,9 +506,9 @@ func TestBadHeader(t *testing.T) {
 	wire := w.start(t)
 	for _, v := range [][]byte{nil, {0}, {0, 0, 0, 1}, {1, 0, 0, 0, 1, 2}, []byte("hello world")} {
 		_, err := wire.Order(context.Background(), v)
-		wantClass(t, err, processor.ClassDecode)
+		wantClass(t, err, schema.ClassDecode)
 		_, err = wire.Forget(context.Background(), v)
-		wantClass(t, err, processor.ClassDecode)
+		wantClass(t, err, schema.ClassDecode)
 	}
 	if n := w.requests.Load(); n != 0 {
 		t.Errorf("bad headers caused %d registry look-ups", n)
@@ -511,9 +519,9 @@ func TestBadHeader(t *testing.T) {
 	id := w.registerWriter(t, text)
 	body := encodeAs(t, text, sampleEvent(), nil, nil)
 	_, err := wire.Order(context.Background(), frame(id, body[:len(body)/2]))
-	wantClass(t, err, processor.ClassDecode)
+	wantClass(t, err, schema.ClassDecode)
 	_, err = wire.Order(context.Background(), frame(id, append(body, 0, 0)))
-	wantClass(t, err, processor.ClassDecode)
+	wantClass(t, err, schema.ClassDecode)
 	// An array block header announcing 2^40 items is refused before any
 	// allocation: a writer with items first, and a body of just that header.
 	itemsFirst := evolve(t, func(fields []any) []any {
@@ -527,7 +535,7 @@ func TestBadHeader(t *testing.T) {
 	hid := w.registerWriter(t, itemsFirst)
 	huge := binary.AppendUvarint(nil, uint64(1)<<41) // zigzag of 2^40
 	_, err = wire.Order(context.Background(), frame(hid, huge))
-	wantClass(t, err, processor.ClassDecode)
+	wantClass(t, err, schema.ClassDecode)
 }
 
 func TestOutputRegistration(t *testing.T) {
@@ -581,7 +589,7 @@ func TestRegistrationFailure(t *testing.T) {
 		}
 		return false
 	})
-	_, err := registry.New(context.Background(), w.cl, w.plan, w.topics)
+	_, err := registry.New(context.Background(), w.cl, w.outputs(), w.topics.Forgotten)
 	if err == nil || !strings.Contains(err.Error(), "incompatible") || !strings.Contains(err.Error(), "google-analytics") {
 		t.Fatalf("error %v, want one naming the system and the registry's reason", err)
 	}
@@ -662,7 +670,7 @@ func TestConfirmationRoundTrip(t *testing.T) {
 	}
 	// A truncated request is class decode.
 	_, err = wire.Forget(context.Background(), v[:len(v)-2])
-	wantClass(t, err, processor.ClassDecode)
+	wantClass(t, err, schema.ClassDecode)
 }
 
 func TestAuth(t *testing.T) {
@@ -676,6 +684,7 @@ func TestAuth(t *testing.T) {
 		{"bearer", "Bearer tok-123", sr.BearerToken("tok-123")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			w := newWorld(t, []srfake.Option{srfake.WithAuth(tc.expect)}, tc.opt)
 			var seen atomic.Int64
 			w.fake.Intercept(func(_ http.ResponseWriter, r *http.Request) bool {
@@ -694,7 +703,7 @@ func TestAuth(t *testing.T) {
 			}
 			// Without credentials, start-up fails (and never says not found).
 			bad, _ := sr.NewClient(sr.URLs(w.fake.URL()))
-			if _, err := registry.New(context.Background(), bad, w.plan, w.topics); err == nil {
+			if _, err := registry.New(context.Background(), bad, w.outputs(), w.topics.Forgotten); err == nil {
 				t.Fatal("registration without credentials succeeded")
 			}
 		})

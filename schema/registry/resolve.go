@@ -16,7 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/sr"
 
-	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/avrowalk"
 )
 
@@ -48,9 +48,9 @@ func prefix(id int) [headerLen]byte {
 func splitHeader(value []byte) (int, []byte, error) {
 	switch {
 	case len(value) < headerLen:
-		return 0, nil, &processor.RecordError{Class: processor.ClassDecode, Reason: "shorter than the 5-byte Confluent wire format header"}
+		return 0, nil, &schema.RecordError{Class: schema.ClassDecode, Reason: "shorter than the 5-byte Confluent wire format header"}
 	case value[0] != 0:
-		return 0, nil, &processor.RecordError{Class: processor.ClassDecode, Reason: "not the Confluent wire format: magic byte is not 0"}
+		return 0, nil, &schema.RecordError{Class: schema.ClassDecode, Reason: "not the Confluent wire format: magic byte is not 0"}
 	}
 	return int(binary.BigEndian.Uint32(value[1:headerLen])), value[headerLen:], nil
 }
@@ -62,8 +62,8 @@ type resolver struct {
 
 	mu       sync.Mutex
 	writers  map[int]*writer
-	bad      map[int]*processor.RecordError // IDs whose schema is unusable for good
-	notFound map[int]time.Time              // IDs the registry did not know, until when
+	bad      map[int]*schema.RecordError // IDs whose schema is unusable for good
+	notFound map[int]time.Time           // IDs the registry did not know, until when
 	now      func() time.Time
 }
 
@@ -72,7 +72,7 @@ func newResolver(cl *sr.Client, log *slog.Logger) *resolver {
 		cl:       cl,
 		log:      log,
 		writers:  map[int]*writer{},
-		bad:      map[int]*processor.RecordError{},
+		bad:      map[int]*schema.RecordError{},
 		notFound: map[int]time.Time{},
 		now:      time.Now,
 	}
@@ -84,7 +84,7 @@ type writer struct {
 	walk   *avrowalk.Schema
 }
 
-// writer returns the writer schema of id. A *processor.RecordError means
+// writer returns the writer schema of id. A *schema.RecordError means
 // the ID is unknown to the registry or its schema is unusable; any other
 // error is a registry outage.
 func (r *resolver) writer(ctx context.Context, id int) (*writer, error) {
@@ -110,7 +110,7 @@ func (r *resolver) writer(ctx context.Context, id int) (*writer, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if err != nil {
-		if re, ok := processor.AsRecordError(err); ok {
+		if re, ok := schema.AsRecordError(err); ok {
 			if isNotFound(err) {
 				r.notFound[id] = r.now().Add(notFoundTTL)
 			} else {
@@ -132,7 +132,7 @@ func (r *resolver) fetch(ctx context.Context, id int) (*writer, error) {
 		if notFound(err) {
 			return nil, errNotFound(id)
 		}
-		return nil, fmt.Errorf("registry: fetch schema id %d: %s", id, describe(err))
+		return nil, fmt.Errorf("registry: fetch schema id %d: %w", id, describe(err))
 	}
 	if s.Type != sr.TypeAvro {
 		return nil, schemaErr("schema id %d is a %s schema, not Avro", id, s.Type)
@@ -166,7 +166,7 @@ func (r *resolver) parseRefs(ctx context.Context, id int, refs []sr.SchemaRefere
 			if notFound(err) {
 				return schemaErr("schema id %d: a referenced schema is not in the registry", id)
 			}
-			return fmt.Errorf("registry: fetch a reference of schema id %d: %s", id, describe(err))
+			return fmt.Errorf("registry: fetch a reference of schema id %d: %w", id, describe(err))
 		}
 		if err := r.parseRefs(ctx, id, ss.References, cache, depth+1); err != nil {
 			return err
@@ -186,10 +186,10 @@ func notFound(err error) bool {
 	return errors.As(err, &re) && re.StatusCode == http.StatusNotFound && sr.IsNotFoundError(re.ErrorCode)
 }
 
-type notFoundError struct{ processor.RecordError }
+type notFoundError struct{ schema.RecordError }
 
 func errNotFound(id int) error {
-	return &notFoundError{processor.RecordError{Class: processor.ClassSchema, Reason: fmt.Sprintf("schema id %d is not in the registry", id)}}
+	return &notFoundError{schema.RecordError{Class: schema.ClassSchema, Reason: fmt.Sprintf("schema id %d is not in the registry", id)}}
 }
 
 func (e *notFoundError) Unwrap() error { return &e.RecordError }
@@ -199,22 +199,33 @@ func isNotFound(err error) bool {
 	return errors.As(err, &nf)
 }
 
-func schemaErr(format string, args ...any) *processor.RecordError {
-	return &processor.RecordError{Class: processor.ClassSchema, Reason: fmt.Sprintf(format, args...)}
+func schemaErr(format string, args ...any) *schema.RecordError {
+	return &schema.RecordError{Class: schema.ClassSchema, Reason: fmt.Sprintf(format, args...)}
 }
 
-// describe renders a registry error on one short line.
-func describe(err error) string {
+// describe renders a registry error on one short line; the result wraps
+// err.
+func describe(err error) error {
 	var re *sr.ResponseError
 	if errors.As(err, &re) {
 		msg := re.Message
 		if msg == "" {
 			msg = string(re.Raw)
 		}
-		return fmt.Sprintf("HTTP %d (error code %d): %s", re.StatusCode, re.ErrorCode, oneLine(msg))
+		return &describedError{fmt.Sprintf("HTTP %d (error code %d): %s", re.StatusCode, re.ErrorCode, oneLine(msg)), err}
 	}
-	return oneLine(err.Error())
+	return &describedError{oneLine(err.Error()), err}
 }
+
+// describedError is an error shown as one short line that still unwraps
+// to the original, for errors.Is and errors.As.
+type describedError struct {
+	msg string
+	err error
+}
+
+func (e *describedError) Error() string { return e.msg }
+func (e *describedError) Unwrap() error { return e.err }
 
 // oneLine flattens s to one line of at most 300 bytes.
 func oneLine(s string) string {
@@ -242,10 +253,10 @@ type reader struct {
 // plan is how to read values of one writer schema ID.
 type plan struct {
 	id       int
-	walk     *avrowalk.Schema       // validates bodies of the writer schema
-	fast     bool                   // writer is canonically the reader schema
-	resolved avro.Schema            // else: the resolved schema
-	err      *processor.RecordError // or why the writer cannot be read
+	walk     *avrowalk.Schema    // validates bodies of the writer schema
+	fast     bool                // writer is canonically the reader schema
+	resolved avro.Schema         // else: the resolved schema
+	err      *schema.RecordError // or why the writer cannot be read
 }
 
 func newReader(res *resolver, s avro.Schema, unmapped *prometheus.CounterVec) *reader {
@@ -321,7 +332,7 @@ func (rd *reader) report(id int, w avro.Schema) {
 // hamba sees body: hamba can crash or loop on hostile input.
 func (p *plan) validate(body []byte) error {
 	if err := p.walk.Validate(body); err != nil {
-		return &processor.RecordError{Class: processor.ClassDecode, Reason: fmt.Sprintf("body is not valid for its writer schema id %d: %s", p.id, err)}
+		return &schema.RecordError{Class: schema.ClassDecode, Reason: fmt.Sprintf("body is not valid for its writer schema id %d: %s", p.id, err)}
 	}
 	return nil
 }
@@ -335,11 +346,11 @@ func (p *plan) decode(body []byte, v any) error {
 	r := avro.NewReader(nil, 0, avro.WithReaderConfig(decodeAPI)).Reset(body)
 	r.ReadVal(p.resolved, v)
 	if r.Error != nil {
-		return &processor.RecordError{Class: processor.ClassDecode, Reason: fmt.Sprintf("body does not decode with its writer schema id %d", p.id)}
+		return &schema.RecordError{Class: schema.ClassDecode, Reason: fmt.Sprintf("body does not decode with its writer schema id %d", p.id)}
 	}
 	r.Peek()
 	if r.Error == nil {
-		return &processor.RecordError{Class: processor.ClassDecode, Reason: fmt.Sprintf("trailing bytes after a record of writer schema id %d", p.id)}
+		return &schema.RecordError{Class: schema.ClassDecode, Reason: fmt.Sprintf("trailing bytes after a record of writer schema id %d", p.id)}
 	}
 	return nil
 }

@@ -35,9 +35,6 @@ const (
 	FileName = "pseudonymizer.db"
 	// lockTimeout bounds the wait for another process's lock on the file.
 	lockTimeout = time.Second
-	// maxLog is the most forget-log entries a Guard returns, and the most
-	// the store keeps.
-	maxLog = 100_000
 	// logRetention is how long forget-log entries are kept at most.
 	logRetention = 24 * time.Hour
 	// guardWeight is the weight of the exclusive (Forget) side of the lock.
@@ -78,6 +75,8 @@ type Store struct {
 	hasher *store.Hasher
 	// guard is a reader/writer lock: Guard holds weight 1, Forget all of it.
 	guard *semaphore.Weighted
+	// maxLog is the forget-log limit (WithForgetLogLimit).
+	maxLog uint64
 
 	// rewrapMu guards rewrapAfter, the subject hash after which the next
 	// Rewrap continues (nil: from the start).
@@ -90,12 +89,26 @@ type Store struct {
 
 var _ store.KeyStore = (*Store)(nil)
 
+// Option configures Open.
+type Option func(*Store)
+
+// WithForgetLogLimit sets the most forget-log entries a Guard returns and
+// the store keeps (default store.DefaultForgetLogLimit); tests set a small
+// one to reach it quickly.
+func WithForgetLogLimit(n int) Option {
+	return func(s *Store) {
+		if n > 0 {
+			s.maxLog = uint64(n)
+		}
+	}
+}
+
 // Open opens (creating if needed, mode 0600) the store file at path; if path
 // is an existing directory, the file is FileName inside it. Missing parent
 // directories are created (0700). The index key is created on first use. It
 // fails if the file is locked by another process (store.ErrUnavailable) or
 // if kr cannot unwrap the stored index key (store.ErrWrongKEK).
-func Open(path string, kr *store.Keyring) (*Store, error) {
+func Open(path string, kr *store.Keyring, opts ...Option) (*Store, error) {
 	if kr == nil {
 		return nil, errors.New("embedded: open: no keyring")
 	}
@@ -111,7 +124,10 @@ func Open(path string, kr *store.Keyring) (*Store, error) {
 		}
 		return nil, fmt.Errorf("embedded: open: %w", err)
 	}
-	s := &Store{db: db, kr: kr, guard: semaphore.NewWeighted(guardWeight)}
+	s := &Store{db: db, kr: kr, guard: semaphore.NewWeighted(guardWeight), maxLog: store.DefaultForgetLogLimit}
+	for _, opt := range opts {
+		opt(s)
+	}
 	if err := s.init(); err != nil {
 		_ = db.Close()
 		return nil, err

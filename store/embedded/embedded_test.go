@@ -12,13 +12,17 @@ import (
 	"github.com/hygiene/pseudonymizer/store/storetest"
 )
 
+// forgetLogLimit is the stores' forget-log limit in the conformance suite:
+// small, so that the case that goes past it is quick.
+const forgetLogLimit = 1000
+
 func TestConformance(t *testing.T) {
 	files := storetest.PerTest[string]{New: func(t *testing.T) string {
 		return filepath.Join(t.TempDir(), "keys.db")
 	}}
 	storetest.Run(t, func(t *testing.T, kr *store.Keyring) (store.KeyStore, error) {
-		return embedded.Open(files.Get(t), kr)
-	}, storetest.WithMeta(func(t *testing.T) (store.Meta, func() error, error) {
+		return embedded.Open(files.Get(t), kr, embedded.WithForgetLogLimit(forgetLogLimit))
+	}, storetest.WithForgetLogLimit(forgetLogLimit), storetest.WithMeta(func(t *testing.T) (store.Meta, func() error, error) {
 		m := embedded.OpenMeta(files.Get(t))
 		return m, m.Close, nil
 	}), storetest.WithRaw(func(t *testing.T) []byte {

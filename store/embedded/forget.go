@@ -79,7 +79,7 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		if err := meta.Put(metaSeq, putUint(seq)); err != nil {
 			return err
 		}
-		return prune(meta, log, seq, now)
+		return prune(meta, log, seq, now, s.maxLog)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded: forget: %w", err)
@@ -89,7 +89,7 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 
 // prune deletes forget-log entries beyond the newest maxLog and older than
 // logRetention, and records the highest deleted sequence number.
-func prune(meta, log *bolt.Bucket, seq uint64, now time.Time) error {
+func prune(meta, log *bolt.Bucket, seq uint64, now time.Time, maxLog uint64) error {
 	cutoff := now.Add(-logRetention)
 	var doomed [][]byte
 	c := log.Cursor()

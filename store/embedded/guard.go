@@ -44,7 +44,7 @@ func (s *Store) Guard(ctx context.Context, since store.Position) (store.Guard, e
 				copy(stored[:], v[40:])
 			}
 		}
-		g.diverged, g.complete = store.CheckSince(since, g.pos, pruned, maxLog, stored, known)
+		g.diverged, g.complete = store.CheckSince(since, g.pos, pruned, s.maxLog, stored, known)
 		if !g.complete {
 			return nil
 		}

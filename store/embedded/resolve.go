@@ -40,7 +40,7 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 		}
 	}
 	needs := func(h store.SubjectHash, st subjectState) bool {
-		return st.wrapped == nil && (st.forgottenAt.IsZero() || latest[h].After(st.forgottenAt))
+		return store.NeedsKey(st.wrapped != nil, st.forgottenAt, latest[h])
 	}
 
 	states := make(map[store.SubjectHash]subjectState, len(hashes))

@@ -29,11 +29,11 @@ WHERE EXCLUDED.requested_at > pz_tombstones.requested_at`
 INSERT INTO pz_forget_results (request_hash, status, completed_at, request_id, subject_hash, requested_at)
 SELECT * FROM unnest($1::bytea[], $2::int2[], $3::timestamptz[], $4::text[], $5::bytea[], $6::timestamptz[])`
 	// advanceCounter stores the new sequence number and prunes the forget
-	// log to the newest maxLog rows of the last logRetention, recording the
-	// highest pruned sequence number.
+	// log to the newest $3 rows (the store's forget-log limit) of the last
+	// logRetention, recording the highest pruned sequence number.
 	advanceCounter = `
 WITH cut AS (
-	SELECT GREATEST($1::int8 - ` + maxLogSQL + `,
+	SELECT GREATEST($1::int8 - $3::int8,
 		COALESCE((SELECT max(seq) FROM pz_forget_log WHERE logged_at < now() - interval '` + logRetention + `'), 0)) AS upto
 ), pruned AS (
 	DELETE FROM pz_forget_log WHERE seq <= (SELECT upto FROM cut)
@@ -184,7 +184,7 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			}
 			b.Queue(insertLog, logSeqs, logHashes, logTags)
 			b.Queue(insertResults, resHashes, resStatus, resAt, resIDs, resSubjects, resRequested)
-			b.Queue(advanceCounter, seq, logTags[len(logTags)-1])
+			b.Queue(advanceCounter, seq, logTags[len(logTags)-1], int64(s.maxLog))
 		}
 		b.Queue("COMMIT")
 		return conn.SendBatch(ctx, b).Close()

@@ -20,10 +20,10 @@ const (
 	selectCounterPruned = "SELECT seq, pruned_through, epoch, tag FROM pz_forget_counter"
 	selectLogTag        = "SELECT tag FROM pz_forget_log WHERE seq = $1::int8"
 	// selectLogSince lists the forget log after $1, unless that is more
-	// than maxLog rows.
+	// than $2 rows (the store's forget-log limit).
 	selectLogSince = `
 SELECT l.subject_hash FROM pz_forget_log l
-WHERE l.seq > $1::int8 AND (SELECT c.seq FROM pz_forget_counter c) - $1::int8 <= ` + maxLogSQL + `
+WHERE l.seq > $1::int8 AND (SELECT c.seq FROM pz_forget_counter c) - $1::int8 <= $2::int8
 ORDER BY l.seq`
 )
 
@@ -59,7 +59,7 @@ func (s *Store) Guard(ctx context.Context, since store.Position) (store.Guard, e
 		}
 		return rows.Err()
 	})
-	b.Queue(selectLogSince, sinceSQL).Query(func(rows pgx.Rows) error {
+	b.Queue(selectLogSince, sinceSQL, int64(s.maxLog)).Query(func(rows pgx.Rows) error {
 		for rows.Next() {
 			var h []byte
 			if err := rows.Scan(&h); err != nil {
@@ -92,7 +92,7 @@ func (s *Store) Guard(ctx context.Context, since store.Position) (store.Guard, e
 	default:
 		known = false
 	}
-	g.diverged, g.complete = store.CheckSince(since, g.pos, uint64(pruned), maxLog, stored, known)
+	g.diverged, g.complete = store.CheckSince(since, g.pos, uint64(pruned), s.maxLog, stored, known)
 	if !g.complete {
 		g.forgotten = nil
 	}

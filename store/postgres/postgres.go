@@ -33,6 +33,7 @@ type options struct {
 	schema   string
 	maxConns int
 	idleInTx time.Duration
+	maxLog   int
 }
 
 // WithSchema makes the store live in the named schema: it is created if
@@ -56,6 +57,13 @@ func WithIdleInTransactionTimeout(d time.Duration) Option {
 	return func(o *options) { o.idleInTx = d }
 }
 
+// WithForgetLogLimit sets the most forget-log rows a Guard returns and the
+// store keeps (default store.DefaultForgetLogLimit); tests set a small one
+// to reach it quickly. Every store of one schema must use the same limit.
+func WithForgetLogLimit(n int) Option {
+	return func(o *options) { o.maxLog = n }
+}
+
 // Store is a store.KeyStore backed by PostgreSQL. It is safe for concurrent
 // use by many goroutines and many processes.
 type Store struct {
@@ -65,6 +73,8 @@ type Store struct {
 	// lockKey is the objid half of the guard advisory lock, derived from the
 	// store's schema.
 	lockKey int32
+	// maxLog is the forget-log limit (WithForgetLogLimit).
+	maxLog uint64
 
 	// rewrapMu guards rewrapAfter, the subject hash after which the next
 	// Rewrap continues (nil: from the start).
@@ -98,7 +108,10 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
 	}
-	s := &Store{pool: pl, kr: kr}
+	s := &Store{pool: pl, kr: kr, maxLog: store.DefaultForgetLogLimit}
+	if o.maxLog > 0 {
+		s.maxLog = uint64(o.maxLog)
+	}
 	if err := s.migrate(ctx, o.schema); err != nil {
 		s.pool.close()
 		return nil, err

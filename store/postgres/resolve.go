@@ -67,7 +67,7 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 		for _, hb := range hashes {
 			h := store.SubjectHash(hb)
 			st := states[h]
-			if st.wrapped != nil || (!st.forgottenAt.IsZero() && !latest[h].After(st.forgottenAt)) {
+			if !store.NeedsKey(st.wrapped != nil, st.forgottenAt, latest[h]) {
 				continue
 			}
 			key, err := store.NewKey()

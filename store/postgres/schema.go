@@ -18,11 +18,6 @@ const (
 	// Forget takes exclusively and Guard and key creation take shared; its
 	// objid is derived from the schema.
 	guardLockClass int32 = 0x7073_6575
-	// maxLog is the most forget-log rows a Guard returns, and the most the
-	// store keeps.
-	maxLog = 100_000
-	// maxLogSQL is maxLog as SQL text.
-	maxLogSQL = "100000"
 	// logRetention is how long forget-log rows are kept at most.
 	logRetention = "24 hours"
 )

@@ -25,7 +25,7 @@ func guardAt(t *testing.T, ks store.KeyStore, since store.Position) (pos store.P
 // testGuardDetectsRestore: a store restored to an older state while an
 // instance runs makes the instance's next guard report Diverged (and not
 // Complete), both before and after new forgets bring the sequence number
-// back to where the instance last saw it (issue 12, case 6). An instance
+// back to where the instance last saw it. An instance
 // whose last position predates the restore point is unaffected.
 func (s *suite) testGuardDetectsRestore(t *testing.T) {
 	if s.cfg.snapshot == nil {
@@ -97,7 +97,7 @@ func (s *suite) testGuardDetectsRestore(t *testing.T) {
 }
 
 // testCloseWipesIndexKey: Close overwrites the store's index key in memory
-// (issue 12, case 6), so Hash no longer computes the stored hashes.
+// (see processor/doc.go, "Key material in memory"), so Hash no longer computes the stored hashes.
 func (s *suite) testCloseWipesIndexKey(t *testing.T) {
 	kr := MustKeyring(t, MustKEK(t, 1))
 	ks := s.mustOpen(t, kr)

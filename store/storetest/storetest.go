@@ -34,6 +34,7 @@ type config struct {
 	raw      func(t *testing.T) []byte
 	multi    bool
 	snapshot func(t *testing.T) (restore func())
+	maxLog   int
 	meta     MetaOpener
 }
 
@@ -51,6 +52,15 @@ func WithSnapshot(snapshot func(t *testing.T) (restore func())) Option {
 // it can check that no raw subject ID, request ID or plaintext key is stored.
 func WithRaw(raw func(t *testing.T) []byte) Option {
 	return func(c *config) { c.raw = raw }
+}
+
+// WithForgetLogLimit declares that the Opener opens stores with a
+// forget-log limit of n (postgres.WithForgetLogLimit,
+// embedded.WithForgetLogLimit) instead of store.DefaultForgetLogLimit; the
+// case that goes past the limit then forgets n+1 subjects instead of
+// 100,001. Every case keeps below 1,000 forgets otherwise.
+func WithForgetLogLimit(n int) Option {
+	return func(c *config) { c.maxLog = n }
 }
 
 // WithMultipleOpen declares that the storage may be open several times at

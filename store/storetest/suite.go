@@ -10,33 +10,26 @@ import (
 )
 
 // t0 is the base time of the suite's events and requests.
-
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
 // waitLong bounds waits for something that must happen (it is not a speed
-
 // assertion); waitShort is how long the suite watches for something that
-
 // must not happen.
-
 const (
 	waitLong  = 30 * time.Second
 	waitShort = 300 * time.Millisecond
 )
 
 // suite holds what every case needs.
-
 type suite struct {
 	open Opener
 	cfg  config
 }
 
 // Run runs the conformance cases against the store that open opens. Each
-
 // case runs as a parallel subtest with its own storage.
-
 func Run(t *testing.T, open Opener, opts ...Option) {
-	s := &suite{open: open}
+	s := &suite{open: open, cfg: config{maxLog: store.DefaultForgetLogLimit}}
 	for _, opt := range opts {
 		opt(&s.cfg)
 	}
@@ -82,9 +75,7 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 }
 
 // closer makes Close of a store under test idempotent, so the suite can
-
 // close early and still close at cleanup.
-
 type closer struct {
 	store.KeyStore
 	once sync.Once
@@ -97,7 +88,6 @@ func (c *closer) Close() error {
 }
 
 // mustOpen opens t's storage with kr and closes it at cleanup.
-
 func (s *suite) mustOpen(t *testing.T, kr *store.Keyring) store.KeyStore {
 	t.Helper()
 	ks, err := s.open(t, kr)
@@ -114,7 +104,6 @@ func (s *suite) mustOpen(t *testing.T, kr *store.Keyring) store.KeyStore {
 }
 
 // mustReopen closes ks and opens t's storage again with kr.
-
 func (s *suite) mustReopen(t *testing.T, ks store.KeyStore, kr *store.Keyring) store.KeyStore {
 	t.Helper()
 	if err := ks.Close(); err != nil {
@@ -124,9 +113,7 @@ func (s *suite) mustReopen(t *testing.T, ks store.KeyStore, kr *store.Keyring) s
 }
 
 // mustStores returns n stores open on t's storage: n opens when the store
-
 // allows several at once, else ks n times.
-
 func (s *suite) mustStores(t *testing.T, ks store.KeyStore, kr *store.Keyring, n int) []store.KeyStore {
 	t.Helper()
 	out := []store.KeyStore{ks}
@@ -169,7 +156,6 @@ func mustResolve(t *testing.T, ks store.KeyStore, lookups ...store.Lookup) []sto
 }
 
 // mustKey resolves one subject and returns its key, failing if it has none.
-
 func mustKey(t *testing.T, ks store.KeyStore, id string, latest time.Time) []byte {
 	t.Helper()
 	e := mustResolve(t, ks, lookup(id, latest))[0]
@@ -206,7 +192,6 @@ func wantStatuses(t *testing.T, res []store.ForgetResult, want ...store.ForgetSt
 }
 
 // mustGuard takes a guard and releases it at cleanup.
-
 func mustGuard(t *testing.T, ks store.KeyStore, since uint64) store.Guard {
 	t.Helper()
 	g, err := ks.Guard(context.Background(), store.Position{Seq: since})
@@ -218,7 +203,6 @@ func mustGuard(t *testing.T, ks store.KeyStore, since uint64) store.Guard {
 }
 
 // mustSeq returns the current forget sequence number.
-
 func mustSeq(t *testing.T, ks store.KeyStore) uint64 {
 	t.Helper()
 	g := mustGuard(t, ks, 0)

@@ -1,27 +1,20 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -37,45 +30,34 @@ import (
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
 	"github.com/hygiene/pseudonymizer/store"
-	"github.com/hygiene/pseudonymizer/store/embedded"
-	"github.com/hygiene/pseudonymizer/store/postgres"
 )
-
-// benchWorkerEnv marks a process started by `pseudonymizer bench` as one of
-// its pipelines (test binaries dispatch on it in TestMain).
-const benchWorkerEnv = "PSEUDONYMIZER_BENCH_WORKER"
 
 // benchDefaultDSN is the local test database.
 const benchDefaultDSN = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 
-// benchPolicies are the demo's systems; --systems takes the first N.
+// benchPolicies are the demo's systems (policy.Examples); --systems takes
+// the first N.
 func benchPolicies(n int) ([]policy.Policy, error) {
-	cfg := config.Default()
-	if err := config.Parse([]byte(demoSystems), &cfg); err != nil {
-		return nil, err
+	all := policy.Examples()
+	if n < 1 || n > len(all) {
+		return nil, fmt.Errorf("--systems must be between 1 and %d", len(all))
 	}
-	all := cfg.Policies()
-	order := []string{"google-analytics", "meta", "tiktok", "crm"}
-	var out []policy.Policy
-	for _, name := range order {
-		for _, p := range all {
-			if p.System == name && len(out) < n {
-				out = append(out, p)
-			}
-		}
-	}
-	if n < 1 || len(out) < n {
-		return nil, fmt.Errorf("--systems must be between 1 and %d", len(order))
-	}
-	return out, nil
+	return all[:n], nil
 }
 
-// runBench is `pseudonymizer bench` and, as bench-worker, one pipeline.
-func runBench(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) error {
-	if cmd == "bench-worker" {
-		return runBenchWorker(ctx, args, stdout, stderr)
+// runBench is the benchmark: it parses args and runs the pipelines.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pseudonymizer-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), "Usage: pseudonymizer-bench [--quick] [--events N] [--customers N] [--systems N] [--no-postgres] [--profile DIR] [--brokers HOST:PORT,...]\n\n"+
+			"Pushes one backlog of sample orders through a plain copy, a transactional\n"+
+			"copy and the pseudonymizer (PostgreSQL and embedded store) and compares\n"+
+			"their throughput. The pseudonymizer pipelines are `pseudonymizer run`\n"+
+			"processes (--pseudonymizer, built from this module by default), so the\n"+
+			"bench measures the service exactly as it runs.\n\nFlags:\n")
+		fs.PrintDefaults()
 	}
-	fs := newFlags("bench", "bench [--quick] [--events N] [--customers N] [--systems N] [--no-postgres] [--profile DIR]", "Pushes one backlog of sample orders through a plain copy, a transactional\ncopy and the pseudonymizer (PostgreSQL and embedded store) and compares\ntheir throughput.")
 	events := fs.Int("events", 200_000, "events in the backlog")
 	customers := fs.Int("customers", 20_000, "distinct customers")
 	systems := fs.Int("systems", 3, "marketing systems (1-4, the demo's)")
@@ -88,7 +70,11 @@ func runBench(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up on a pipeline after this long")
 	verbose := fs.Bool("v", false, "pass the workers' logs through")
 	brokers := fs.String("brokers", "", "seed brokers (host:port,…) of a Kafka cluster to run against instead of the embedded broker; the run's topics and groups get a unique prefix and are deleted afterwards")
-	if err := fs.parse(args, stdout, stderr); err != nil {
+	binary := fs.String("pseudonymizer", "", "the pseudonymizer binary whose `run` the pseudonymizer pipelines measure; default: built from this module with `go build`")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
 		return err
 	}
 	set := map[string]bool{}
@@ -121,7 +107,7 @@ func runBench(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	b := &bench{
 		events: *events, customers: *customers, partitions: *partitions, pols: pols,
 		dsn: *dsn, profile: *profile, timeout: *timeout, verbose: *verbose, stderr: stderr,
-		topics: config.Default().Topics,
+		topics: config.Default().Topics, binary: *binary,
 	}
 	if *brokers != "" {
 		b.brokers = strings.Split(*brokers, ",")
@@ -152,6 +138,7 @@ type bench struct {
 	dir      string
 	kek      string
 	pgSchema string
+	binary   string // the pseudonymizer binary
 	inEnd    map[int32]int64
 	avgBytes float64
 }
@@ -230,6 +217,20 @@ func (b *bench) close() {
 	}
 }
 
+// createSchema creates the PostgreSQL schema of pipeline (c); close drops
+// it.
+func (b *bench) createSchema(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, b.dsn)
+	if err != nil {
+		return fmt.Errorf("bench: PostgreSQL (or pass --no-postgres): %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{b.pgSchema}.Sanitize()); err != nil {
+		return fmt.Errorf("bench: creating schema %s: %w", b.pgSchema, err)
+	}
+	return nil
+}
+
 func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) error {
 	topics := b.topics
 	seed := []string{topics.Orders, topics.Forget, topics.Forgotten, topics.OrdersDeadLetter, topics.ForgetDeadLetter}
@@ -260,6 +261,11 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 	kek := make([]byte, store.KeySize)
 	_, _ = rand.Read(kek)
 	b.kek = base64.StdEncoding.EncodeToString(kek)
+	if want["pg"] || want["embedded"] {
+		if err := b.buildPseudonymizer(ctx); err != nil {
+			return err
+		}
+	}
 
 	t0 := time.Now()
 	if err := b.backlog(ctx, topics.Orders); err != nil {
@@ -273,6 +279,9 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 		var rnd [6]byte
 		_, _ = rand.Read(rnd[:])
 		b.pgSchema = "bench_" + hex.EncodeToString(rnd[:])
+		if err := b.createSchema(ctx); err != nil {
+			return err
+		}
 	}
 	var results []*benchResult
 	for _, p := range benchPipelines {
@@ -370,31 +379,27 @@ func (b *bench) backlog(ctx context.Context, topic string) error {
 	return nil
 }
 
-// pipeline runs one worker process and measures it.
+// pipeline runs one worker process and measures it: a copy worker (this
+// binary) or `pseudonymizer run`.
 func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	prefix := b.ns + "bench." + r.name + "."
 	group := b.ns + "bench-" + r.name
-	args := []string{"bench-worker", "--mode", kind, "--brokers", strings.Join(b.brokers, ","),
-		"--ns", b.ns, "--prefix", prefix, "--group", group, "--systems", fmt.Sprint(len(b.pols))}
-	switch kind {
-	case "pg":
-		args = append(args, "--postgres", b.dsn, "--schema", b.pgSchema)
-	case "embedded":
-		args = append(args, "--path", filepath.Join(b.dir, "keys.db"))
-	}
-	if b.profile != "" && r.pseudonymizer {
-		if err := os.MkdirAll(b.profile, 0o755); err != nil {
+	var cmd *exec.Cmd
+	var metricsURL string
+	if r.pseudonymizer {
+		var err error
+		if cmd, metricsURL, err = b.service(kind, r.name, prefix, group); err != nil {
 			return err
 		}
-		args = append(args, "--cpuprofile", filepath.Join(b.profile, r.name+".cpu.pprof"),
-			"--memprofile", filepath.Join(b.profile, r.name+".alloc.pprof"))
+	} else {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		cmd = exec.Command(exe, workerCommand, "--mode", kind, "--brokers", strings.Join(b.brokers, ","),
+			"--ns", b.ns, "--prefix", prefix, "--group", group, "--systems", fmt.Sprint(len(b.pols)))
+		cmd.Env = append(os.Environ(), workerEnv+"=1")
 	}
-	cmd := exec.Command(exe, args...)
-	cmd.Env = append(os.Environ(), benchWorkerEnv+"=1", "PSEUDONYMIZER_KEK="+b.kek)
 	var out, errOut bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = &errOut
@@ -453,22 +458,45 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 	// VmHWM, not rusage: a child's ru_maxrss starts from its parent's
 	// (the broker's) resident size at fork.
 	r.rssKiB = vmHWM(cmd.Process.Pid)
+	if r.pseudonymizer {
+		// Read the service's counters before it stops: they are what the
+		// transactions committed.
+		// The service counts a batch just after its commit returned, so
+		// the counters may lag the committed offsets by a moment.
+		stats, err := b.awaitStats(ctx, metricsURL)
+		if err != nil {
+			stop()
+			return err
+		}
+		r.stats = stats
+	}
 	stop()
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		r.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
 	if r.pseudonymizer {
-		sc := bufio.NewScanner(&out)
-		for sc.Scan() {
-			if err := json.Unmarshal(sc.Bytes(), &r.stats); err == nil {
-				break
-			}
-		}
 		if r.stats.OrdersIn < b.events {
 			return fmt.Errorf("worker reports %d committed orders, want %d", r.stats.OrdersIn, b.events)
 		}
 	}
 	return nil
+}
+
+// awaitStats reads the service's totals until they count the whole
+// backlog, for up to five seconds.
+func (b *bench) awaitStats(ctx context.Context, metricsURL string) (processor.Stats, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		stats, err := scrapeStats(ctx, metricsURL, b.topics.Orders)
+		if err != nil || stats.OrdersIn >= b.events || time.Now().After(deadline) {
+			return stats, err
+		}
+		select {
+		case <-ctx.Done():
+			return stats, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // progress reports whether every output topic holds the whole backlog,
@@ -574,217 +602,6 @@ func cpuModel() string {
 		}
 	}
 	return runtime.GOARCH
-}
-
-// runBenchWorker is one pipeline, until SIGTERM.
-func runBenchWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("bench-worker", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	mode := fs.String("mode", "", "copy, txcopy, pg or embedded")
-	brokers := fs.String("brokers", "", "seed brokers")
-	prefix := fs.String("prefix", "", "output topic prefix")
-	ns := fs.String("ns", "", "prefix of the input, confirmation and dead-letter topics")
-	group := fs.String("group", "", "consumer group")
-	nsys := fs.Int("systems", 3, "systems")
-	dsn := fs.String("postgres", "", "PostgreSQL DSN")
-	pgSchema := fs.String("schema", "", "PostgreSQL schema")
-	path := fs.String("path", "", "embedded store file")
-	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile")
-	memprofile := fs.String("memprofile", "", "write an allocation profile")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	pols, err := benchPolicies(*nsys)
-	if err != nil {
-		return err
-	}
-	if *cpuprofile != "" {
-		f, err := os.Create(*cpuprofile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
-	}
-	if *memprofile != "" {
-		// Also keep the heap profile of the largest heap seen.
-		pctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		go peakHeapProfile(pctx, *memprofile+".peak")
-		defer func() {
-			if f, err := os.Create(*memprofile); err == nil {
-				_ = pprof.Lookup("allocs").WriteTo(f, 0)
-				f.Close()
-			}
-		}()
-	}
-	topics := benchTopics(*ns)
-	var outputs []string
-	for _, p := range pols {
-		outputs = append(outputs, *prefix+p.System)
-	}
-	kopts := []kgo.Opt{kgo.SeedBrokers(strings.Split(*brokers, ",")...)}
-	switch *mode {
-	case "copy":
-		return benchCopy(ctx, kopts, topics.Orders, *group, outputs)
-	case "txcopy":
-		return benchTxCopy(ctx, kopts, topics.Orders, *group, outputs)
-	case "pg", "embedded":
-	default:
-		return fmt.Errorf("bench-worker: unknown mode %q", *mode)
-	}
-	kr, err := loadKeyring(config.Keys{KEK: os.Getenv("PSEUDONYMIZER_KEK")})
-	if err != nil {
-		return err
-	}
-	var st store.KeyStore
-	if *mode == "pg" {
-		st, err = postgres.Open(ctx, *dsn, kr, postgres.WithSchema(*pgSchema))
-	} else {
-		st, err = embedded.Open(*path, kr)
-	}
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	plan, err := policy.Compile(schema.OrderEventSchema(), pols)
-	if err != nil {
-		return err
-	}
-	def := config.Default()
-	topics.PseudoPrefix = *prefix
-	p, err := processor.New(processor.Config{
-		Topics: topics, Policies: pols, Plan: plan, Store: st, Kafka: kopts,
-		GroupID: *group, TransactionalID: *group, SessionTimeout: 6 * time.Second,
-		MaxPollRecords: def.Processing.MaxPollRecords, CacheSubjects: def.Processing.CacheSubjects,
-		MaxBackoff: 2 * time.Second,
-		Logger:     slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-	})
-	if err != nil {
-		return err
-	}
-	if err := p.Run(ctx); err != nil {
-		return err
-	}
-	return json.NewEncoder(stdout).Encode(p.Stats())
-}
-
-// benchCopy copies every input record to each output topic, at least once:
-// per poll, produce, flush, commit the offsets.
-func benchCopy(ctx context.Context, kopts []kgo.Opt, in, group string, outputs []string) error {
-	cl, err := kgo.NewClient(append(kopts, kgo.ConsumerGroup(group), kgo.ConsumeTopics(in),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.DisableAutoCommit())...)
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	var mu sync.Mutex
-	var failed error
-	promise := func(_ *kgo.Record, err error) {
-		if err != nil {
-			mu.Lock()
-			failed = cmp.Or(failed, err)
-			mu.Unlock()
-		}
-	}
-	for {
-		fetches := cl.PollRecords(ctx, 10000)
-		if ctx.Err() != nil || fetches.IsClientClosed() {
-			return nil
-		}
-		for _, r := range fetches.Records() {
-			for _, t := range outputs {
-				cl.Produce(ctx, &kgo.Record{Topic: t, Key: r.Key, Value: r.Value}, promise)
-			}
-		}
-		if err := cl.Flush(ctx); err != nil {
-			return nil
-		}
-		mu.Lock()
-		err := failed
-		mu.Unlock()
-		if err != nil {
-			return err
-		}
-		if err := cl.CommitUncommittedOffsets(ctx); err != nil && ctx.Err() == nil {
-			return err
-		}
-	}
-}
-
-// benchTxCopy copies like benchCopy, exactly once: transactions of up to
-// 5,000 input records or 100 ms, whichever comes first.
-func benchTxCopy(ctx context.Context, kopts []kgo.Opt, in, group string, outputs []string) error {
-	sess, err := kgo.NewGroupTransactSession(append(kopts, kgo.ConsumerGroup(group), kgo.ConsumeTopics(in),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(), kgo.TransactionalID(group), kgo.SessionTimeout(6*time.Second))...)
-	if err != nil {
-		return err
-	}
-	defer sess.Close()
-	const maxRecords, maxAge = 5000, 100 * time.Millisecond
-	for ctx.Err() == nil {
-		if err := sess.Begin(); err != nil {
-			return err
-		}
-		promise := kgo.AbortingFirstErrPromise(sess.Client())
-		n := 0
-		deadline := time.Now().Add(maxAge)
-		for n < maxRecords && ctx.Err() == nil {
-			pctx, cancel := context.WithDeadline(ctx, deadline)
-			fetches := sess.PollRecords(pctx, maxRecords-n)
-			cancel()
-			for _, r := range fetches.Records() {
-				for _, t := range outputs {
-					sess.Produce(ctx, &kgo.Record{Topic: t, Key: r.Key, Value: r.Value}, promise.Promise())
-				}
-				n++
-			}
-			if !time.Now().Before(deadline) {
-				break
-			}
-		}
-		ectx := context.WithoutCancel(ctx)
-		if err := sess.Client().Flush(ectx); err != nil {
-			return err
-		}
-		how := kgo.TryCommit
-		if promise.Err() != nil {
-			how = kgo.TryAbort
-		}
-		if _, err := sess.End(ectx, how); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// peakHeapProfile writes the heap profile to path whenever the heap in use
-// grew by a tenth since the last one, until ctx ends.
-func peakHeapProfile(ctx context.Context, path string) {
-	var peak uint64
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		var ms runtime.MemStats
-		runtime.ReadMemStats(&ms)
-		if ms.HeapInuse > peak+peak/10 {
-			peak = ms.HeapInuse
-			if f, err := os.Create(path); err == nil {
-				_ = pprof.Lookup("heap").WriteTo(f, 0)
-				f.Close()
-			}
-		}
-	}
 }
 
 // vmHWM returns the peak resident set size of process pid in KiB, from

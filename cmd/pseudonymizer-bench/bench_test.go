@@ -15,15 +15,15 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
-// TestMain lets the test binary serve as `pseudonymizer bench-worker`, which
-// `bench` starts by re-executing itself.
+// TestMain lets the test binary serve as the bench's copy worker, which
+// the bench starts by re-executing itself.
 func TestMain(m *testing.M) {
-	if os.Getenv(benchWorkerEnv) == "1" && len(os.Args) > 1 && os.Args[1] == "bench-worker" {
+	if os.Getenv(workerEnv) == "1" && len(os.Args) > 1 && os.Args[1] == workerCommand {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 		stop()
 		if err != nil {
-			os.Stderr.WriteString("bench-worker: " + err.Error() + "\n")
+			os.Stderr.WriteString("worker: " + err.Error() + "\n")
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -35,7 +35,7 @@ func TestBenchQuick(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	if err := run(ctx, []string{"bench", "--quick", "--events", "5000", "--no-postgres"}, &out, &errOut); err != nil {
+	if err := run(ctx, []string{"--quick", "--events", "5000", "--no-postgres"}, &out, &errOut); err != nil {
 		t.Fatalf("bench: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
 	}
 	rates := map[string]float64{}
@@ -109,7 +109,7 @@ func TestBenchExternalBroker(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var out, errOut bytes.Buffer
-	if err := run(ctx, []string{"bench", "--quick", "--events", "3000", "--no-postgres", "--brokers", brokers}, &out, &errOut); err != nil {
+	if err := run(ctx, []string{"--quick", "--events", "3000", "--no-postgres", "--brokers", brokers}, &out, &errOut); err != nil {
 		t.Fatalf("bench: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errOut.String())
 	}
 	if !strings.Contains(out.String(), "Kafka broker at "+brokers) || !strings.Contains(out.String(), "d/b ") {

@@ -1,15 +1,13 @@
-package processor
+package schema
 
 import (
 	"context"
 	"errors"
-
-	"github.com/hygiene/pseudonymizer/schema"
 )
 
 // Wire is the framing of Avro values on the topics: bare Avro with the
 // bundled schemas (BareWire), or the Confluent wire format with a schema
-// registry (schema/registry).
+// registry (package schema/registry).
 //
 // Errors that are the record's fault are *RecordError and send the record
 // to the dead-letter topic; any other error is treated as transient (an
@@ -20,13 +18,26 @@ type Wire interface {
 	// bundled schema. It may return value itself.
 	Order(ctx context.Context, value []byte) ([]byte, error)
 	// Forget decodes a ForgetRequest.
-	Forget(ctx context.Context, value []byte) (*schema.ForgetRequest, error)
+	Forget(ctx context.Context, value []byte) (*ForgetRequest, error)
 	// AppendOutputPrefix appends what precedes the Avro body of system i's
 	// output records (nothing for bare Avro).
 	AppendOutputPrefix(dst []byte, system int) []byte
 	// Confirmation encodes a ForgetConfirmation.
-	Confirmation(c *schema.ForgetConfirmation) ([]byte, error)
+	Confirmation(c *ForgetConfirmation) ([]byte, error)
 }
+
+// Dead-letter classes (header error.class).
+const (
+	// ClassDecode: the value is not in the expected framing or encoding.
+	ClassDecode = "decode"
+	// ClassContract: the value decodes but breaks the contract (an empty
+	// or too long ID, a timestamp out of range).
+	ClassContract = "contract"
+	// ClassTooLarge: the record or one of its outputs exceeds a size limit.
+	ClassTooLarge = "too_large"
+	// ClassSchema: the writer schema is unknown, not Avro or incompatible.
+	ClassSchema = "schema"
+)
 
 // RecordError is a problem of one record; it is dead-lettered with Class.
 type RecordError struct {
@@ -36,6 +47,7 @@ type RecordError struct {
 	Reason string
 }
 
+// Error returns the class and the reason.
 func (e *RecordError) Error() string { return e.Class + ": " + e.Reason }
 
 // AsRecordError reports whether err is a RecordError.
@@ -48,12 +60,14 @@ func AsRecordError(err error) (*RecordError, bool) {
 // BareWire is bare Avro binary with the bundled schemas, the default.
 type BareWire struct{}
 
+var _ Wire = BareWire{}
+
 // Order returns value: the pipeline's scanner validates it.
 func (BareWire) Order(_ context.Context, value []byte) ([]byte, error) { return value, nil }
 
 // Forget strictly decodes a bare ForgetRequest.
-func (BareWire) Forget(_ context.Context, value []byte) (*schema.ForgetRequest, error) {
-	fr, err := schema.UnmarshalForgetRequest(value)
+func (BareWire) Forget(_ context.Context, value []byte) (*ForgetRequest, error) {
+	fr, err := UnmarshalForgetRequest(value)
 	if err != nil {
 		return nil, &RecordError{Class: ClassDecode, Reason: "not a hygiene.v1.ForgetRequest in bare Avro"}
 	}
@@ -64,6 +78,6 @@ func (BareWire) Forget(_ context.Context, value []byte) (*schema.ForgetRequest, 
 func (BareWire) AppendOutputPrefix(dst []byte, _ int) []byte { return dst }
 
 // Confirmation encodes bare Avro.
-func (BareWire) Confirmation(c *schema.ForgetConfirmation) ([]byte, error) {
-	return schema.MarshalForgetConfirmation(c)
+func (BareWire) Confirmation(c *ForgetConfirmation) ([]byte, error) {
+	return MarshalForgetConfirmation(c)
 }

@@ -1,0 +1,120 @@
+package processor
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/schema"
+	"github.com/hygiene/pseudonymizer/store"
+)
+
+// forgets destroys the keys of the batch's forget requests and queues their
+// confirmations, in three steps: admit (decode, check the contract), carry
+// out (one Store.Forget call) and confirm. It reads nothing the order step
+// wrote to b, and shares with it only the subject cache and the too-large
+// marks (see doc.go).
+func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	reqs, valid, err := p.admitForgets(ctx, b, recs)
+	if err != nil || len(reqs) == 0 {
+		return err
+	}
+	t := time.Now()
+	results, err := p.cfg.Store.Forget(ctx, reqs)
+	p.storeCall("forget", t, err)
+	if err != nil {
+		return fmt.Errorf("store forget: %w", err)
+	}
+	if len(results) != len(reqs) {
+		return fmt.Errorf("store forget: %d results for %d requests", len(results), len(reqs))
+	}
+	return p.confirm(b, reqs, results, valid)
+}
+
+// admitForgets returns the requests that keep the contract and their
+// records; the others are dead-lettered.
+func (p *Processor) admitForgets(ctx context.Context, b *batch, recs []*kgo.Record) (reqs []store.ForgetRequest, valid []*kgo.Record, err error) {
+	dlq := p.cfg.Topics.ForgetDeadLetter
+	for _, r := range recs {
+		b.stats.ForgetsIn++
+		if len(r.Value) > p.cfg.MaxRecordBytes {
+			p.deadLetter(b, dlq, r, schema.ClassTooLarge, fmt.Sprintf("record of %d bytes exceeds the limit of %d", len(r.Value), p.cfg.MaxRecordBytes))
+			continue
+		}
+		fr, err := p.cfg.Wire.Forget(ctx, r.Value)
+		if err != nil {
+			if re, ok := schema.AsRecordError(err); ok {
+				p.deadLetter(b, dlq, r, re.Class, re.Reason)
+				continue
+			}
+			return nil, nil, fmt.Errorf("decode forget request: %w", err)
+		}
+		if reason := forgetBreaksContract(fr); reason != "" {
+			p.deadLetter(b, dlq, r, schema.ClassContract, reason)
+			continue
+		}
+		reqs = append(reqs, store.ForgetRequest{RequestID: fr.RequestID, SubjectID: fr.SubjectID, RequestedAt: fr.RequestedAt})
+		valid = append(valid, r)
+	}
+	return reqs, valid, nil
+}
+
+// forgetBreaksContract returns why a decoded forget request breaks the
+// contract, or "".
+func forgetBreaksContract(fr *schema.ForgetRequest) string {
+	switch {
+	case fr.RequestID == "":
+		return "request_id is empty"
+	case fr.SubjectID == "":
+		return "subject_id is empty"
+	case !timeInRange(fr.RequestedAt.UnixMilli()):
+		return "requested_at is outside the years 1 to 9999"
+	case len(fr.SubjectID) > MaxIDBytes || len(fr.RequestID) > MaxIDBytes:
+		// Its confirmation echoes both, the subject twice (key and value):
+		// bounded IDs keep it far below any topic's limit.
+		return fmt.Sprintf("subject_id or request_id is longer than %d bytes", MaxIDBytes)
+	}
+	return ""
+}
+
+// confirm drops the forgotten subjects from the cache and queues a
+// confirmation per carried-out request (valid holds their records).
+func (p *Processor) confirm(b *batch, reqs []store.ForgetRequest, results []store.ForgetResult, valid []*kgo.Record) error {
+	dlq := p.cfg.Topics.ForgetDeadLetter
+	for i, req := range reqs {
+		p.cache.forget(p.cfg.Store.Hash(req.SubjectID))
+		res := results[i]
+		if p.takeTooLarge(valid[i]) {
+			// Its confirmation was refused as too large: the request is
+			// carried out (Forget above is idempotent), and dead-lettered
+			// instead of confirmed, so the partition goes on.
+			p.deadLetter(b, dlq, valid[i], schema.ClassTooLarge, "the forget request was carried out, but its confirmation exceeds the message size limit of the confirmation topic")
+			continue
+		}
+		systems := []string{}
+		if res.Status != store.UnknownSubject {
+			systems = p.systems
+		}
+		val, err := p.cfg.Wire.Confirmation(&schema.ForgetConfirmation{
+			RequestID:   req.RequestID,
+			SubjectID:   req.SubjectID,
+			Status:      res.Status.String(),
+			RequestedAt: req.RequestedAt,
+			CompletedAt: res.CompletedAt,
+			Systems:     systems,
+		})
+		if err != nil {
+			return fmt.Errorf("encode confirmation: %w", err)
+		}
+		b.origin[len(b.recs)] = valid[i]
+		b.add(kgo.Record{Topic: p.cfg.Topics.Forgotten, Key: []byte(req.SubjectID), Value: val})
+		b.forgets = append(b.forgets, forgetDone{status: res.Status.String(), published: valid[i].Timestamp})
+		p.log.Info("forget request confirmed", "partition", valid[i].Partition, "offset", valid[i].Offset, "status", res.Status.String())
+	}
+	return nil
+}
