@@ -311,6 +311,11 @@ func logExplain(t *testing.T, conn *pgx.Conn, what string, hashes [][]byte) {
 	if err != nil {
 		t.Fatalf("explain: %v", err)
 	}
+	for i, l := range lines {
+		if len(l) > 120 { // the array of hashes
+			lines[i] = l[:120] + "..."
+		}
+	}
 	t.Logf("EXPLAIN %s (%d hashes) %s:\n\t%s", what, len(hashes), load(), strings.Join(lines, "\n\t"))
 }
 
