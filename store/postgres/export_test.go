@@ -14,3 +14,6 @@ func SessionSetting(ctx context.Context, s *Store, name string) (string, error) 
 	})
 	return v, err
 }
+
+// SelectState is the statement Resolve reads subjects with.
+const SelectState = selectState

@@ -26,6 +26,23 @@ LEFT JOIN pz_tombstones t ON t.subject_hash = n.h
 WHERE t.subject_hash IS NULL OR n.latest > t.requested_at
 ON CONFLICT (subject_hash) DO NOTHING`
 
+// insertKeysReturning is insertKeys that also returns each subject it
+// created, with the requested_at of the subject's tombstone (NULL if none),
+// so that the keys it created need not be read back.
+const insertKeysReturning = `
+WITH n AS MATERIALIZED (
+	SELECT n.h, n.w, t.requested_at
+	FROM unnest($1::bytea[], $2::bytea[], $3::timestamptz[]) AS n(h, w, latest)
+	LEFT JOIN pz_tombstones t ON t.subject_hash = n.h
+	WHERE t.subject_hash IS NULL OR n.latest > t.requested_at
+), ins AS (
+	INSERT INTO pz_subject_keys (subject_hash, wrapped_key)
+	SELECT h, w FROM n
+	ON CONFLICT (subject_hash) DO NOTHING
+	RETURNING subject_hash
+)
+SELECT ins.subject_hash, n.requested_at FROM ins JOIN n ON n.h = ins.subject_hash`
+
 const lockShared = "SELECT pg_advisory_xact_lock_shared($1::int4, $2::int4)"
 
 // subjectState is what the store holds about one subject.
@@ -36,8 +53,11 @@ type subjectState struct {
 
 // Resolve returns one Entry per lookup. It reads every subject in one
 // statement; subjects that need a fresh key are created in one more round
-// trip: a pipelined implicit transaction that takes the shared guard lock,
-// inserts the keys and re-reads them.
+// trip: a pipelined implicit transaction that takes the shared guard lock
+// and inserts the keys, returning those it created. Only subjects that it
+// did not create (another process created a key first, or a forget came in
+// between) take a third round trip, which inserts again and re-reads them
+// under the lock.
 func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.Entry, error) {
 	entries := make([]store.Entry, len(lookups))
 	if len(lookups) == 0 {
@@ -86,10 +106,53 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 		if len(need) == 0 {
 			return nil
 		}
+		created := make(map[store.SubjectHash]bool, len(need))
 		b := &pgx.Batch{}
 		b.Queue(lockShared, guardLockClass, s.lockKey)
-		b.Queue(insertKeys, need, wrapped, needLatest)
-		b.Queue(selectState, need).Query(func(rows pgx.Rows) error {
+		b.Queue(insertKeysReturning, need, wrapped, needLatest).Query(func(rows pgx.Rows) error {
+			defer rows.Close()
+			for rows.Next() {
+				var hb []byte
+				var at *time.Time
+				if err := rows.Scan(&hb, &at); err != nil {
+					return err
+				}
+				created[store.SubjectHash(hb)] = true
+				if at != nil {
+					h := store.SubjectHash(hb)
+					st := states[h]
+					st.forgottenAt = at.UTC()
+					states[h] = st
+				}
+			}
+			return rows.Err()
+		})
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		var again, againWrapped [][]byte
+		var againLatest []time.Time
+		for i, hb := range need {
+			h := store.SubjectHash(hb)
+			if created[h] {
+				st := states[h]
+				st.wrapped = wrapped[i]
+				states[h] = st
+				continue
+			}
+			again = append(again, hb)
+			againWrapped = append(againWrapped, wrapped[i])
+			againLatest = append(againLatest, needLatest[i])
+		}
+		if len(again) == 0 {
+			return nil
+		}
+		// Rare: insert again (a key destroyed meanwhile is replaced) and
+		// read the subjects' state under the lock.
+		b = &pgx.Batch{}
+		b.Queue(lockShared, guardLockClass, s.lockKey)
+		b.Queue(insertKeys, again, againWrapped, againLatest)
+		b.Queue(selectState, again).Query(func(rows pgx.Rows) error {
 			return scanStates(rows, states)
 		})
 		return conn.SendBatch(ctx, b).Close()
