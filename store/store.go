@@ -110,8 +110,9 @@ type KeyStore interface {
 	Hash(subjectID string) SubjectHash
 
 	// Resolve returns one Entry per lookup, in order, in a single round
-	// trip when every subject already has a key and in at most one more
-	// (committed) write when some need a fresh key. A new key is durable
+	// trip when every subject already has a key and in one more (committed)
+	// write when some need a fresh key (a store may need one more read when
+	// another instance or a forget raced that write). A new key is durable
 	// before Resolve returns. Lookups of the same subject get one Entry each,
 	// all equal.
 	Resolve(ctx context.Context, lookups []Lookup) ([]Entry, error)
