@@ -205,13 +205,22 @@ func (p *Processor) takeTooLarge(r *kgo.Record) bool {
 	return ok
 }
 
-// clearTooLarge drops the marks once a batch committed: its marked inputs
-// are dead-lettered and committed, and inputs of partitions this instance
-// lost are marked again by whichever batch meets them.
-func (p *Processor) clearTooLarge() {
+// clearTooLarge drops the marks of inputs of topic once a batch of that
+// lane committed: its marked inputs are dead-lettered and committed, and
+// inputs of partitions this instance lost are marked again by whichever
+// batch meets them. The other lane's marks stay for its redone batch.
+func (p *Processor) clearTooLarge(topic string) {
 	p.tooLargeMu.Lock()
-	clear(p.tooLarge)
-	clear(p.cutDeadLetters)
+	for ref := range p.tooLarge {
+		if ref.topic == topic {
+			delete(p.tooLarge, ref)
+		}
+	}
+	for ref := range p.cutDeadLetters {
+		if ref.topic == topic {
+			delete(p.cutDeadLetters, ref)
+		}
+	}
 	p.tooLargeMu.Unlock()
 }
 

@@ -11,11 +11,53 @@ import (
 	"github.com/hygiene/pseudonymizer/store"
 )
 
+// forgetCallTimeout bounds one Store.Forget call. It includes the store's
+// wait for guards that were lost while their Kafka commit may have been
+// under way (the PostgreSQL store's idle-in-transaction timeout, 30s by
+// default), with room to spare.
+const forgetCallTimeout = 2 * time.Minute
+
+// slowForget is the Store.Forget duration above which the forget lane logs
+// that a confirmation waited (most likely for a lost guard).
+const slowForget = 2 * time.Second
+
+// forgetBatch runs one batch of the forget lane in one transaction: the
+// forget step, then a commit. The transaction is begun first, so that an
+// error rewinds the batch, but the client sends nothing to the broker
+// before the step's records are handed over: the transaction timeout
+// does not run while Store.Forget waits. No guard is needed, since no
+// record of this lane is derived from a key.
+func (p *Processor) forgetBatch(ctx context.Context, sess *kgo.GroupTransactSession, recs []*kgo.Record) (outcome, error) {
+	start := time.Now()
+	defer func() { p.m.BatchDuration.Observe(time.Since(start).Seconds()) }()
+	b := &p.fb
+	b.reset()
+	bctx, cancel := p.batchContext(ctx)
+	defer cancel()
+	t, err := p.beginTxn(bctx, sess, p.cfg.Topics.Forget)
+	if err != nil {
+		return outcomeAborted, err
+	}
+	// The step may wait long (see forgetCallTimeout); shutdown cancels
+	// the wait and the redone batch resumes it.
+	fctx, fcancel := context.WithTimeout(ctx, forgetCallTimeout)
+	err = p.forgets(fctx, b, recs)
+	fcancel()
+	if err != nil {
+		return t.abort(err)
+	}
+	b.send = t.produce
+	if err := t.flush(b); err != nil {
+		return t.abort(err)
+	}
+	return t.commit(b, "forget-")
+}
+
 // forgets destroys the keys of the batch's forget requests and queues their
 // confirmations, in three steps: admit (decode, check the contract), carry
-// out (one Store.Forget call) and confirm. It reads nothing the order step
-// wrote to b, and shares with it only the subject cache and the too-large
-// marks (see doc.go).
+// out (one Store.Forget call) and confirm. Store.Forget returns only once
+// no order batch that used a destroyed key can still commit (see doc.go),
+// so the confirmations follow every such batch.
 func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) error {
 	if len(recs) == 0 {
 		return nil
@@ -30,6 +72,11 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 	if err != nil {
 		return fmt.Errorf("store forget: %w", err)
 	}
+	if d := time.Since(t); d > slowForget {
+		p.log.Warn("store forget was slow; the key store waited for a lost guard's transaction to end, or is overloaded",
+			"took", d.Round(time.Millisecond), "requests", len(reqs))
+	}
+	p.failpoint("after-forget")
 	if len(results) != len(reqs) {
 		return fmt.Errorf("store forget: %d results for %d requests", len(results), len(reqs))
 	}
@@ -82,12 +129,12 @@ func forgetBreaksContract(fr *schema.ForgetRequest) string {
 	return ""
 }
 
-// confirm drops the forgotten subjects from the cache and queues a
-// confirmation per carried-out request (valid holds their records).
+// confirm queues a confirmation per carried-out request (valid holds their
+// records). The order lane drops the forgotten subjects from its cache at
+// its next guard, like every other instance.
 func (p *Processor) confirm(b *batch, reqs []store.ForgetRequest, results []store.ForgetResult, valid []*kgo.Record) error {
 	dlq := p.cfg.Topics.ForgetDeadLetter
 	for i, req := range reqs {
-		p.cache.forget(p.cfg.Store.Hash(req.SubjectID))
 		res := results[i]
 		if p.takeTooLarge(valid[i]) {
 			// Its confirmation was refused as too large: the request is

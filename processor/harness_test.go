@@ -247,7 +247,8 @@ func (e *env) forgetRecord(t *testing.T, reqID, subject string, at time.Time) *k
 // committed record of topics: an exact count, with any duplicate.
 func (e *env) settled(t *testing.T, topics ...string) []*kgo.Record {
 	t.Helper()
-	e.kc.AwaitGroup(t, e.group, 60*time.Second, e.topics.Orders, e.topics.Forget)
+	e.kc.AwaitGroup(t, e.group, 60*time.Second, e.topics.Orders)
+	e.kc.AwaitGroup(t, e.group+config.ForgetLaneSuffix, 60*time.Second, e.topics.Forget)
 	return e.kc.AwaitStable(t, 30*time.Second, topics...)
 }
 

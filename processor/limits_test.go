@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
@@ -130,11 +131,11 @@ func TestHugeRecordsDoNotWedge(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			committed, err := adm.FetchOffsets(ctx, e.group)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, topic := range []string{e.topics.Orders, e.topics.Forget} {
+			for topic, group := range map[string]string{e.topics.Orders: e.group, e.topics.Forget: e.group + config.ForgetLaneSuffix} {
+				committed, err := adm.FetchOffsets(ctx, group)
+				if err != nil {
+					t.Fatal(err)
+				}
 				end, _ := ends.Lookup(topic, 0)
 				got, _ := committed.Lookup(topic, 0)
 				if got.At != end.Offset {

@@ -33,8 +33,12 @@ type Config struct {
 	// Kafka are client options: seed brokers, TLS, SASL, logger. The
 	// processor adds the group, topics and transaction options.
 	Kafka []kgo.Opt
-	// GroupID is the consumer group; TransactionalID this instance's ID.
+	// GroupID is the consumer group of the order lane; TransactionalID
+	// this instance's transactional ID in it.
 	GroupID, TransactionalID string
+	// ForgetGroupID and ForgetTransactionalID are the forget lane's; empty
+	// means GroupID and TransactionalID with config.ForgetLaneSuffix.
+	ForgetGroupID, ForgetTransactionalID string
 	// TransactionTimeout is the Kafka transaction timeout.
 	TransactionTimeout time.Duration
 	// SessionTimeout is the consumer group session timeout.
@@ -59,9 +63,11 @@ type Config struct {
 	// Now returns the current time (tests may replace it).
 	Now func() time.Time
 	// Failpoint, if set, is called at named points of a batch, for crash
-	// tests: "after-forget" (store forget committed), "after-resolve"
-	// (new keys committed), "before-commit" (guard held, before EndTxn),
-	// "after-commit" (EndTxn returned, guard still held).
+	// tests. Order lane: "after-resolve" (new keys committed),
+	// "before-commit" (guard held, before EndTxn), "after-commit" (EndTxn
+	// returned, guard still held). Forget lane: "after-forget" (store
+	// forget committed, its wait for lost guards over),
+	// "forget-before-commit", "forget-after-commit".
 	Failpoint func(name string)
 }
 
@@ -79,7 +85,11 @@ type Processor struct {
 	cache *subjectCache
 	pos   store.Position // newest forget-log position seen by a guard
 	d     *pseudonym.Deriver
-	b     batch
+	b     batch // the order lane's
+	fb    batch // the forget lane's
+	// forgetsSeeded is set once the forget lane's group has offsets (see
+	// seedForgetGroup); only the forget lane touches it.
+	forgetsSeeded bool
 
 	// workers is the number of goroutines that derive and project the
 	// events of a batch (GOMAXPROCS); work are their states.
@@ -101,8 +111,9 @@ type Processor struct {
 	// any record larger than it.
 	batchMax int
 
-	joined  atomic.Bool
-	storeOK atomic.Bool
+	ordersJoined  atomic.Bool
+	forgetsJoined atomic.Bool
+	storeOK       atomic.Bool
 	stats   Stats
 	statsMu sync.Mutex
 }
@@ -133,6 +144,12 @@ func New(cfg Config) (*Processor, error) {
 	}
 	if cfg.Wire == nil {
 		cfg.Wire = schema.BareWire{}
+	}
+	if cfg.ForgetGroupID == "" {
+		cfg.ForgetGroupID = cfg.GroupID + config.ForgetLaneSuffix
+	}
+	if cfg.ForgetTransactionalID == "" {
+		cfg.ForgetTransactionalID = cfg.TransactionalID + config.ForgetLaneSuffix
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -188,12 +205,14 @@ func (p *Processor) Stats() Stats {
 	return p.stats
 }
 
-// Ready reports nil when the processor has joined its group and the store
+// Ready reports nil when both lanes have joined their groups and the store
 // answered its last call.
 func (p *Processor) Ready() error {
 	switch {
-	case !p.joined.Load():
+	case !p.ordersJoined.Load():
 		return errors.New("not ready: consumer group not joined")
+	case !p.forgetsJoined.Load():
+		return errors.New("not ready: forget consumer group not joined")
 	case !p.storeOK.Load():
 		return errors.New("not ready: key store unreachable")
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -14,8 +16,12 @@ import (
 )
 
 // Run processes until ctx is canceled, then finishes or aborts the open
-// transaction, leaves the group and returns nil. It returns an error only
+// transactions, leaves the groups and returns nil. It returns an error only
 // for problems that retrying cannot fix.
+//
+// Orders and forget requests run in two lanes, each its own consumer group
+// and transactional session (see doc.go, "Two lanes"), so that neither ever
+// waits for the other.
 func (p *Processor) Run(ctx context.Context) error {
 	bo := backoff{max: p.cfg.MaxBackoff}
 	// The forget sequence number must be read before any key is cached:
@@ -30,18 +36,62 @@ func (p *Processor) Run(ctx context.Context) error {
 			return nil
 		}
 	}
-	bo.reset()
+	var wg sync.WaitGroup
+	for _, l := range []*lane{p.orderLane(), p.forgetLane()} {
+		wg.Go(func() { p.runLane(ctx, l) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// lane is one transactional consumer of one input topic: its group, its
+// transactional ID and the handler of its poll batches.
+type lane struct {
+	name   string // "orders" or "forgets", in logs
+	group  string
+	txnID  string
+	topic  string
+	joined *atomic.Bool
+	// prepare, if set, runs before each session's client is created.
+	prepare func(ctx context.Context) error
+	// process runs one poll batch in one transaction; ctx is the
+	// session's (see batchContext).
+	process func(ctx context.Context, sess *kgo.GroupTransactSession, recs []*kgo.Record) (outcome, error)
+}
+
+// orderLane consumes orders in the configured group.
+func (p *Processor) orderLane() *lane {
+	return &lane{name: "orders", group: p.cfg.GroupID, txnID: p.cfg.TransactionalID, topic: p.cfg.Topics.Orders,
+		joined: &p.ordersJoined, process: p.processBatch}
+}
+
+// forgetLane consumes forget requests in a group and a transactional
+// session of their own (see doc.go, "Two lanes").
+func (p *Processor) forgetLane() *lane {
+	return &lane{name: "forgets", group: p.cfg.ForgetGroupID, txnID: p.cfg.ForgetTransactionalID, topic: p.cfg.Topics.Forget,
+		joined: &p.forgetsJoined, prepare: p.seedForgetGroup, process: p.forgetBatch}
+}
+
+// batchContext bounds one batch's transaction. The batch runs to its end
+// even when ctx is canceled meanwhile: shutdown then finishes (or aborts)
+// the transaction.
+func (p *Processor) batchContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), p.cfg.TransactionTimeout+p.cfg.MaxBackoff)
+}
+
+// runLane runs one session of l after another until ctx is canceled.
+func (p *Processor) runLane(ctx context.Context, l *lane) {
+	bo := backoff{max: p.cfg.MaxBackoff}
 	for ctx.Err() == nil {
-		err := p.session(ctx)
+		err := p.session(ctx, l)
 		if err == nil {
-			return nil
+			return
 		}
-		p.log.Error("kafka session failed, starting a new one", "err", err)
+		p.log.Error("kafka session failed, starting a new one", "lane", l.name, "err", err)
 		if !bo.sleep(ctx) {
-			return nil
+			return
 		}
 	}
-	return nil
 }
 
 func (p *Processor) baseline(ctx context.Context) error {
@@ -54,24 +104,30 @@ func (p *Processor) baseline(ctx context.Context) error {
 	return g.Release(ctx)
 }
 
-// session runs one transactional client until ctx is canceled (nil) or the
-// client fails in a way only a new producer ID can fix (error).
-func (p *Processor) session(ctx context.Context) error {
+// session runs one transactional client of lane l until ctx is canceled
+// (nil) or the client fails in a way only a new producer ID can fix
+// (error).
+func (p *Processor) session(ctx context.Context, l *lane) error {
+	if l.prepare != nil {
+		if err := l.prepare(ctx); err != nil {
+			return err
+		}
+	}
 	opts := append([]kgo.Opt{}, p.cfg.Kafka...)
 	opts = append(opts,
-		kgo.ConsumerGroup(p.cfg.GroupID),
-		kgo.ConsumeTopics(p.cfg.Topics.Orders, p.cfg.Topics.Forget),
+		kgo.ConsumerGroup(l.group),
+		kgo.ConsumeTopics(l.topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.TransactionalID(p.cfg.TransactionalID),
+		kgo.TransactionalID(l.txnID),
 		kgo.TransactionTimeout(p.cfg.TransactionTimeout),
 		kgo.SessionTimeout(p.cfg.SessionTimeout),
 		kgo.OnPartitionsAssigned(func(context.Context, *kgo.Client, map[string][]int32) {
-			p.joined.Store(true)
+			l.joined.Store(true)
 			p.updateReady()
 		}),
 		kgo.OnPartitionsLost(func(context.Context, *kgo.Client, map[string][]int32) {
-			p.joined.Store(false)
+			l.joined.Store(false)
 			p.updateReady()
 		}),
 	)
@@ -83,7 +139,7 @@ func (p *Processor) session(ctx context.Context) error {
 		return fmt.Errorf("kafka client: %w", err)
 	}
 	defer func() {
-		p.joined.Store(false)
+		l.joined.Store(false)
 		p.updateReady()
 		p.closeSession(sess, ctx.Err() != nil)
 	}()
@@ -104,11 +160,7 @@ func (p *Processor) session(ctx context.Context) error {
 		if len(recs) == 0 {
 			continue
 		}
-		// The batch runs to its end even when ctx is canceled meanwhile:
-		// shutdown then finishes (or aborts) this transaction.
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.TransactionTimeout+p.cfg.MaxBackoff)
-		outcome, err := p.processBatch(bctx, sess, recs)
-		cancel()
+		outcome, err := l.process(ctx, sess, recs)
 		switch {
 		case errors.Is(err, errSessionBroken):
 			return err
@@ -118,9 +170,9 @@ func (p *Processor) session(ctx context.Context) error {
 			// A forget raced with this batch; retry at once.
 		default:
 			if err != nil {
-				p.log.Warn("batch aborted, will retry", "err", err, "records", len(recs))
+				p.log.Warn("batch aborted, will retry", "lane", l.name, "err", err, "records", len(recs))
 			} else {
-				p.log.Info("batch aborted by a rebalance, will retry", "records", len(recs))
+				p.log.Info("batch aborted by a rebalance, will retry", "lane", l.name, "records", len(recs))
 			}
 			if !bo.sleep(ctx) {
 				return nil

@@ -34,21 +34,22 @@ const (
 const abortTimeout = 10 * time.Second
 
 // txn is one Kafka transaction of a session: it hands the batch's records
-// to the client as the steps complete them, and ends in a guarded commit
-// or an abort. See doc.go, "One batch".
+// to the client as the steps complete them, and ends in a commit (guarded,
+// for orders) or an abort. See doc.go, "One batch".
 type txn struct {
 	p       *Processor
 	ctx     context.Context
 	sess    *kgo.GroupTransactSession
+	input   string // the lane's input topic
 	promise *producePromise
 }
 
-// beginTxn begins a transaction on sess.
-func (p *Processor) beginTxn(ctx context.Context, sess *kgo.GroupTransactSession) (*txn, error) {
+// beginTxn begins a transaction on sess, a session consuming input.
+func (p *Processor) beginTxn(ctx context.Context, sess *kgo.GroupTransactSession, input string) (*txn, error) {
 	if err := sess.Begin(); err != nil {
 		return nil, fmt.Errorf("%w: begin: %w", errSessionBroken, err)
 	}
-	return &txn{p: p, ctx: ctx, sess: sess, promise: &producePromise{cl: sess.Client()}}, nil
+	return &txn{p: p, ctx: ctx, sess: sess, input: input, promise: &producePromise{cl: sess.Client()}}, nil
 }
 
 // produce hands r to the client; a failed record aborts the transaction.
@@ -91,10 +92,10 @@ func (t *txn) flush(b *batch) error {
 	return nil
 }
 
-// commit takes the store guard, checks that no subject b used was
+// commitGuarded takes the store guard, checks that no subject b used was
 // forgotten meanwhile, and commits the transaction (offsets included)
-// while holding the guard.
-func (t *txn) commit(b *batch) (outcome, error) {
+// while holding the guard. Order batches end here.
+func (t *txn) commitGuarded(b *batch) (outcome, error) {
 	p, ctx := t.p, t.ctx
 	// The guard excludes forgets until the Kafka commit is done, and tells
 	// which subjects were forgotten since the last guard.
@@ -108,10 +109,10 @@ func (t *txn) commit(b *batch) (outcome, error) {
 		switch {
 		case err == nil:
 		case committedWithGuard:
-			// The guard was lost during the EndTxn round trip: a forget may
-			// have completed before this commit landed. See doc.go.
+			// The guard was lost during the EndTxn round trip: the store
+			// makes forgets wait until this commit is decided. See doc.go.
 			p.m.GuardLost.Inc()
-			p.log.Error("store guard lost while committing; a concurrent forget may have completed first", "err", err)
+			p.log.Warn("store guard lost while committing; forget confirmations wait until this transaction has certainly ended", "err", err)
 		default:
 			p.log.Warn("releasing store guard", "err", err)
 		}
@@ -128,16 +129,24 @@ func (t *txn) commit(b *batch) (outcome, error) {
 
 	// A guard is lost with its connection (a killed backend, a restart):
 	// check it right before committing, so that only the EndTxn round trip
-	// itself remains exposed.
+	// itself remains exposed, and that only to the store's wait.
 	if err := g.Check(ctx); err != nil {
 		return t.abort(fmt.Errorf("store guard lost before commit: %w", err))
 	}
-	p.failpoint("before-commit")
+	o, err := t.commit(b, "")
+	committedWithGuard = o == outcomeCommitted
+	return o, err
+}
+
+// commit ends the transaction with a commit (offsets included). Failpoints
+// are named with prefix, the lane's.
+func (t *txn) commit(b *batch, prefix string) (outcome, error) {
+	p := t.p
+	p.failpoint(prefix + "before-commit")
 	commitStart := time.Now()
-	committed, err := t.sess.End(ctx, kgo.TryCommit)
-	committedWithGuard = err == nil && committed
+	committed, err := t.sess.End(t.ctx, kgo.TryCommit)
 	p.m.CommitDuration.Observe(time.Since(commitStart).Seconds())
-	p.failpoint("after-commit")
+	p.failpoint(prefix + "after-commit")
 	if err != nil {
 		return outcomeAborted, fmt.Errorf("%w: commit: %w", errSessionBroken, err)
 	}
@@ -146,14 +155,16 @@ func (t *txn) commit(b *batch) (outcome, error) {
 		p.count(func(s *Stats) { s.Batches++; s.Aborted++ })
 		return outcomeAborted, nil
 	}
-	p.clearTooLarge()
+	p.clearTooLarge(t.input)
 	p.committed(b, time.Now())
 	return outcomeCommitted, nil
 }
 
-// processBatch runs one transaction: the forget step, then the order step,
+// processBatch runs one order batch in one transaction: the order step,
 // then the guarded commit. See doc.go.
 func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSession, recs []*kgo.Record) (outcome, error) {
+	ctx, cancel := p.batchContext(ctx)
+	defer cancel()
 	start := time.Now()
 	defer func() { p.m.BatchDuration.Observe(time.Since(start).Seconds()) }()
 	b := &p.b
@@ -162,21 +173,14 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	// promises: no record points into an evicted subject any more.
 	defer p.cache.wipeEvicted()
 
-	t, err := p.beginTxn(ctx, sess)
+	t, err := p.beginTxn(ctx, sess, p.cfg.Topics.Orders)
 	if err != nil {
 		return outcomeAborted, err
 	}
 	// Records go to the client as soon as they are complete (see
 	// batch.send); a failed batch aborts them with the transaction.
 	b.send = t.produce
-	b.split(recs, p.cfg.Topics.Orders, p.cfg.Topics.Forget)
-	if err := p.forgets(ctx, b, b.inForgets); err != nil {
-		return t.abort(err)
-	}
-	if len(b.forgets) > 0 {
-		p.failpoint("after-forget")
-	}
-	if err := p.orders(ctx, b, b.inOrders); err != nil {
+	if err := p.orders(ctx, b, recs); err != nil {
 		return t.abort(err)
 	}
 	if len(b.lookups) > 0 {
@@ -185,7 +189,7 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	if err := t.flush(b); err != nil {
 		return t.abort(err)
 	}
-	return t.commit(b)
+	return t.commitGuarded(b)
 }
 
 func (p *Processor) count(f func(*Stats)) {

@@ -11,10 +11,13 @@ import (
 	"github.com/hygiene/pseudonymizer/processor"
 )
 
-// reportLag updates the consumer lag gauge of the group every interval
-// until ctx ends. Lag is measured by the committed offsets of the whole
-// group, so every instance reports the same numbers.
-func reportLag(ctx context.Context, kopts []kgo.Opt, group string, m *processor.Metrics, interval time.Duration) {
+// reportLag updates the consumer lag gauge every interval until ctx ends,
+// for each group's topic in lanes (group -> the input topic it consumes).
+// Lag is measured by the committed offsets of the whole group, so every
+// instance reports the same numbers. Offsets a group committed on other
+// topics (the order group's on the forget topic, before the lanes split)
+// are not reported.
+func reportLag(ctx context.Context, kopts []kgo.Opt, lanes map[string]string, m *processor.Metrics, interval time.Duration) {
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
 		return
@@ -25,13 +28,17 @@ func reportLag(ctx context.Context, kopts []kgo.Opt, group string, m *processor.
 	defer t.Stop()
 	for {
 		lctx, cancel := context.WithTimeout(ctx, interval)
-		lags, err := adm.Lag(lctx, group)
+		groups := make([]string, 0, len(lanes))
+		for g := range lanes {
+			groups = append(groups, g)
+		}
+		lags, err := adm.Lag(lctx, groups...)
 		cancel()
 		if err == nil {
 			lags.Each(func(l kadm.DescribedGroupLag) {
 				for _, ps := range l.Lag {
 					for _, p := range ps {
-						if p.Err == nil {
+						if p.Err == nil && p.Topic == lanes[l.Group] {
 							m.ConsumerLag.WithLabelValues(p.Topic, strconv.Itoa(int(p.Partition))).Set(float64(p.Lag))
 						}
 					}

@@ -185,7 +185,12 @@ func (s *service) run(ctx context.Context) error {
 		"group", s.cfg.Kafka.GroupID, "transactional_id", s.cfg.TxnID())
 	lagCtx, stopLag := context.WithCancel(ctx)
 	defer stopLag()
-	wg.Go(func() { reportLag(lagCtx, s.kopts, s.cfg.Kafka.GroupID, s.metrics, 15*time.Second) })
+	wg.Go(func() {
+		reportLag(lagCtx, s.kopts, map[string]string{
+			s.cfg.Kafka.GroupID:   s.cfg.Topics.Orders,
+			s.cfg.ForgetGroupID(): s.cfg.Topics.Forget,
+		}, s.metrics, 15*time.Second)
+	})
 
 	// The processor is waited for through done, within the shutdown
 	// timeout; not through wg, which must not wait beyond it.

@@ -581,6 +581,15 @@ func (c *Config) validateTopics() error {
 	return nil
 }
 
+// ForgetLaneSuffix is appended to the group ID and the transactional ID to
+// name the forget lane's consumer group and transactional ID: forget
+// requests are consumed and confirmed apart from orders (processor/doc.go,
+// "Two lanes").
+const ForgetLaneSuffix = ".forgets"
+
+// ForgetGroupID returns the consumer group of the forget lane.
+func (c *Config) ForgetGroupID() string { return c.Kafka.GroupID + ForgetLaneSuffix }
+
 // TxnID returns the transactional ID of this instance.
 func (c *Config) TxnID() string {
 	if c.Kafka.TransactionalID != "" {

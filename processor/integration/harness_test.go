@@ -326,7 +326,7 @@ func (w *world) mustCreateTopics(t testing.TB) {
 		if _, err := w.adm.DeleteTopics(ctx, w.allTopics()...); err != nil {
 			t.Logf("delete topics: %v", err)
 		}
-		_, _ = w.adm.DeleteGroups(ctx, w.group)
+		_, _ = w.adm.DeleteGroups(ctx, w.group, w.group+config.ForgetLaneSuffix)
 	})
 	// Metadata reaches every broker asynchronously: wait until each
 	// partition has a leader, so the first produce does not fail.
@@ -855,11 +855,29 @@ func (w *world) MustAwaitConsumed(t testing.TB, timeout time.Duration) {
 	}
 }
 
-// lag is the number of input records not yet committed by the group.
+// committed returns the offsets committed by the order group on the order
+// topic and by the forget group on the forget topic.
+func (w *world) committed(ctx context.Context) (kadm.OffsetResponses, error) {
+	all := kadm.OffsetResponses{}
+	for group, topic := range map[string]string{w.group: w.topics.Orders, w.group + config.ForgetLaneSuffix: w.topics.Forget} {
+		offs, err := w.adm.FetchOffsets(ctx, group)
+		if err != nil {
+			return nil, err
+		}
+		offs.Each(func(o kadm.OffsetResponse) {
+			if o.Topic == topic {
+				all.Add(o)
+			}
+		})
+	}
+	return all, nil
+}
+
+// lag is the number of input records not yet committed by the groups.
 func (w *world) lag() (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	offs, err := w.adm.FetchOffsets(ctx, w.group)
+	offs, err := w.committed(ctx)
 	if err != nil {
 		return -1, err
 	}
@@ -885,7 +903,7 @@ func (w *world) MustCommitted(t testing.TB) int64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	offs, err := w.adm.FetchOffsets(ctx, w.group)
+	offs, err := w.committed(ctx)
 	if err != nil {
 		t.Fatalf("fetch group offsets: %v", err)
 	}
@@ -1231,19 +1249,28 @@ func (w *world) startReaper(t testing.TB) func() {
 	}
 }
 
-// reap sends LeaveGroup for every member of the group whose client ID is
-// in dead and returns the members removed.
+// reap sends LeaveGroup for every member of the groups (the order lane's
+// and the forget lane's) whose client ID is in dead and returns the
+// members removed.
 func (w *world) reap(ctx context.Context, dead map[string]bool) []kadm.DescribedGroupMember {
+	var removed []kadm.DescribedGroupMember
+	for _, group := range []string{w.group, w.group + config.ForgetLaneSuffix} {
+		removed = append(removed, w.reapGroup(ctx, group, dead)...)
+	}
+	return removed
+}
+
+func (w *world) reapGroup(ctx context.Context, group string, dead map[string]bool) []kadm.DescribedGroupMember {
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	groups, err := w.adm.DescribeGroups(rctx, w.group)
+	groups, err := w.adm.DescribeGroups(rctx, group)
 	if err != nil {
 		return nil
 	}
 	ghosts := map[string]kadm.DescribedGroupMember{}
 	req := kmsg.NewPtrLeaveGroupRequest()
-	req.Group = w.group
-	for _, m := range groups[w.group].Members {
+	req.Group = group
+	for _, m := range groups[group].Members {
 		if dead[m.ClientID] {
 			ghosts[m.MemberID] = m
 			lm := kmsg.NewLeaveGroupRequestMember()
@@ -1266,3 +1293,4 @@ func (w *world) reap(ctx context.Context, dead map[string]bool) []kadm.Described
 	}
 	return removed
 }
+

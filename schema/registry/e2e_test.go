@@ -50,7 +50,8 @@ func TestEndToEnd(t *testing.T) {
 	// produced so far, then returns every committed record of ts.
 	settled := func(ts ...string) []*kgo.Record {
 		t.Helper()
-		kc.AwaitGroup(t, group, 60*time.Second, topics.Orders, topics.Forget)
+		kc.AwaitGroup(t, group, 60*time.Second, topics.Orders)
+		kc.AwaitGroup(t, group+config.ForgetLaneSuffix, 60*time.Second, topics.Forget)
 		return kc.AwaitStable(t, 30*time.Second, ts...)
 	}
 

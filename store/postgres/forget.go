@@ -53,7 +53,9 @@ type forgetSubject struct {
 // Forget applies the requests in order in one transaction of two round
 // trips: the first begins it, takes the exclusive guard lock (waiting for
 // every Guard and key creation) and reads the state; the second writes the
-// changes and commits.
+// changes and commits. If a connection that took guards was lost, it then
+// waits until that guard's Kafka commit is certainly decided (lostguard.go);
+// a redone call waits for the same.
 func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store.ForgetResult, error) {
 	results := make([]store.ForgetResult, len(reqs))
 	if len(reqs) == 0 {
@@ -67,6 +69,7 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		subHashes[i] = h[:]
 	}
 
+	var wait time.Duration // for lost guards, see lostguard.go
 	err := s.with(ctx, func(conn *pgx.Conn) error {
 		done := make(map[string]store.ForgetResult)
 		subjects := make(map[store.SubjectHash]*forgetSubject)
@@ -78,6 +81,16 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
 		b.Queue(lockExclusive, guardLockClass, s.lockKey)
+		b.Queue(markGoneGuardCons, ownKey(conn), s.lostGuardWait.Milliseconds()).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				var ms int64
+				if err := rows.Scan(&ms); err != nil {
+					return err
+				}
+				wait = max(wait, time.Duration(ms)*time.Millisecond)
+			}
+			return rows.Err()
+		})
 		b.Queue(selectResults, reqHashes).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var rh []byte
@@ -186,11 +199,18 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			b.Queue(insertResults, resHashes, resStatus, resAt, resIDs, resSubjects, resRequested)
 			b.Queue(advanceCounter, seq, logTags[len(logTags)-1], int64(s.maxLog))
 		}
+		b.Queue(pruneGoneGuardCons, s.lostGuardWait.Milliseconds())
 		b.Queue("COMMIT")
 		return conn.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
 		return nil, wrapErr("forget", err)
+	}
+	// Outside the lock, and also when every request was carried out before
+	// (a redone batch): the caller's confirmations must follow the commits
+	// of lost guards.
+	if err := sleepCtx(ctx, wait); err != nil {
+		return nil, wrapErr("forget: committed, waiting for a lost guard's transaction to end", err)
 	}
 	return results, nil
 }

@@ -29,7 +29,8 @@ ORDER BY l.seq`
 
 // Guard begins a transaction on a dedicated connection, takes the shared
 // guard lock and reads the forget log after since (and the tag of since),
-// in one round trip. The
+// in one round trip (one more on a connection's first guard, which
+// registers it: see lostguard.go). The
 // transaction (and the connection) stay open until Release. A Guard held
 // longer than the idle-in-transaction timeout is ended by the server; its
 // Release then returns an error.
@@ -37,6 +38,10 @@ func (s *Store) Guard(ctx context.Context, since store.Position) (store.Guard, e
 	conn, err := s.pool.acquire(ctx)
 	if err != nil {
 		return nil, wrapErr("guard", err)
+	}
+	if err := register(ctx, conn); err != nil {
+		s.pool.release(conn)
+		return nil, wrapErr("guard: register connection", err)
 	}
 	g := &guard{pool: s.pool, conn: conn}
 	sinceSQL := int64(math.MaxInt64)

@@ -32,6 +32,7 @@ func newPool(cfg *pgx.ConnConfig, maxConns int) (*pool, error) {
 	pc.MaxConns = int32(maxConns)
 	pc.MinConns = 0
 	pc.HealthCheckPeriod = 30 * time.Second
+	pc.BeforeClose = deregister
 	p, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
 		return nil, fmt.Errorf("pool: %w", err)

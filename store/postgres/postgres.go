@@ -22,6 +22,9 @@ const (
 	// how long a stalled Guard holder can block Forget, and so it also bounds
 	// how long a Guard may be held.
 	DefaultIdleInTransactionTimeout = 30 * time.Second
+	// DefaultLostGuardWait is how long Forget waits after a connection that
+	// took guards was lost (WithLostGuardWait).
+	DefaultLostGuardWait = 30 * time.Second
 	// defaultConnectTimeout applies when the DSN sets no connect_timeout.
 	defaultConnectTimeout = 10 * time.Second
 )
@@ -30,10 +33,11 @@ const (
 type Option func(*options)
 
 type options struct {
-	schema   string
-	maxConns int
-	idleInTx time.Duration
-	maxLog   int
+	schema        string
+	maxConns      int
+	idleInTx      time.Duration
+	maxLog        int
+	lostGuardWait time.Duration
 }
 
 // WithSchema makes the store live in the named schema: it is created if
@@ -57,6 +61,14 @@ func WithIdleInTransactionTimeout(d time.Duration) Option {
 	return func(o *options) { o.idleInTx = d }
 }
 
+// WithLostGuardWait sets how long Forget waits, after a connection that
+// took guards was lost, before it returns (default DefaultLostGuardWait). It must exceed the Kafka transaction timeout plus the
+// broker's delay in aborting a timed-out transaction (10s by default); only
+// tests that keep transactions short set less. See lostguard.go.
+func WithLostGuardWait(d time.Duration) Option {
+	return func(o *options) { o.lostGuardWait = d }
+}
+
 // WithForgetLogLimit sets the most forget-log rows a Guard returns and the
 // store keeps (default store.DefaultForgetLogLimit); tests set a small one
 // to reach it quickly. Every store of one schema must use the same limit.
@@ -75,6 +87,9 @@ type Store struct {
 	lockKey int32
 	// maxLog is the forget-log limit (WithForgetLogLimit).
 	maxLog uint64
+	// lostGuardWait is how long Forget waits for a lost guard
+	// (WithLostGuardWait).
+	lostGuardWait time.Duration
 
 	// rewrapMu guards rewrapAfter, the subject hash after which the next
 	// Rewrap continues (nil: from the start).
@@ -108,7 +123,10 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
 	}
-	s := &Store{pool: pl, kr: kr, maxLog: store.DefaultForgetLogLimit}
+	s := &Store{pool: pl, kr: kr, maxLog: store.DefaultForgetLogLimit, lostGuardWait: o.lostGuardWait}
+	if s.lostGuardWait <= 0 {
+		s.lostGuardWait = DefaultLostGuardWait
+	}
 	if o.maxLog > 0 {
 		s.maxLog = uint64(o.maxLog)
 	}

@@ -230,7 +230,9 @@ func TestStalledGuardIsEndedByServer(t *testing.T) {
 	dsn := pgtest.MustTempSchemaDSN(t)
 	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
 	ctx := context.Background()
-	s, err := postgres.Open(ctx, dsn, kr, postgres.WithIdleInTransactionTimeout(500*time.Millisecond))
+	// The stalled guard's connection is ended by the server: Forget then
+	// also waits for it as for any lost guard (lostguard_test.go).
+	s, err := postgres.Open(ctx, dsn, kr, postgres.WithIdleInTransactionTimeout(500*time.Millisecond), postgres.WithLostGuardWait(time.Second))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

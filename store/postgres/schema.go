@@ -71,6 +71,15 @@ ALTER TABLE pz_forget_results ADD COLUMN IF NOT EXISTS subject_hash bytea;
 ALTER TABLE pz_forget_results ADD COLUMN IF NOT EXISTS requested_at timestamptz;
 CREATE INDEX IF NOT EXISTS pz_forget_results_completed_at ON pz_forget_results (completed_at);
 `,
+	// 4: the connections that take guards, so that Forget can wait for a
+	// guard lost with its connection (lostguard.go).
+	`
+CREATE TABLE IF NOT EXISTS pz_guard_conns (
+	lock_key      bigint PRIMARY KEY,
+	registered_at timestamptz NOT NULL DEFAULT now(),
+	dead_since    timestamptz
+);
+`,
 }
 
 const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (
