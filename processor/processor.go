@@ -114,8 +114,8 @@ type Processor struct {
 	ordersJoined  atomic.Bool
 	forgetsJoined atomic.Bool
 	storeOK       atomic.Bool
-	stats   Stats
-	statsMu sync.Mutex
+	stats         Stats
+	statsMu       sync.Mutex
 }
 
 // Stats are running totals, for the demo, tests and benchmarks.

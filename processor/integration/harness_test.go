@@ -1293,4 +1293,3 @@ func (w *world) reapGroup(ctx context.Context, group string, dead map[string]boo
 	}
 	return removed
 }
-
