@@ -71,6 +71,19 @@ ALTER TABLE pz_forget_results ADD COLUMN IF NOT EXISTS subject_hash bytea;
 ALTER TABLE pz_forget_results ADD COLUMN IF NOT EXISTS requested_at timestamptz;
 CREATE INDEX IF NOT EXISTS pz_forget_results_completed_at ON pz_forget_results (completed_at);
 `,
+	// 4: keys retained for erasure notices (store.ForgetRequest.Retain):
+	// the destroyed key's wrapped bytes, bound to the subject hash, until
+	// the request's Kafka transaction is known committed.
+	`
+CREATE TABLE IF NOT EXISTS pz_forget_retained (
+	request_hash     bytea PRIMARY KEY,
+	subject_hash     bytea NOT NULL CHECK (octet_length(subject_hash) = 32),
+	wrapped_key      bytea NOT NULL,
+	source_partition integer NOT NULL,
+	source_offset    bigint NOT NULL,
+	retained_at      timestamptz NOT NULL DEFAULT now()
+);
+`,
 }
 
 const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (
