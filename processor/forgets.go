@@ -30,10 +30,16 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 	if err != nil {
 		return fmt.Errorf("store forget: %w", err)
 	}
+	// Retained keys are wiped whatever happens next.
+	defer wipeResultKeys(results)
 	if len(results) != len(reqs) {
 		return fmt.Errorf("store forget: %d results for %d requests", len(results), len(reqs))
 	}
-	return p.confirm(b, reqs, results, valid)
+	if err := p.confirm(b, reqs, results, valid); err != nil {
+		return err
+	}
+	p.queueNotices(b, reqs, results)
+	return nil
 }
 
 // admitForgets returns the requests that keep the contract and their
@@ -58,7 +64,10 @@ func (p *Processor) admitForgets(ctx context.Context, b *batch, recs []*kgo.Reco
 			p.deadLetter(b, dlq, r, schema.ClassContract, reason)
 			continue
 		}
-		reqs = append(reqs, store.ForgetRequest{RequestID: fr.RequestID, SubjectID: fr.SubjectID, RequestedAt: fr.RequestedAt})
+		reqs = append(reqs, store.ForgetRequest{RequestID: fr.RequestID, SubjectID: fr.SubjectID, RequestedAt: fr.RequestedAt,
+			// With erasure notices the store keeps the destroyed key until
+			// this request's transaction is known committed (notices.go).
+			Retain: len(p.notices) > 0, Partition: r.Partition, Offset: r.Offset})
 		valid = append(valid, r)
 	}
 	return reqs, valid, nil

@@ -23,6 +23,7 @@ type Config struct {
 	// Topics names the topics.
 	Topics config.Topics
 	// Policies are the systems' policies, in the order Plan was compiled.
+	// Their headers and erasure notices are taken from here.
 	Policies []policy.Policy
 	// Plan is the compiled policies.
 	Plan *policy.Plan
@@ -75,6 +76,10 @@ type Processor struct {
 	systems []string
 	topics  []string // output topic per system
 	headers []map[string]bool
+	// notices are the systems (plan indices) with erasure notices on;
+	// sweep is the state of their retained-key sweep (notices.go).
+	notices []int
+	sweep   sweepState
 
 	cache *subjectCache
 	pos   store.Position // newest forget-log position seen by a guard
@@ -174,6 +179,9 @@ func New(cfg Config) (*Processor, error) {
 			}
 		}
 		p.headers = append(p.headers, allowed)
+		if i < len(cfg.Policies) && cfg.Policies[i].ErasureNotices {
+			p.notices = append(p.notices, i)
+		}
 	}
 	return p, nil
 }

@@ -185,7 +185,13 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	if err := t.flush(b); err != nil {
 		return t.abort(err)
 	}
-	return t.commit(b)
+	o, err := t.commit(b)
+	// Hook (erasure notices, notices.go): once the transaction that
+	// carried a forget's notices committed, release its retained key.
+	if o == outcomeCommitted {
+		p.settleNotices(ctx, sess.Client(), b)
+	}
+	return o, err
 }
 
 func (p *Processor) count(f func(*Stats)) {
