@@ -29,7 +29,7 @@ type batch struct {
 	// notices counts the batch's notices per system.
 	settle  []store.ForgetRequest
 	notices map[int]int
-	dlq       []deadLettered
+	dlq     []deadLettered
 	// origin maps the index in recs of each dead letter and confirmation
 	// to the input record it answers, to tell which input a refused
 	// record belongs to.
