@@ -110,3 +110,36 @@ func (s *Store) SettleCommitted(ctx context.Context, committed map[int32]int64) 
 	}
 	return remain, nil
 }
+
+// rewrapRetained re-wraps up to limit retained keys that are not wrapped
+// by the active KEK, so that a KEK rotation never strands one, and reports
+// how many it changed.
+func (s *Store) rewrapRetained(limit int) (int, error) {
+	active := s.kr.ActiveID()
+	changed := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		changed = 0
+		b := tx.Bucket(bucketRetained)
+		type update struct{ k, v []byte }
+		var updates []update
+		c := b.Cursor()
+		for k, v := c.First(); k != nil && len(updates) < limit; k, v = c.Next() {
+			if len(v) <= retainedHead || current(v[retainedHead:], active) {
+				continue
+			}
+			nw, err := s.kr.Rewrap(v[retainedHead:], store.PurposeSubjectKey, v[20:retainedHead])
+			if err != nil {
+				return err
+			}
+			updates = append(updates, update{bytes.Clone(k), append(bytes.Clone(v[:retainedHead]), nw...)})
+		}
+		for _, u := range updates {
+			if err := b.Put(u.k, u.v); err != nil {
+				return err
+			}
+		}
+		changed = len(updates)
+		return nil
+	})
+	return changed, err
+}

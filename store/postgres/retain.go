@@ -159,3 +159,49 @@ func (s *Store) SettleCommitted(ctx context.Context, committed map[int32]int64) 
 	}
 	return int(n), nil
 }
+
+const (
+	selectStaleRetained = `
+SELECT request_hash, subject_hash, wrapped_key FROM pz_forget_retained
+WHERE substring(wrapped_key FROM 2 FOR 4) <> $1::bytea LIMIT $2`
+	updateRetained = `
+UPDATE pz_forget_retained r SET wrapped_key = u.w
+FROM unnest($1::bytea[], $2::bytea[], $3::bytea[]) AS u(h, old, w)
+WHERE r.request_hash = u.h AND r.wrapped_key = u.old`
+)
+
+// rewrapRetained re-wraps up to limit retained keys that are not wrapped
+// by the active KEK (compare-and-swap, like the subject keys), so that a
+// KEK rotation never strands one, and reports how many it changed.
+func (s *Store) rewrapRetained(ctx context.Context, active []byte, limit int) (int, error) {
+	changed := 0
+	err := s.with(ctx, func(conn *pgx.Conn) error {
+		rows, err := conn.Query(ctx, selectStaleRetained, active, limit)
+		if err != nil {
+			return err
+		}
+		var hashes, olds, news [][]byte
+		for rows.Next() {
+			var rh, h, w []byte
+			if err := rows.Scan(&rh, &h, &w); err != nil {
+				return err
+			}
+			nw, err := s.kr.Rewrap(w, store.PurposeSubjectKey, h)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			hashes, olds, news = append(hashes, rh), append(olds, w), append(news, nw)
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if len(hashes) == 0 {
+			return nil
+		}
+		ct, err := conn.Exec(ctx, updateRetained, hashes, olds, news)
+		changed = int(ct.RowsAffected())
+		return err
+	})
+	return changed, err
+}

@@ -137,3 +137,30 @@ func (s *suite) testNothingRetainedWithoutRetain(t *testing.T) {
 	// Asking later does not bring the key back.
 	wantKey(t, "retaining repetition", mustForget(t, ks, retaining("r1", "alice", t0, 0, 1))[0], nil)
 }
+
+// testRewrapRetained: Rewrap re-wraps retained keys too, so a retained key
+// still comes back after the old KEK is gone.
+func (s *suite) testRewrapRetained(t *testing.T) {
+	oldKEK, newKEK := MustKEK(t, 1), MustKEK(t, 2)
+	ks := s.mustOpen(t, MustKeyring(t, oldKEK))
+	alice := bytes.Clone(mustKey(t, ks, "alice", t0))
+	mustKey(t, ks, "bob", t0)
+	ra := retaining("ra", "alice", t0, 0, 1)
+	mustForget(t, ks, ra)
+	ks = s.mustReopen(t, ks, MustKeyring(t, newKEK, oldKEK))
+	ctx := context.Background()
+	for round := 0; ; round++ {
+		n, err := ks.Rewrap(ctx, 1)
+		if err != nil {
+			t.Fatalf("Rewrap: %v", err)
+		}
+		if n == 0 {
+			break
+		}
+		if round > 10 {
+			t.Fatalf("Rewrap does not finish")
+		}
+	}
+	ks = s.mustReopen(t, ks, MustKeyring(t, newKEK))
+	wantKey(t, "retained key after rotation", mustForget(t, ks, ra)[0], alice)
+}

@@ -50,6 +50,7 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"ForgetRetainsKeyUntilSettled", s.testRetainUntilSettled},
 		{"SettleCommittedByOffset", s.testSettleCommitted},
 		{"ForgetWithoutRetainKeepsNothing", s.testNothingRetainedWithoutRetain},
+		{"RewrapRetainedKeys", s.testRewrapRetained},
 		{"LaterForgetMovesTombstoneForward", s.testLaterForget},
 		{"ForgetRacesResolve", s.testForgetRacesResolve},
 		{"GuardListsForgottenSinceSeq", s.testGuardLists},
