@@ -3,6 +3,7 @@ package processor_test
 import (
 	"bytes"
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -270,5 +271,48 @@ func TestErasureNoticesSweep(t *testing.T) {
 			e.settled(t, e.outputTopics()...)
 			e.wantNothingRetained(t)
 		})
+	}
+}
+
+// retainSpy records whether any forget request asked to retain its key.
+type retainSpy struct {
+	store.KeyStore
+	mu       sync.Mutex
+	retained bool
+	forgets  int
+}
+
+func (s *retainSpy) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store.ForgetResult, error) {
+	s.mu.Lock()
+	s.forgets++
+	for _, r := range reqs {
+		s.retained = s.retained || r.Retain
+	}
+	s.mu.Unlock()
+	return s.KeyStore.Forget(ctx, reqs)
+}
+
+// TestNoNoticesRetainsNothing: without erasure notices, Forget is asked to
+// retain nothing, and outputs carry no tombstone.
+func TestNoNoticesRetainsNothing(t *testing.T) {
+	e := newEnv(t, "embedded")
+	spy := &retainSpy{KeyStore: e.open(t)}
+	gen := sample.New(9, 1, time.Now().Add(-time.Hour))
+	e.produce(t, e.orderRecord(t, gen.ForCustomer(0)))
+	e.start(t, "pz-1", func(c *processor.Config) { c.Store = spy })
+	e.kc.AwaitCount(t, len(e.plan.Systems()), 30*time.Second, e.outputTopics()...)
+	e.produce(t, e.forgetRecord(t, "r1", sample.CustomerID(0), time.Now()))
+	if c := e.confirmations(t, 1); c["r1"].Status != schema.StatusForgotten {
+		t.Fatalf("status %s, want FORGOTTEN", c["r1"].Status)
+	}
+	spy.mu.Lock()
+	defer spy.mu.Unlock()
+	if spy.forgets == 0 || spy.retained {
+		t.Errorf("%d Forget calls, retain asked %v; want calls and no retention", spy.forgets, spy.retained)
+	}
+	for _, r := range e.settled(t, e.outputTopics()...) {
+		if r.Value == nil {
+			t.Errorf("%s: a tombstone without erasure notices", r.Topic)
+		}
 	}
 }
