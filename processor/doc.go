@@ -145,7 +145,8 @@
 // subject is forgotten, evicted or dropped (evicted entries only after the
 // batch that may still use them has ended), a key that Forget retained
 // for erasure notices is wiped as soon as the notices are derived (with
-// the Deriver's buffers), and a store wipes its index key on Close. Go's garbage collector may have copied memory before
+// the Deriver's buffers), and a store wipes its index key on Close. Go's
+// garbage collector may have copied memory before
 // (growing maps and slices move their contents), and the runtime does not
 // guarantee that freed memory is cleared, so this narrows the window in
 // which a memory dump reveals a key; it does not close it.
