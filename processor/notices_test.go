@@ -3,6 +3,8 @@ package processor_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -315,4 +317,45 @@ func TestNoNoticesRetainsNothing(t *testing.T) {
 			t.Errorf("%s: a tombstone without erasure notices", r.Topic)
 		}
 	}
+}
+
+// TestErasureNoticesOversizedConfirmation: the confirmation topic refuses
+// the confirmation as too large, so the batch is aborted after Forget
+// committed and redone, and the redone batch dead-letters the request
+// instead of confirming it; the notices are published all the same, from
+// the retained key.
+func TestErasureNoticesOversizedConfirmation(t *testing.T) {
+	e := newNoticeEnv(t, "embedded")
+	small := "1024"
+	e.kc.CreateTopics(t, 3, map[string]*string{"max.message.bytes": &small}, e.topics.Forgotten)
+	rnd := make([]byte, 600)
+	_, _ = rand.Read(rnd)
+	subject := fmt.Sprintf("%x", rnd) // incompressible, so its confirmation is too large
+	ev := sample.New(10, 1, time.Now().Add(-time.Hour)).ForCustomer(0)
+	ev.CustomerID = subject
+	e.produce(t, e.orderRecord(t, ev))
+	e.start(t, "pz-1")
+	oldKey := map[string]string{}
+	for _, r := range e.kc.AwaitCount(t, len(e.plan.Systems()), 30*time.Second, e.outputTopics()...) {
+		oldKey[systemOf(e, r.Topic)] = string(r.Key)
+	}
+	e.produce(t, e.forgetRecord(t, "req-big", subject, time.Now()))
+	dlq := e.kc.AwaitCount(t, 1, 60*time.Second, e.topics.ForgetDeadLetter)
+	if kafkatest.Header(dlq[0], "error.class") != schema.ClassTooLarge {
+		t.Fatalf("dead letter class %q, want too_large", kafkatest.Header(dlq[0], "error.class"))
+	}
+	tombs := map[string]int{}
+	for _, r := range e.settled(t, e.outputTopics()...) {
+		if r.Value == nil {
+			sys := systemOf(e, r.Topic)
+			tombs[sys]++
+			if string(r.Key) != oldKey[sys] {
+				t.Errorf("%s: tombstone not keyed by the subject's pseudonym", sys)
+			}
+		}
+	}
+	if tombs["crm"] != 1 || tombs["google-analytics"] != 1 || tombs["meta"] != 0 {
+		t.Errorf("tombstones per system %v, want one for crm and google-analytics", tombs)
+	}
+	e.wantNothingRetained(t)
 }
