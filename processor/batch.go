@@ -24,7 +24,12 @@ type batch struct {
 	used      map[store.SubjectHash]struct{}
 	stats     Stats
 	forgets   []forgetDone
-	dlq       []deadLettered
+	// settle holds the requests whose retained keys this batch used for
+	// erasure notices; they are settled once it committed (notices.go).
+	// notices counts the batch's notices per system.
+	settle  []store.ForgetRequest
+	notices map[int]int
+	dlq     []deadLettered
 	// origin maps the index in recs of each dead letter and confirmation
 	// to the input record it answers, to tell which input a refused
 	// record belongs to.
@@ -78,6 +83,9 @@ func (b *batch) reset() {
 	clear(b.used)
 	b.stats = Stats{}
 	b.forgets = b.forgets[:0]
+	clear(b.settle)
+	b.settle = b.settle[:0]
+	clear(b.notices)
 	b.dlq = b.dlq[:0]
 	if b.origin == nil {
 		b.origin = map[int]*kgo.Record{}

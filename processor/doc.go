@@ -12,7 +12,10 @@
 //
 //  1. Forgets (forgets.go): one Store.Forget call destroys the subjects'
 //     keys and writes their tombstones in one store transaction, then the
-//     confirmations are queued. Forget is idempotent per request ID, so a
+//     confirmations are queued, and the erasure notices of the systems
+//     that opted in (notices.go: with notices on, Forget retains each
+//     destroyed key until the batch committed, and returns it again to a
+//     redone batch). Forget is idempotent per request ID, so a
 //     batch that is aborted and redone confirms with the same status. The
 //     step shares with the order step only the subject cache (it evicts
 //     the forgotten subjects) and the too-large marks; it appends to the
@@ -37,7 +40,8 @@
 //     pseudonyms (the record keys) and its prepared HMAC key are derived
 //     once and cached with its key.
 //  3. Commit (txn.go): hand over the rest, flush, take the store Guard,
-//     commit the Kafka transaction (offsets included), release the Guard.
+//     commit the Kafka transaction (offsets included), release the Guard;
+//     then release the keys retained for the batch's erasure notices.
 //
 // Dead letters (deadletter.go) are queued by both steps: the original
 // record with the reason in headers, cut to fit its topic. An output that
@@ -56,6 +60,7 @@
 //	txn.go         one batch's transaction: begin, hand over, flush, guarded commit, abort
 //	batch.go       the batch's buffers, shared by the steps, and the contract's bounds
 //	forgets.go     the forget step: admit, Store.Forget, confirm
+//	notices.go     erasure notices: tombstones from retained keys, settling them
 //	orders.go      the order step: admit, resolve, assign
 //	project.go     the order step's projection, in parallel, in input order
 //	deadletter.go  dead letters, record size limits, too-large outputs
@@ -138,8 +143,10 @@
 // best-effort hygiene: Keyring.FillEntries keeps no copy of its own, the
 // cache wipes a subject's key, pseudonyms and prepared HMAC key when the
 // subject is forgotten, evicted or dropped (evicted entries only after the
-// batch that may still use them has ended), and a store wipes its index
-// key on Close. Go's garbage collector may have copied memory before
+// batch that may still use them has ended), a key that Forget retained
+// for erasure notices is wiped as soon as the notices are derived (with
+// the Deriver's buffers), and a store wipes its index key on Close. Go's
+// garbage collector may have copied memory before
 // (growing maps and slices move their contents), and the runtime does not
 // guarantee that freed memory is cleared, so this narrows the window in
 // which a memory dump reveals a key; it does not close it.

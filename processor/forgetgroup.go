@@ -14,18 +14,12 @@ import (
 // seedTimeout bounds seeding the forget lane's group.
 const seedTimeout = 30 * time.Second
 
-// seedForgetGroup carries an upgrade from versions that consumed forget
-// requests in the order group: if the forget lane's group has committed
-// no offset of the forget topic yet, it starts where the order group
-// committed, instead of at the start of the topic (which would confirm
-// every request again). Instances that seed at once commit the same
-// offsets; once a member has joined, the broker refuses such a commit and
-// the group's own offsets win. It runs before each session of the forget
-// lane until it has found or written offsets.
-func (p *Processor) seedForgetGroup(ctx context.Context) error {
-	if p.forgetsSeeded {
-		return nil
-	}
+// prepareForgetLane runs before each session of the forget lane: it
+// seeds the lane's group (seedForgetGroup) and sweeps the keys retained
+// for erasure notices of requests the group has committed, which an
+// instance that stopped between its commit and Settle left behind
+// (notices.go).
+func (p *Processor) prepareForgetLane(ctx context.Context) error {
 	cl, err := kgo.NewClient(p.cfg.Kafka...)
 	if err != nil {
 		return fmt.Errorf("forget lane: kafka client: %w", err)
@@ -34,7 +28,26 @@ func (p *Processor) seedForgetGroup(ctx context.Context) error {
 	adm := kadm.NewClient(cl)
 	ctx, cancel := context.WithTimeout(ctx, seedTimeout)
 	defer cancel()
+	if err := p.seedForgetGroup(ctx, adm); err != nil {
+		return err
+	}
+	p.sweep.last = p.cfg.Now()
+	p.sweepRetained(ctx, adm)
+	return nil
+}
 
+// seedForgetGroup carries an upgrade from versions that consumed forget
+// requests in the order group: if the forget lane's group has committed
+// no offset of the forget topic yet, it starts where the order group
+// committed, instead of at the start of the topic (which would confirm
+// every request again). Instances that seed at once commit the same
+// offsets; once a member has joined, the broker refuses such a commit and
+// the group's own offsets win. It runs until it has found or written
+// offsets.
+func (p *Processor) seedForgetGroup(ctx context.Context, adm *kadm.Client) error {
+	if p.forgetsSeeded {
+		return nil
+	}
 	topic := p.cfg.Topics.Forget
 	has, err := committedOn(ctx, adm, p.cfg.ForgetGroupID, topic)
 	if err != nil || len(has) > 0 {

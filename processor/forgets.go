@@ -50,7 +50,12 @@ func (p *Processor) forgetBatch(ctx context.Context, sess *kgo.GroupTransactSess
 	if err := t.flush(b); err != nil {
 		return t.abort(err)
 	}
-	return t.commit(b, "forget-")
+	o, err := t.commit(b, "forget-")
+	if o == outcomeCommitted {
+		// The notices are committed: release the keys retained for them.
+		p.settleNotices(ctx, sess.Client(), b)
+	}
+	return o, err
 }
 
 // forgets destroys the keys of the batch's forget requests and queues their
@@ -72,6 +77,8 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 	if err != nil {
 		return fmt.Errorf("store forget: %w", err)
 	}
+	// Retained keys are wiped whatever happens next.
+	defer wipeResultKeys(results)
 	if d := time.Since(t); d > slowForget {
 		p.log.Warn("store forget was slow; the key store waited for a lost guard's transaction to end, or is overloaded",
 			"took", d.Round(time.Millisecond), "requests", len(reqs))
@@ -80,7 +87,11 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 	if len(results) != len(reqs) {
 		return fmt.Errorf("store forget: %d results for %d requests", len(results), len(reqs))
 	}
-	return p.confirm(b, reqs, results, valid)
+	if err := p.confirm(b, reqs, results, valid); err != nil {
+		return err
+	}
+	p.queueNotices(b, reqs, results)
+	return nil
 }
 
 // admitForgets returns the requests that keep the contract and their
@@ -105,7 +116,10 @@ func (p *Processor) admitForgets(ctx context.Context, b *batch, recs []*kgo.Reco
 			p.deadLetter(b, dlq, r, schema.ClassContract, reason)
 			continue
 		}
-		reqs = append(reqs, store.ForgetRequest{RequestID: fr.RequestID, SubjectID: fr.SubjectID, RequestedAt: fr.RequestedAt})
+		reqs = append(reqs, store.ForgetRequest{RequestID: fr.RequestID, SubjectID: fr.SubjectID, RequestedAt: fr.RequestedAt,
+			// With erasure notices the store keeps the destroyed key until
+			// this request's transaction is known committed (notices.go).
+			Retain: len(p.notices) > 0, Partition: r.Partition, Offset: r.Offset})
 		valid = append(valid, r)
 	}
 	return reqs, valid, nil

@@ -25,6 +25,9 @@ type Metrics struct {
 	GuardLost       prometheus.Counter
 	StoreRewound    prometheus.Counter
 	ConsumerLag     *prometheus.GaugeVec
+	ErasureNotices  *prometheus.CounterVec
+	RetainedKeys    prometheus.Gauge
+	SettleErrors    prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -68,11 +71,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "1 when the group is joined and the store reachable."}),
 		ConsumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_lag",
 			Help: "Records between the committed position and the high watermark, by topic and partition."}, []string{"topic", "partition"}),
+		ErasureNotices: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "erasure_notices_total",
+			Help: "Erasure notices (tombstones) committed, by system."}, []string{"system"}),
+		RetainedKeys: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "retained_forget_keys",
+			Help: "Destroyed keys the store still retains for erasure notices, as of this instance's last sweep (see processor/notices.go)."}),
+		SettleErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "settle_errors_total",
+			Help: "Failed releases of retained keys after a commit or in a sweep; a later sweep releases them."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.RecordsIn, m.RecordsOut, m.DeadLetters, m.Suppressed, m.Forgets, m.ForgetLatency,
 			m.BatchDuration, m.CommitDuration, m.Batches, m.StoreRoundTrips, m.StoreLatency, m.CacheHits,
-			m.CacheMisses, m.CachedSubjects, m.Ready, m.GuardLost, m.StoreRewound, m.ConsumerLag)
+			m.CacheMisses, m.CachedSubjects, m.Ready, m.GuardLost, m.StoreRewound, m.ConsumerLag,
+			m.ErasureNotices, m.RetainedKeys, m.SettleErrors)
 	}
 	return m
 }

@@ -23,6 +23,7 @@ type Config struct {
 	// Topics names the topics.
 	Topics config.Topics
 	// Policies are the systems' policies, in the order Plan was compiled.
+	// Their headers and erasure notices are taken from here.
 	Policies []policy.Policy
 	// Plan is the compiled policies.
 	Plan *policy.Plan
@@ -33,6 +34,11 @@ type Config struct {
 	// Kafka are client options: seed brokers, TLS, SASL, logger. The
 	// processor adds the group, topics and transaction options.
 	Kafka []kgo.Opt
+	// LaneHooks, if set, returns the hooks of a lane's transactional
+	// clients ("orders" or "forgets"); other clients get none. kprom, for
+	// one, registers its collectors once per live client, so each lane
+	// needs its own.
+	LaneHooks func(lane string) []kgo.Hook
 	// GroupID is the consumer group of the order lane; TransactionalID
 	// this instance's transactional ID in it.
 	GroupID, TransactionalID string
@@ -81,12 +87,17 @@ type Processor struct {
 	systems []string
 	topics  []string // output topic per system
 	headers []map[string]bool
+	// notices are the systems (plan indices) with erasure notices on;
+	// sweep is the state of their retained-key sweep (notices.go).
+	notices []int
+	sweep   sweepState
 
 	cache *subjectCache
-	pos   store.Position // newest forget-log position seen by a guard
-	d     *pseudonym.Deriver
-	b     batch // the order lane's
-	fb    batch // the forget lane's
+	pos   store.Position     // newest forget-log position seen by a guard
+	d     *pseudonym.Deriver // the order lane's
+	fd    *pseudonym.Deriver // the forget lane's (erasure notices)
+	b     batch              // the order lane's
+	fb    batch              // the forget lane's
 	// forgetsSeeded is set once the forget lane's group has offsets (see
 	// seedForgetGroup); only the forget lane touches it.
 	forgetsSeeded bool
@@ -176,6 +187,7 @@ func New(cfg Config) (*Processor, error) {
 		systems:  cfg.Plan.Systems(),
 		cache:    newSubjectCache(cfg.CacheSubjects),
 		d:        pseudonym.NewDeriver(),
+		fd:       pseudonym.NewDeriver(),
 		workers:  runtime.GOMAXPROCS(0),
 		batchMax: config.DefaultProducerBatchMaxBytes,
 	}
@@ -191,6 +203,9 @@ func New(cfg Config) (*Processor, error) {
 			}
 		}
 		p.headers = append(p.headers, allowed)
+		if i < len(cfg.Policies) && cfg.Policies[i].ErasureNotices {
+			p.notices = append(p.notices, i)
+		}
 	}
 	return p, nil
 }

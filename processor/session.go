@@ -69,7 +69,7 @@ func (p *Processor) orderLane() *lane {
 // session of their own (see doc.go, "Two lanes").
 func (p *Processor) forgetLane() *lane {
 	return &lane{name: "forgets", group: p.cfg.ForgetGroupID, txnID: p.cfg.ForgetTransactionalID, topic: p.cfg.Topics.Forget,
-		joined: &p.forgetsJoined, prepare: p.seedForgetGroup, process: p.forgetBatch}
+		joined: &p.forgetsJoined, prepare: p.prepareForgetLane, process: p.forgetBatch}
 }
 
 // batchContext bounds one batch's transaction. The batch runs to its end
@@ -114,6 +114,9 @@ func (p *Processor) session(ctx context.Context, l *lane) error {
 		}
 	}
 	opts := append([]kgo.Opt{}, p.cfg.Kafka...)
+	if p.cfg.LaneHooks != nil {
+		opts = append(opts, kgo.WithHooks(p.cfg.LaneHooks(l.name)...))
+	}
 	opts = append(opts,
 		kgo.ConsumerGroup(l.group),
 		kgo.ConsumeTopics(l.topic),

@@ -66,6 +66,18 @@ type ForgetRequest struct {
 	// RequestedAt is when the request was made; events of the subject that
 	// occurred at or before it are suppressed from now on.
 	RequestedAt time.Time
+	// Retain asks Forget to keep the subject's destroyed key, still
+	// wrapped by the KEK, until Settle (or SettleCommitted) releases it,
+	// and to return it, unwrapped, in ForgetResult.Key: the caller derives
+	// the subject's erasure notices from it (see processor/notices.go).
+	// Only a request that destroys a key (Forgotten) retains one. Without
+	// Retain nothing is kept.
+	Retain bool
+	// Partition and Offset locate the request's record in its input topic;
+	// they are stored with a retained key so that SettleCommitted can
+	// release keys whose request the consumer group has committed.
+	Partition int32
+	Offset    int64
 }
 
 // ForgetStatus is the outcome of a forget request.
@@ -99,6 +111,11 @@ func (s ForgetStatus) String() string {
 type ForgetResult struct {
 	Status      ForgetStatus
 	CompletedAt time.Time
+	// Key is the key that the request destroyed, returned when the request
+	// asked to Retain it and it is not settled yet: on the call that
+	// destroyed it and on every repetition of the request until Settle.
+	// It is nil otherwise. The caller owns it and should wipe it when done.
+	Key []byte
 }
 
 // KeyStore holds wrapped subject keys and tombstones.
@@ -122,6 +139,21 @@ type KeyStore interface {
 	// returns one result per request, in order. It is idempotent per
 	// RequestID. While it runs it excludes every Guard (see Guard).
 	Forget(ctx context.Context, reqs []ForgetRequest) ([]ForgetResult, error)
+
+	// Settle releases (deletes) the keys retained for reqs (matched by
+	// request ID and subject, as Forget does), in one round trip; requests
+	// with nothing retained are ignored. The caller settles a request once
+	// the outputs derived from its key are durable elsewhere (committed to
+	// Kafka).
+	Settle(ctx context.Context, reqs []ForgetRequest) error
+
+	// SettleCommitted releases every retained key whose request's Offset
+	// is below committed[Partition] (the consumer group's committed offset
+	// of the request topic: the next offset to consume), for leftovers of
+	// an instance that stopped between its Kafka commit and Settle.
+	// Partitions missing from committed are left alone. It returns how many
+	// keys stay retained.
+	SettleCommitted(ctx context.Context, committed map[int32]int64) (retained int, err error)
 
 	// Guard takes a shared guard that excludes Forget until Release, and
 	// returns the hashes of the subjects forgotten after position since

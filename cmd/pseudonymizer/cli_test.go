@@ -530,3 +530,42 @@ func TestTailRefusesHostileValues(t *testing.T) {
 		t.Errorf("valid value: %v, %v", v, err)
 	}
 }
+
+// TestTailErasureNotice: tail prints an erasure notice (a tombstone) with
+// a null value and its requested_at header.
+func TestTailErasureNotice(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.SeedTopics(1, "orders.pseudo.meta"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg := writeFile(t, t.TempDir(), "config.yaml", "kafka: {brokers: ["+strings.Join(cluster.ListenAddrs(), ",")+"]}\n"+validSystems)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	notice := &kgo.Record{Topic: "orders.pseudo.meta", Key: []byte("41d26989-54cc-85da-ab6a-889cd8053c85"),
+		Headers: []kgo.RecordHeader{{Key: "requested_at", Value: []byte("2026-12-03T10:04:05.123Z")}}}
+	if err := cl.ProduceSync(ctx, notice).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := run(ctx, []string{"tail", "--config", cfg, "--system", "meta", "-n", "1"}, &out, &bytes.Buffer{}); err != nil {
+		t.Fatalf("tail: %v", err)
+	}
+	var l struct {
+		Key     string
+		Value   any
+		Headers map[string]string
+		Error   string
+	}
+	if err := json.Unmarshal(out.Bytes(), &l); err != nil {
+		t.Fatalf("not JSON: %q", out.String())
+	}
+	if l.Key != string(notice.Key) || l.Value != nil || l.Error != "" || l.Headers["requested_at"] != "2026-12-03T10:04:05.123Z" {
+		t.Errorf("notice line %s", out.String())
+	}
+}

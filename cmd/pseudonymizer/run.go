@@ -95,9 +95,14 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		st.Close()
 		return nil, err
 	}
-	// Only the processor's client reports through kprom: kprom registers
-	// its collectors once per live client.
-	procOpts := append(append([]kgo.Opt{}, kopts...), kgo.WithHooks(kprom.NewMetrics("pseudonymizer_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))))
+	// Only the processor's clients report through kprom, one kprom per
+	// lane (label lane): kprom registers its collectors once per live
+	// client.
+	laneHooks := map[string][]kgo.Hook{}
+	for _, lane := range []string{"orders", "forgets"} {
+		laneHooks[lane] = []kgo.Hook{kprom.NewMetrics("pseudonymizer_kafka", kprom.Registerer(reg), kprom.Gatherer(reg),
+			kprom.WithStaticLabel(prometheus.Labels{"lane": lane}))}
+	}
 	metrics := processor.NewMetrics(reg)
 	wire, err := newWire(ctx, cfg, plan, log, reg)
 	if err != nil {
@@ -110,7 +115,8 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		Plan:                  plan,
 		Store:                 st,
 		Wire:                  wire,
-		Kafka:                 procOpts,
+		Kafka:                 kopts,
+		LaneHooks:             func(lane string) []kgo.Hook { return laneHooks[lane] },
 		GroupID:               cfg.Kafka.GroupID,
 		TransactionalID:       cfg.TxnID(),
 		TransactionTimeout:    cfg.Kafka.TransactionTimeout,

@@ -88,6 +88,12 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		for _, r := range fetches.Records() {
 			line := tailLine{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Timestamp: r.Timestamp.UTC(), Key: string(r.Key)}
+			for _, h := range r.Headers {
+				if line.Headers == nil {
+					line.Headers = map[string]string{}
+				}
+				line.Headers[h.Key] = string(h.Value)
+			}
 			if r.Value != nil { // a nil value is an erasure tombstone
 				v, err := dec.decode(ctx, r.Value)
 				if err != nil {
@@ -114,7 +120,10 @@ type tailLine struct {
 	Timestamp time.Time `json:"timestamp"`
 	Key       string    `json:"key"`
 	Value     any       `json:"value"`
-	Error     string    `json:"error,omitempty"`
+	// Headers are the record's headers (those a policy allows, or an
+	// erasure notice's requested_at), if any.
+	Headers map[string]string `json:"headers,omitempty"`
+	Error   string            `json:"error,omitempty"`
 }
 
 // requireTopics fails with one line naming the topics that do not exist.

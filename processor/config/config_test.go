@@ -347,3 +347,23 @@ systems:
 		})
 	}
 }
+
+// TestErasureNotices: systems.<name>.erasure_notices opts a system in; it
+// is off by default, and a misspelling is an error.
+func TestErasureNotices(t *testing.T) {
+	cfg, err := Load(writeConfig(t, minimal+"  crm:\n    pseudonymize: [customer_id]\n    erasure_notices: true\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, p := range cfg.Policies() {
+		got[p.System] = p.ErasureNotices
+	}
+	if !got["crm"] || got["meta"] {
+		t.Errorf("erasure_notices per system: %v, want crm only", got)
+	}
+	_, err = Load(writeConfig(t, minimal+"    erasure_notice: true\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), "erasure_notice") {
+		t.Errorf("misspelled erasure_notices: got %v, want an error naming it", err)
+	}
+}

@@ -73,15 +73,15 @@ func TestCrashesAndRebalances(t *testing.T) {
 }
 
 // TestFailpoints crashes the service (exit 137, as if SIGKILLed) at each
-// failpoint of a batch: after the store committed a forget, after new keys
-// were committed, with the guard held before EndTxn, and after EndTxn
-// returned. Each phase produces fresh orders and forget requests, so the
+// failpoint of a batch: in the forget lane after the store committed a
+// forget, before and after EndTxn; in the order lane after new keys were
+// committed, with the guard held before EndTxn, and after EndTxn returned. Each phase produces fresh orders and forget requests, so the
 // failpoint is reached; one instance runs alone, so it owns every
 // partition. Then two healthy instances finish the work.
 func TestFailpoints(t *testing.T) {
 	w := MustNewWorld(t)
 	const name = "pz-fp"
-	for _, fp := range []string{"after-forget:1", "after-resolve:2", "before-commit:2", "after-commit:2", "after-resolve:1", "before-commit:1", "after-commit:1"} {
+	for _, fp := range []string{"after-forget:1", "forget-before-commit:1", "forget-after-commit:1", "after-resolve:2", "before-commit:2", "after-commit:2", "after-resolve:1", "before-commit:1", "after-commit:1"} {
 		w.MustProduce(t, 400, 20)
 		in := w.MustStart(t, name, "PSEUDONYMIZER_FAILPOINT="+fp)
 		if got, want := in.MustWaitExit(t, 90*time.Second), 137; got != want {

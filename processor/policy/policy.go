@@ -37,6 +37,11 @@ type Policy struct {
 	Pseudonymize []string `yaml:"pseudonymize"`
 	// Headers lists the input header names the system may receive.
 	Headers []string `yaml:"headers"`
+	// ErasureNotices opts the system in to erasure notices: when a subject
+	// with a key is forgotten, its output topic gets a tombstone keyed by
+	// the subject's customer pseudonym in this system (see
+	// processor/notices.go). It does not change the system's schema.
+	ErasureNotices bool `yaml:"erasure_notices"`
 }
 
 // Field names the top-level input fields a Plan relies on.

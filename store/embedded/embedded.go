@@ -41,8 +41,9 @@ const (
 	guardWeight = 1 << 30
 	// schemaVersion is the layout version written to the meta bucket:
 	// 1 the first layout; 2 adds key creation times, the request ID,
-	// subject and requested_at to forget results, and the forget history.
-	schemaVersion = 2
+	// subject and requested_at to forget results, and the forget history;
+	// 3 adds the retained keys (bucketRetained).
+	schemaVersion = 3
 )
 
 // Bucket and meta key names.
@@ -58,6 +59,9 @@ var (
 	// completion time (8 bytes) followed by the request hash, its values
 	// empty.
 	bucketHistory = []byte("forget_history")
+	// bucketRetained holds the keys retained for erasure notices
+	// (store.ForgetRequest.Retain), by request hash (see retain.go).
+	bucketRetained = []byte("forget_retained")
 
 	metaVersion  = []byte("schema_version")
 	metaIndexKey = []byte("index_key")
@@ -139,7 +143,7 @@ func Open(path string, kr *store.Keyring, opts ...Option) (*Store, error) {
 func (s *Store) init() error {
 	var wrapped []byte
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketTombs, bucketResults, bucketLog, bucketCreated, bucketHistory} {
+		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketTombs, bucketResults, bucketLog, bucketCreated, bucketHistory, bucketRetained} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}

@@ -34,6 +34,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			rh := store.ForgetResultKey(r.RequestID, h)
 			if v := done.Get(rh); len(v) >= resultHead {
 				results[i] = store.ForgetResult{Status: store.ForgetStatus(v[0]), CompletedAt: getTime(v[1:])}
+				if err := s.giveRetained(tx, &results[i], r, rh); err != nil {
+					return err
+				}
 				continue
 			}
 			status := store.UnknownSubject
@@ -41,6 +44,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			switch {
 			case keys.Get(h[:]) != nil:
 				status = store.Forgotten
+				if err := retain(tx, r, rh, h, keys.Get(h[:]), now); err != nil {
+					return err
+				}
 				if err := keys.Delete(h[:]); err != nil {
 					return err
 				}
@@ -75,6 +81,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 				return err
 			}
 			results[i] = store.ForgetResult{Status: status, CompletedAt: now}
+			if err := s.giveRetained(tx, &results[i], r, rh); err != nil {
+				return err
+			}
 		}
 		if err := meta.Put(metaSeq, putUint(seq)); err != nil {
 			return err
@@ -82,6 +91,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		return prune(meta, log, seq, now, s.maxLog)
 	})
 	if err != nil {
+		for i := range results {
+			clear(results[i].Key)
+		}
 		return nil, fmt.Errorf("embedded: forget: %w", err)
 	}
 	return results, nil

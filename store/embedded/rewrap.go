@@ -23,6 +23,14 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 	}
 	s.rewrapMu.Lock()
 	defer s.rewrapMu.Unlock()
+	// Keys retained for erasure notices first (normally none): a call
+	// that changed some reports them, so 0 still means all are current.
+	if n, err := s.rewrapRetained(limit); err != nil || n > 0 {
+		if err != nil {
+			return 0, fmt.Errorf("embedded: rewrap: %w", err)
+		}
+		return n, nil
+	}
 	for {
 		from := s.rewrapAfter
 		n, next, err := s.rewrapFrom(from, limit)

@@ -48,6 +48,7 @@ type forgetSubject struct {
 	requestedAt time.Time
 	requestHash []byte
 	dirty       bool
+	wrapped     []byte // the wrapped key, read only when a request retains it
 }
 
 // Forget applies the requests in order in one transaction of two round
@@ -77,6 +78,7 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			subjects[store.SubjectHash(h)] = &forgetSubject{}
 		}
 		var seq int64
+		ret := newRetention(reqs, reqHashes, subHashes)
 
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
@@ -103,16 +105,20 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			}
 			return rows.Err()
 		})
-		b.Queue(selectKeyHashes, subHashes).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var h []byte
-				if err := rows.Scan(&h); err != nil {
-					return err
+		if ret == nil {
+			b.Queue(selectKeyHashes, subHashes).Query(func(rows pgx.Rows) error {
+				for rows.Next() {
+					var h []byte
+					if err := rows.Scan(&h); err != nil {
+						return err
+					}
+					subjects[store.SubjectHash(h)].hasKey = true
 				}
-				subjects[store.SubjectHash(h)].hasKey = true
-			}
-			return rows.Err()
-		})
+				return rows.Err()
+			})
+		} else {
+			ret.queueReads(b, subjects, subHashes)
+		}
 		b.Queue(selectTombs, subHashes).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var h []byte
@@ -141,6 +147,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		for i, r := range reqs {
 			if res, ok := done[string(reqHashes[i])]; ok {
 				results[i] = res
+				if err := ret.give(s.kr, &results[i], i); err != nil {
+					return err
+				}
 				continue
 			}
 			sub := subjects[store.SubjectHash(subHashes[i])]
@@ -168,8 +177,14 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			logTags = append(logTags, tag[:])
 			logHashes = append(logHashes, subHashes[i])
 			res := store.ForgetResult{Status: status, CompletedAt: now}
-			results[i] = res
 			done[string(reqHashes[i])] = res
+			if status == store.Forgotten {
+				ret.keep(i, sub.wrapped)
+			}
+			results[i] = res
+			if err := ret.give(s.kr, &results[i], i); err != nil {
+				return err
+			}
 			resHashes = append(resHashes, reqHashes[i])
 			resStatus = append(resStatus, int16(status))
 			resAt = append(resAt, now)
@@ -198,12 +213,16 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			b.Queue(insertLog, logSeqs, logHashes, logTags)
 			b.Queue(insertResults, resHashes, resStatus, resAt, resIDs, resSubjects, resRequested)
 			b.Queue(advanceCounter, seq, logTags[len(logTags)-1], int64(s.maxLog))
+			ret.queueWrites(b)
 		}
 		b.Queue(pruneGoneGuardCons, s.lostGuardWait.Milliseconds())
 		b.Queue("COMMIT")
 		return conn.SendBatch(ctx, b).Close()
 	})
 	if err != nil {
+		for i := range results {
+			clear(results[i].Key)
+		}
 		return nil, wrapErr("forget", err)
 	}
 	// Outside the lock, and also when every request was carried out before

@@ -325,3 +325,55 @@ UPDATE pz_meta SET value = '2' WHERE name = 'schema_version'`); err != nil {
 		t.Errorf("new key after upgrade: created %v, %v", st.KeyCreatedAt, err)
 	}
 }
+
+// TestUpgradeFromSchema3 opens a database as schema version 3 left it (no
+// retained keys): migration 4 adds them, and a forget that retains its
+// key returns it again until it is settled.
+func TestUpgradeFromSchema3(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.MustTempSchemaDSN(t)
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	s, err := postgres.Open(ctx, dsn, kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	e, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "a", Latest: at}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `
+DROP TABLE pz_forget_retained;
+UPDATE pz_meta SET value = '3' WHERE name = 'schema_version'`); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+
+	s, err = postgres.Open(ctx, dsn, kr)
+	if err != nil {
+		t.Fatalf("open a version 3 schema: %v", err)
+	}
+	defer s.Close()
+	req := store.ForgetRequest{RequestID: "r1", SubjectID: "a", RequestedAt: at, Retain: true, Partition: 2, Offset: 9}
+	for range 2 {
+		res, err := s.Forget(ctx, []store.ForgetRequest{req})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res[0].Status != store.Forgotten || !bytes.Equal(res[0].Key, e[0].Key) {
+			t.Fatalf("retaining forget after upgrade: status %v, key returned %v", res[0].Status, res[0].Key != nil)
+		}
+	}
+	if err := s.Settle(ctx, []store.ForgetRequest{req}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.Forget(ctx, []store.ForgetRequest{req})
+	if err != nil || res[0].Key != nil {
+		t.Fatalf("forget after Settle: key returned %v, %v", res[0].Key != nil, err)
+	}
+}

@@ -40,6 +40,17 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 	defer s.rewrapMu.Unlock()
 	active := make([]byte, 4)
 	binary.BigEndian.PutUint32(active, s.kr.ActiveID())
+	// Keys retained for erasure notices first (normally none): a call
+	// that changed some reports them, so 0 still means all are current.
+	if n, err := s.rewrapRetained(ctx, active, limit); err != nil || n > 0 {
+		if err != nil {
+			if errors.Is(err, store.ErrWrongKEK) {
+				return 0, fmt.Errorf("postgres: rewrap: %w", err)
+			}
+			return 0, wrapErr("rewrap", err)
+		}
+		return n, nil
+	}
 	changed := 0
 	err := s.with(ctx, func(conn *pgx.Conn) error {
 		var index []byte

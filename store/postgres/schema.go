@@ -80,6 +80,19 @@ CREATE TABLE IF NOT EXISTS pz_guard_conns (
 	dead_since    timestamptz
 );
 `,
+	// 5: keys retained for erasure notices (store.ForgetRequest.Retain):
+	// the destroyed key's wrapped bytes, bound to the subject hash, until
+	// the request's Kafka transaction is known committed.
+	`
+CREATE TABLE IF NOT EXISTS pz_forget_retained (
+	request_hash     bytea PRIMARY KEY,
+	subject_hash     bytea NOT NULL CHECK (octet_length(subject_hash) = 32),
+	wrapped_key      bytea NOT NULL,
+	source_partition integer NOT NULL,
+	source_offset    bigint NOT NULL,
+	retained_at      timestamptz NOT NULL DEFAULT now()
+);
+`,
 }
 
 const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (

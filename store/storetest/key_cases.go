@@ -172,8 +172,10 @@ func (s *suite) testNoRawData(t *testing.T) {
 		lookups = append(lookups, lookup(id, t0))
 	}
 	entries := mustResolve(t, ks, lookups...)
+	// The first request retains its key (erasure notices) and is never
+	// settled: the retained key must be stored wrapped, like any other.
 	reqs := []store.ForgetRequest{
-		forget("Request-RAW-0001-zq", ids[0], t0),
+		retaining("Request-RAW-0001-zq", ids[0], t0, 3, 77),
 		forget("Request-RAW-0002-zq", "Customer-RAW-never-zq", t0),
 	}
 	mustForget(t, ks, reqs...)
