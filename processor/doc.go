@@ -1,27 +1,32 @@
 // Package processor is the pseudonymizer's stream processor: it consumes raw
 // order events and forget requests and produces, in one Kafka transaction
 // per poll batch, each marketing system's pseudonymized copy, the forget
-// confirmations and the dead letters, together with the consumed offsets.
+// confirmations, the erasure notices and the dead letters, together with
+// the consumed offsets.
 //
-// # One batch
+// # Two lanes
 //
-// A batch is what one PollRecords returns, from both input topics. Its
-// Kafka transaction (txn.go) begins, runs the forget step and the order
-// step, which queue their records in the batch, hands the records to the
-// client, and ends in a guarded commit or an abort:
+// Orders and forget requests run in two lanes (session.go), each its own
+// consumer group and transactional session: the order lane in the
+// configured group and transactional ID, the forget lane in the same with
+// the suffix ".forgets" (config.ForgetLaneSuffix). Neither ever waits for
+// the other: an order batch never carries a forget, and a forget that
+// must wait (see "Why no instance can publish with a forgotten key") holds
+// up only other forgets. The lanes share the store and the metrics; the
+// forget lane never touches the subject cache, which the order lane keeps
+// current through its guards like any other instance's. Before its first
+// session, the forget lane's group is seeded with the order group's
+// committed offsets of the forget topic if it has none (an upgrade from
+// one lane; forgetgroup.go).
 //
-//  1. Forgets (forgets.go): one Store.Forget call destroys the subjects'
-//     keys and writes their tombstones in one store transaction, then the
-//     confirmations are queued, and the erasure notices of the systems
-//     that opted in (notices.go: with notices on, Forget retains each
-//     destroyed key until the batch committed, and returns it again to a
-//     redone batch). Forget is idempotent per request ID, so a
-//     batch that is aborted and redone confirms with the same status. The
-//     step shares with the order step only the subject cache (it evicts
-//     the forgotten subjects) and the too-large marks; it appends to the
-//     batch but reads nothing the order step wrote, so it could run in a
-//     transaction (and session) of its own.
-//  2. Orders (orders.go, project.go), in four steps. Admit: each value is
+// # One order batch
+//
+// A batch is what one PollRecords returns. Its Kafka transaction (txn.go)
+// begins, runs the order step, which queues records in the batch and
+// hands them to the client as they are complete, and ends in a guarded
+// commit or an abort:
+//
+//  1. Orders (orders.go, project.go), in four steps. Admit: each value is
 //     unframed by the Wire (bare Avro, or the Confluent wire format
 //     resolved to the bundled schema), then scanned (validated, IDs and
 //     top-level field offsets located, no allocation; in parallel), checked
@@ -39,27 +44,42 @@
 //     complete, so outputs keep the input order. A subject's customer
 //     pseudonyms (the record keys) and its prepared HMAC key are derived
 //     once and cached with its key.
-//  3. Commit (txn.go): hand over the rest, flush, take the store Guard,
-//     commit the Kafka transaction (offsets included), release the Guard;
-//     then release the keys retained for the batch's erasure notices.
+//  2. Commit (txn.go): hand over the rest, flush, take the store Guard,
+//     commit the Kafka transaction (offsets included), release the Guard.
 //
-// Dead letters (deadletter.go) are queued by both steps: the original
+// # One forget batch
+//
+// The forget lane's batch (forgets.go) begins its transaction, which sends
+// nothing to the broker yet, and admits the requests. One Store.Forget
+// call destroys the subjects' keys and writes their tombstones in one
+// store transaction, and returns only when its confirmations may follow
+// (see below; the transaction timeout does not run meanwhile). Then the
+// confirmations are queued, and the erasure notices of the systems that
+// opted in (notices.go: with notices on, Forget retains each destroyed
+// key until the batch committed, and returns it again to a redone batch).
+// The transaction commits without a guard: none of its records derives
+// from a key. Then the keys retained for the notices are released. Forget
+// is idempotent per request ID, so a batch that is aborted and redone
+// confirms with the same status.
+//
+// Dead letters (deadletter.go) are queued by both lanes: the original
 // record with the reason in headers, cut to fit its topic. An output that
 // the broker refuses as too large marks its input, and the redone batch
 // dead-letters that input instead of retrying it for ever.
 //
 // Any error aborts the transaction; the session (session.go) rewinds to
 // the committed offsets and the batch is redone after a capped, jittered
-// backoff. Errors of the transactional client itself end the session and
-// a new one starts.
+// backoff. Errors of the transactional client itself end the lane's
+// session and a new one starts.
 //
 // # Files
 //
 //	processor.go   Config, New, Stats, readiness
-//	session.go     Run: the store baseline, one transactional session after another, backoff
-//	txn.go         one batch's transaction: begin, hand over, flush, guarded commit, abort
-//	batch.go       the batch's buffers, shared by the steps, and the contract's bounds
-//	forgets.go     the forget step: admit, Store.Forget, confirm
+//	session.go     Run: the store baseline, the two lanes, one transactional session after another, backoff
+//	txn.go         an order batch's transaction: begin, hand over, flush, guarded commit, abort
+//	batch.go       a batch's buffers (one per lane) and the contract's bounds
+//	forgets.go     the forget lane's batch: admit, Store.Forget, confirm, commit
+//	forgetgroup.go before a forget session: seed the lane's group (upgrade), sweep retained keys
 //	notices.go     erasure notices: tombstones from retained keys, settling them
 //	orders.go      the order step: admit, resolve, assign
 //	project.go     the order step's projection, in parallel, in input order
@@ -87,19 +107,28 @@
 // So a batch that used S's old key either committed before Forget(S) could
 // take the lock, and thus before the confirmation exists, or it sees S in
 // its guard and aborts. A PostgreSQL guard is lost with its connection (a
-// killed backend, a server restart), so the batch checks the guard right
-// before EndTxn and aborts if it is gone. What remains is the EndTxn round
-// trip itself: if the guard's connection dies during it and a forget of a
-// subject of that batch completes within the same milliseconds, the batch's
-// records may become visible just after the confirmation. The batch then
-// finds the guard lost when it releases it; this is logged as an error and
-// counted (pseudonymizer_guard_lost_total). Closing it completely would
-// mean delaying every confirmation by the transaction timeout. The lock is
-// never held while waiting for anything but one EndTxn. A stalled
-// (SIGSTOPped) holder cannot block forgets for ever: the PostgreSQL store
-// sets idle_in_transaction_session_timeout (30s) above the Kafka
-// transaction timeout (10s by default), so the broker aborts the stalled
-// transaction before PostgreSQL drops its lock.
+// killed backend, a server restart, a cut network), so the batch checks the
+// guard right before EndTxn and aborts if it is gone. What remains is the
+// EndTxn round trip itself: if the guard's connection dies during it, a
+// Forget of a subject of that batch gets the lock at once, while the
+// batch's commit may still land. So the PostgreSQL store registers every
+// connection that takes guards, with a session-level lock that lives
+// exactly as long as the connection (store/postgres/lostguard.go). A
+// Forget that finds a registered connection gone waits, after committing
+// and outside the lock, until 30s have passed since it first saw it gone:
+// by then the broker has ended any transaction begun under that guard (the
+// transaction timeout is at most 15s, and the broker aborts a timed-out
+// transaction within 10s more). The batch finds its guard lost when it
+// releases it; this is logged and counted
+// (pseudonymizer_guard_lost_total). Such a wait holds up only the forget
+// lane, and only after a connection was lost (which includes an instance
+// that crashed): normal forgets do not wait. The embedded store's guards
+// cannot be lost. The lock is never held while waiting for anything but
+// one EndTxn. A stalled (SIGSTOPped) holder cannot block forgets for ever:
+// the PostgreSQL store sets idle_in_transaction_session_timeout (30s) above
+// the Kafka transaction timeout (10s by default), so the broker aborts the
+// stalled transaction before PostgreSQL drops its lock (and the next
+// Forget then waits for the lost guard as above).
 //
 // The cache needs no time-to-live for correctness: it is invalidated through
 // the guard, and it is bounded (processing.cache_subjects) for memory only.

@@ -327,7 +327,8 @@ UPDATE pz_meta SET value = '2' WHERE name = 'schema_version'`); err != nil {
 }
 
 // TestUpgradeFromSchema3 opens a database as schema version 3 left it (no
-// retained keys): migration 4 adds them, and a forget that retains its
+// guard connections, no retained keys): migrations 4 and 5 add them, and a
+// forget that retains its
 // key returns it again until it is settled.
 func TestUpgradeFromSchema3(t *testing.T) {
 	ctx := context.Background()
@@ -349,6 +350,7 @@ func TestUpgradeFromSchema3(t *testing.T) {
 	}
 	if _, err := conn.Exec(ctx, `
 DROP TABLE pz_forget_retained;
+DROP TABLE pz_guard_conns;
 UPDATE pz_meta SET value = '3' WHERE name = 'schema_version'`); err != nil {
 		t.Fatal(err)
 	}
