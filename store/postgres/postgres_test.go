@@ -328,8 +328,7 @@ UPDATE pz_meta SET value = '2' WHERE name = 'schema_version'`); err != nil {
 
 // TestUpgradeFromSchema3 opens a database as schema version 3 left it (no
 // guard connections, no retained keys): migrations 4 and 5 add them, and a
-// forget that retains its
-// key returns it again until it is settled.
+// forget that retains its key returns it again until it is settled.
 func TestUpgradeFromSchema3(t *testing.T) {
 	ctx := context.Background()
 	dsn := pgtest.MustTempSchemaDSN(t)
