@@ -70,6 +70,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up on a pipeline after this long")
 	verbose := fs.Bool("v", false, "pass the workers' logs through")
 	brokers := fs.String("brokers", "", "seed brokers (host:port,…) of a Kafka cluster to run against instead of the embedded broker; the run's topics and groups get a unique prefix and are deleted afterwards")
+	forgetRate := fs.Int("forgets-per-second", 0, "while pipeline (c) runs, send this many forget requests a second and report their latency (produce to readable confirmation)")
 	binary := fs.String("pseudonymizer", "", "the pseudonymizer binary whose `run` the pseudonymizer pipelines measure; default: built from this module with `go build`")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -107,7 +108,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	b := &bench{
 		events: *events, customers: *customers, partitions: *partitions, pols: pols,
 		dsn: *dsn, profile: *profile, timeout: *timeout, verbose: *verbose, stderr: stderr,
-		topics: config.Default().Topics, binary: *binary,
+		topics: config.Default().Topics, binary: *binary, forgetRate: *forgetRate,
 	}
 	if *brokers != "" {
 		b.brokers = strings.Split(*brokers, ",")
@@ -139,8 +140,10 @@ type bench struct {
 	kek      string
 	pgSchema string
 	binary   string // the pseudonymizer binary
-	inEnd    map[int32]int64
-	avgBytes float64
+	// forgetRate is the forget requests a second sent during pipeline (c).
+	forgetRate int
+	inEnd      map[int32]int64
+	avgBytes   float64
 }
 
 // benchResult is one pipeline's measurements.
@@ -151,6 +154,7 @@ type benchResult struct {
 	rssKiB         int64
 	cpu            time.Duration
 	stats          processor.Stats
+	forgets        *forgetStats // with --forgets-per-second
 	pseudonymizer  bool
 	skipped, error string
 }
@@ -235,7 +239,9 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 	topics := b.topics
 	seed := []string{topics.Orders, topics.Forget, topics.Forgotten, topics.OrdersDeadLetter, topics.ForgetDeadLetter}
 	for _, p := range benchPipelines {
-		seed = append(seed, b.outputs(b.ns+"bench."+p.name+".")...)
+		prefix := b.ns + "bench." + p.name + "."
+		seed = append(seed, b.outputs(prefix)...)
+		seed = append(seed, prefix+"forget", prefix+"forgotten") // each pipeline's own
 	}
 	var err error
 	brokerKind := "Kafka broker"
@@ -428,6 +434,7 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	var first time.Time
+	var load *forgetLoad
 	for {
 		select {
 		case <-ctx.Done():
@@ -447,6 +454,12 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 		}
 		if any && first.IsZero() {
 			first = time.Now()
+			if r.name == "c" && b.forgetRate > 0 && load == nil {
+				if load, err = b.startForgetLoad(ctx, prefix+"forget", prefix+"forgotten", b.forgetRate); err != nil {
+					stop()
+					return err
+				}
+			}
 		}
 		if done {
 			break
@@ -454,6 +467,10 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 	}
 	r.wall = time.Since(start)
 	r.startup = first.Sub(start)
+	if load != nil {
+		st := load.stop(90 * time.Second)
+		r.forgets = &st
+	}
 	r.rate = float64(b.events) / r.wall.Seconds()
 	// VmHWM, not rusage: a child's ru_maxrss starts from its parent's
 	// (the broker's) resident size at fork.
@@ -576,6 +593,12 @@ func (b *bench) table(w io.Writer, results []*benchResult) {
 		fmt.Fprintf(w, "\nthroughput ratios (warm store): %s\n", strings.Join(ratios, "  "))
 	}
 	fmt.Fprintln(w, "cold: every customer new, keys created in the store; warm: same store, new process (empty cache), new group.")
+	for _, r := range results {
+		if f := r.forgets; f != nil {
+			fmt.Fprintf(w, "forget latency during %s (%d/s, produce to readable confirmation): n=%d p50=%s p99=%s max=%s unconfirmed=%d\n",
+				r.name, b.forgetRate, f.n, f.p50.Round(time.Millisecond), f.p99.Round(time.Millisecond), f.max.Round(time.Millisecond), f.unconfirmed)
+		}
+	}
 }
 
 func orDefault(s, d string) string {

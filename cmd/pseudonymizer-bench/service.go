@@ -60,7 +60,7 @@ func (b *bench) service(kind, name, prefix, group string) (*exec.Cmd, string, er
 			"session_timeout": "6s", "create_topics": false,
 		},
 		"topics": map[string]string{
-			"orders": topics.Orders, "forget": topics.Forget, "forgotten": topics.Forgotten,
+			"orders": topics.Orders, "forget": prefix + "forget", "forgotten": prefix + "forgotten",
 			"orders_dead_letter": topics.OrdersDeadLetter, "forget_dead_letter": topics.ForgetDeadLetter,
 			"pseudo_prefix": topics.PseudoPrefix,
 		},
