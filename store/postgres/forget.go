@@ -54,9 +54,10 @@ type forgetSubject struct {
 // Forget applies the requests in order in one transaction of two round
 // trips: the first begins it, takes the exclusive guard lock (waiting for
 // every Guard and key creation) and reads the state; the second writes the
-// changes and commits. If a connection that took guards was lost, it then
-// waits until that guard's Kafka commit is certainly decided (lostguard.go);
-// a redone call waits for the same.
+// changes and commits. A third checks once more for connections that took
+// guards and were lost (lostguard.go); if there is one, Forget then waits
+// until that guard's Kafka commit is certainly decided. A redone call
+// waits for the same.
 func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store.ForgetResult, error) {
 	results := make([]store.ForgetResult, len(reqs))
 	if len(reqs) == 0 {
@@ -83,16 +84,7 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		b := &pgx.Batch{}
 		b.Queue("BEGIN")
 		b.Queue(lockExclusive, guardLockClass, s.lockKey)
-		b.Queue(markGoneGuardCons, ownKey(conn), s.lostGuardWait.Milliseconds()).Query(func(rows pgx.Rows) error {
-			for rows.Next() {
-				var ms int64
-				if err := rows.Scan(&ms); err != nil {
-					return err
-				}
-				wait = max(wait, time.Duration(ms)*time.Millisecond)
-			}
-			return rows.Err()
-		})
+		s.queueMarkGone(b, conn, &wait)
 		b.Queue(selectResults, reqHashes).Query(func(rows pgx.Rows) error {
 			for rows.Next() {
 				var rh []byte
@@ -217,7 +209,10 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 		}
 		b.Queue(pruneGoneGuardCons, s.lostGuardWait.Milliseconds())
 		b.Queue("COMMIT")
-		return conn.SendBatch(ctx, b).Close()
+		if err := conn.SendBatch(ctx, b).Close(); err != nil {
+			return err
+		}
+		return s.recheckGone(ctx, conn, &wait)
 	})
 	if err != nil {
 		for i := range results {

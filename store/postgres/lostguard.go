@@ -26,6 +26,10 @@ import (
 //     the broker has ended every transaction the lost guard's holder had
 //     begun: the Kafka transaction timeout is at most 15s, and the broker
 //     aborts a timed-out transaction within 10s more.
+//   - A backend that is terminated releases its transaction's locks (the
+//     guard) a moment before its session's (the liveness lock), so the
+//     first check may find it still alive. So Forget checks once more after
+//     its commit, under the lock again: by then the backend has long gone.
 //   - A row whose wait is over is deleted by the next Forget; a connection
 //     that the pool closes in good health deletes its own.
 //
@@ -52,6 +56,35 @@ RETURNING GREATEST(0, $2::int8 - (EXTRACT(EPOCH FROM clock_timestamp() - c.dead_
 	// pruneGoneGuardCons deletes the rows whose wait ($1 ms) is over.
 	pruneGoneGuardCons = "DELETE FROM pz_guard_conns WHERE dead_since < clock_timestamp() - $1::int8 * interval '1 millisecond'"
 )
+
+// queueMarkGone queues markGoneGuardCons on b, raising *wait to the
+// longest remaining wait. The caller holds the exclusive guard lock in
+// b's transaction, so no other Forget tries the same liveness locks.
+func (s *Store) queueMarkGone(b *pgx.Batch, conn *pgx.Conn, wait *time.Duration) {
+	b.Queue(markGoneGuardCons, ownKey(conn), s.lostGuardWait.Milliseconds()).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var ms int64
+			if err := rows.Scan(&ms); err != nil {
+				return err
+			}
+			*wait = max(*wait, time.Duration(ms)*time.Millisecond)
+		}
+		return rows.Err()
+	})
+}
+
+// recheckGone checks the registered connections once more, in a
+// transaction of its own under the exclusive lock (one round trip): a
+// backend that was being terminated while Forget took the lock has
+// released its liveness lock by now.
+func (s *Store) recheckGone(ctx context.Context, conn *pgx.Conn, wait *time.Duration) error {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	b.Queue(lockExclusive, guardLockClass, s.lockKey)
+	s.queueMarkGone(b, conn, wait)
+	b.Queue("COMMIT")
+	return conn.SendBatch(ctx, b).Close()
+}
 
 // livenessData is the key of a connection's registration in its CustomData.
 const livenessData = "pseudonymizer.guard_conn"
