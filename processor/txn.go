@@ -135,6 +135,9 @@ func (t *txn) commitGuarded(b *batch) (outcome, error) {
 	}
 	o, err := t.commit(b, "")
 	committedWithGuard = o == outcomeCommitted
+	if committedWithGuard {
+		p.m.CachedSubjects.Set(float64(p.cache.len())) // the cache is the order lane's
+	}
 	return o, err
 }
 
@@ -216,7 +219,6 @@ func (p *Processor) committed(b *batch, now time.Time) {
 			p.m.RecordsOut.WithLabelValues(sys).Add(float64(b.emitted))
 		}
 	}
-	p.m.CachedSubjects.Set(float64(p.cache.len()))
 	p.count(func(s *Stats) {
 		s.Batches++
 		s.Committed++
