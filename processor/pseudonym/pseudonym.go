@@ -18,6 +18,7 @@ import (
 	"crypto/sha256"
 	"encoding"
 	"encoding/binary"
+	"encoding/hex"
 	"hash"
 	"slices"
 	"strconv"
@@ -28,15 +29,6 @@ const Domain = "pseudonymizer/v1\x00"
 
 // Size is the length in bytes of a pseudonym's text.
 const Size = 36
-
-// hexPairs holds the two lowercase hex digits of every byte value.
-var hexPairs = func() (t [256][2]byte) {
-	const digits = "0123456789abcdef"
-	for i := range t {
-		t[i] = [2]byte{digits[i>>4], digits[i&0x0f]}
-	}
-	return t
-}()
 
 // iv is SHA-256's initial chaining value.
 var iv = [8]uint32{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}
@@ -86,7 +78,7 @@ func NewDeriver() *Deriver {
 		// crypto/sha256 has supported both since Go 1.24.
 		panic("pseudonym: sha256 digest does not support state marshaling")
 	}
-	return &Deriver{h: h, app: app, unm: unm, buf: make([]byte, 0, 3*sha256.BlockSize), state: make([]byte, 0, marshaledSize)}
+	return &Deriver{h: h, app: app, unm: unm, buf: make([]byte, 0, 3*sha256.BlockSize), state: make([]byte, marshaledSize)}
 }
 
 // Reset wipes the cached key material from d. Call it when a subject's key
@@ -101,8 +93,7 @@ func (d *Deriver) Reset() {
 	clear(d.blk[:])
 	clear(d.pad[:])
 	clear(d.num[:])
-	clear(d.state[:cap(d.state)])
-	d.state = d.state[:0]
+	clear(d.state)
 	d.h.Reset()
 }
 
@@ -201,19 +192,21 @@ func (d *Deriver) String(key []byte, system, field, value string) string {
 // of 4 bytes, the chaining value, the pending block and the length.
 const marshaledSize = 4 + sha256.Size + sha256.BlockSize + 8
 
-var zeroBlock [sha256.BlockSize]byte
-
 // compress runs the SHA-256 compression function over the 64-byte blocks
 // of p (len(p) is a multiple of 64), updating the chaining value h.
 func (d *Deriver) compress(h *[8]uint32, p []byte) {
 	// crypto/sha256 resumes from a state that has absorbed exactly one
-	// block with chaining value h.
-	s := append(d.state[:0], "sha\x03"...)
-	for _, v := range h {
-		s = binary.BigEndian.AppendUint32(s, v)
+	// block with chaining value h. d.state keeps the layout between calls:
+	// magic, chaining value, pending block (ignored: none is pending) and
+	// length, of which only the chaining value and the length change.
+	s := d.state[:marshaledSize]
+	if string(s[:4]) != "sha\x03" {
+		copy(s, "sha\x03")
 	}
-	s = append(s, zeroBlock[:]...)
-	s = binary.BigEndian.AppendUint64(s, sha256.BlockSize)
+	for i, v := range h {
+		binary.BigEndian.PutUint32(s[4+4*i:], v)
+	}
+	binary.BigEndian.PutUint64(s[marshaledSize-8:], sha256.BlockSize)
 	if err := d.unm.UnmarshalBinary(s); err != nil {
 		panic("pseudonym: restoring SHA-256 state: " + err.Error())
 	}
@@ -228,9 +221,6 @@ func (d *Deriver) compress(h *[8]uint32, p []byte) {
 	d.state = s
 }
 
-// uuidPos is where the hex digits of each byte of a UUID go in its text.
-var uuidPos = [16]uint8{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
-
 // appendUUID formats the first 16 bytes of the digest with chaining value h
 // as a version 8, RFC 9562 variant UUID.
 func appendUUID(dst []byte, h *[8]uint32) []byte {
@@ -241,14 +231,19 @@ func appendUUID(dst []byte, h *[8]uint32) []byte {
 	binary.BigEndian.PutUint32(u[12:], h[3])
 	u[6] = u[6]&0x0f | 0x80 // version 8
 	u[8] = u[8]&0x3f | 0x80 // variant 10xx
+	var x [32]byte
+	hex.Encode(x[:], u[:])
 	n := len(dst)
 	dst = slices.Grow(dst, Size)[:n+Size]
 	t := (*[Size]byte)(dst[n:])
-	t[8], t[13], t[18], t[23] = '-', '-', '-', '-'
-	for i, c := range u {
-		p := hexPairs[c]
-		j := uuidPos[i]
-		t[j], t[j+1] = p[0], p[1]
-	}
+	copy(t[0:8], x[0:8])
+	t[8] = '-'
+	copy(t[9:13], x[8:12])
+	t[13] = '-'
+	copy(t[14:18], x[12:16])
+	t[18] = '-'
+	copy(t[19:23], x[16:20])
+	t[23] = '-'
+	copy(t[24:36], x[20:32])
 	return dst
 }
