@@ -18,7 +18,6 @@ import (
 	"crypto/sha256"
 	"encoding"
 	"encoding/binary"
-	"encoding/hex"
 	"hash"
 	"slices"
 	"strconv"
@@ -137,6 +136,14 @@ func (d *Deriver) Append(dst []byte, key []byte, system, field string, value []b
 // AppendKey is Append with a prepared key: AppendKey(dst, &k, ...) with k =
 // d.Prepare(key) equals Append(dst, key, ...).
 func (d *Deriver) AppendKey(dst []byte, k *Key, system, field string, value []byte) []byte {
+	u := d.SumKey(k, system, field, value)
+	return u.Append(dst)
+}
+
+// SumKey returns the pseudonym of value in binary form: AppendKey appends
+// its text. Callers that keep many pseudonyms keep them as UUIDs (16
+// bytes instead of 36) and format them when needed.
+func (d *Deriver) SumKey(k *Key, system, field string, value []byte) UUID {
 	// Inner hash: the key block is in k.in; what follows is the message,
 	// padded as SHA-256 pads (0x80, zeros, the bit length of key block and
 	// message).
@@ -166,7 +173,7 @@ func (d *Deriver) AppendKey(dst []byte, k *Key, system, field string, value []by
 	binary.BigEndian.PutUint64(b[56:], (sha256.BlockSize+sha256.Size)<<3)
 	h = k.out
 	d.compress(&h, b[:])
-	return appendUUID(dst, &h)
+	return uuidOf(&h)
 }
 
 // AppendInt is Append for a number: integers are pseudonymized over their
@@ -221,29 +228,54 @@ func (d *Deriver) compress(h *[8]uint32, p []byte) {
 	d.state = s
 }
 
-// appendUUID formats the first 16 bytes of the digest with chaining value h
-// as a version 8, RFC 9562 variant UUID.
-func appendUUID(dst []byte, h *[8]uint32) []byte {
-	var u [16]byte
+// UUID is a pseudonym in binary form: the 16 bytes that its text spells
+// (version and variant bits set).
+type UUID [16]byte
+
+// uuidOf returns the first 16 bytes of the digest with chaining value h as
+// a version 8, RFC 9562 variant UUID.
+func uuidOf(h *[8]uint32) UUID {
+	var u UUID
 	binary.BigEndian.PutUint32(u[0:], h[0])
 	binary.BigEndian.PutUint32(u[4:], h[1])
 	binary.BigEndian.PutUint32(u[8:], h[2])
 	binary.BigEndian.PutUint32(u[12:], h[3])
 	u[6] = u[6]&0x0f | 0x80 // version 8
 	u[8] = u[8]&0x3f | 0x80 // variant 10xx
-	var x [32]byte
-	hex.Encode(x[:], u[:])
+	return u
+}
+
+// Append appends u's canonical text: 36 bytes, lowercase hex digits in
+// groups of 8, 4, 4, 4 and 12, separated by hyphens.
+func (u *UUID) Append(dst []byte) []byte {
 	n := len(dst)
 	dst = slices.Grow(dst, Size)[:n+Size]
 	t := (*[Size]byte)(dst[n:])
-	copy(t[0:8], x[0:8])
+	a := hex8(binary.BigEndian.Uint32(u[0:]))
+	b := hex8(binary.BigEndian.Uint32(u[4:]))
+	c := hex8(binary.BigEndian.Uint32(u[8:]))
+	d := hex8(binary.BigEndian.Uint32(u[12:]))
+	binary.BigEndian.PutUint64(t[0:], a)
 	t[8] = '-'
-	copy(t[9:13], x[8:12])
+	binary.BigEndian.PutUint32(t[9:], uint32(b>>32))
 	t[13] = '-'
-	copy(t[14:18], x[12:16])
+	binary.BigEndian.PutUint32(t[14:], uint32(b))
 	t[18] = '-'
-	copy(t[19:23], x[16:20])
+	binary.BigEndian.PutUint32(t[19:], uint32(c>>32))
 	t[23] = '-'
-	copy(t[24:36], x[20:32])
+	binary.BigEndian.PutUint32(t[24:], uint32(c))
+	binary.BigEndian.PutUint64(t[28:], d)
 	return dst
+}
+
+// hex8 returns the 8 lowercase hex digits of v, most significant first,
+// as the bytes of a big-endian uint64 (SWAR: all digits at once).
+func hex8(v uint32) uint64 {
+	x := uint64(v)
+	x = (x | x<<16) & 0x0000ffff0000ffff
+	x = (x | x<<8) & 0x00ff00ff00ff00ff
+	x = (x | x<<4) & 0x0f0f0f0f0f0f0f0f
+	// Each byte is a nibble n: '0'+n, plus 39 more for n > 9 ('a'-'0'-10).
+	over := ((x + 0x0606060606060606) >> 4) & 0x0101010101010101
+	return x + 0x3030303030303030 + over*39
 }
