@@ -20,11 +20,17 @@ type batch struct {
 	prefix    [][]byte // each system's output value prefix, this batch
 	orders    []order
 	lookups   []store.Lookup
+	lookupIDs [][]byte       // the ID of each lookup, in the input record
+	resolved  []subject      // the subject of each lookup
 	pending   map[string]int // subject ID -> index in lookups
-	used      map[store.SubjectHash]struct{}
-	stats     Stats
-	forgets   []forgetDone
-	dlq       []deadLettered
+	// derive holds an order of each subject whose customer pseudonyms are
+	// to be derived (deriving: those subjects).
+	derive   []*order
+	deriving map[subject]struct{}
+	used     map[store.SubjectHash]struct{}
+	stats    Stats
+	forgets  []forgetDone
+	dlq      []deadLettered
 	// origin maps the index in recs of each dead letter and confirmation
 	// to the input record it answers, to tell which input a refused
 	// record belongs to.
@@ -44,7 +50,7 @@ type order struct {
 	rec   *kgo.Record
 	value []byte // bare Avro of the bundled schema
 	head  policy.Head
-	subj  *subject
+	subj  subject
 	slot  int // index in recs of its first output; -1: suppressed
 	// class and reason, while the batch's orders are being admitted, mark
 	// a record for the dead-letter topic (class "" means valid so far).
@@ -70,11 +76,19 @@ func (b *batch) reset() {
 	clear(b.orders)
 	b.orders = b.orders[:0]
 	b.lookups = b.lookups[:0]
+	clear(b.lookupIDs)
+	b.lookupIDs = b.lookupIDs[:0]
+	clear(b.resolved)
+	b.resolved = b.resolved[:0]
+	clear(b.derive)
+	b.derive = b.derive[:0]
 	if b.pending == nil {
 		b.pending = map[string]int{}
 		b.used = map[store.SubjectHash]struct{}{}
+		b.deriving = map[subject]struct{}{}
 	}
 	clear(b.pending)
+	clear(b.deriving)
 	clear(b.used)
 	b.stats = Stats{}
 	b.forgets = b.forgets[:0]

@@ -157,7 +157,7 @@ func New(cfg Config) (*Processor, error) {
 		log:      cfg.Logger,
 		m:        cfg.Metrics,
 		systems:  cfg.Plan.Systems(),
-		cache:    newSubjectCache(cfg.CacheSubjects),
+		cache:    newSubjectCache(cfg.CacheSubjects, len(cfg.Plan.Systems())),
 		d:        pseudonym.NewDeriver(),
 		workers:  runtime.GOMAXPROCS(0),
 		batchMax: config.DefaultProducerBatchMaxBytes,

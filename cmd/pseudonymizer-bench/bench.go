@@ -50,7 +50,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("pseudonymizer-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: pseudonymizer-bench [--quick] [--events N] [--customers N] [--systems N] [--no-postgres] [--profile DIR] [--brokers HOST:PORT,...]\n\n"+
+		fmt.Fprint(fs.Output(), "Usage: pseudonymizer-bench [--quick] [--events N] [--customers N] [--systems N] [--cache-subjects N] [--no-postgres] [--profile DIR] [--brokers HOST:PORT,...]\n\n"+
 			"Pushes one backlog of sample orders through a plain copy, a transactional\n"+
 			"copy and the pseudonymizer (PostgreSQL and embedded store) and compares\n"+
 			"their throughput. The pseudonymizer pipelines are `pseudonymizer run`\n"+
@@ -70,6 +70,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	timeout := fs.Duration("timeout", 10*time.Minute, "give up on a pipeline after this long")
 	verbose := fs.Bool("v", false, "pass the workers' logs through")
 	brokers := fs.String("brokers", "", "seed brokers (host:port,…) of a Kafka cluster to run against instead of the embedded broker; the run's topics and groups get a unique prefix and are deleted afterwards")
+	cacheSubjects := fs.Int("cache-subjects", -1, "processing.cache_subjects of the pseudonymizer pipelines (0 caches nothing); default: the service's default")
+	maxPoll := fs.Int("max-poll-records", 0, "processing.max_poll_records of the pseudonymizer pipelines; default: the service's default")
 	binary := fs.String("pseudonymizer", "", "the pseudonymizer binary whose `run` the pseudonymizer pipelines measure; default: built from this module with `go build`")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -86,6 +88,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if !set["customers"] {
 			*customers = 2_000
 		}
+	}
+	if *maxPoll < 0 {
+		return errors.New("bench: --max-poll-records must not be negative")
 	}
 	if *events < 1 || *customers < 1 || *partitions < 1 {
 		return errors.New("bench: --events, --customers and --partitions must be positive")
@@ -108,6 +113,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		events: *events, customers: *customers, partitions: *partitions, pols: pols,
 		dsn: *dsn, profile: *profile, timeout: *timeout, verbose: *verbose, stderr: stderr,
 		topics: config.Default().Topics, binary: *binary,
+		cacheSubjects: *cacheSubjects, maxPoll: *maxPoll,
 	}
 	if *brokers != "" {
 		b.brokers = strings.Split(*brokers, ",")
@@ -139,8 +145,11 @@ type bench struct {
 	kek      string
 	pgSchema string
 	binary   string // the pseudonymizer binary
-	inEnd    map[int32]int64
-	avgBytes float64
+	// cacheSubjects and maxPoll set processing.cache_subjects (if >= 0)
+	// and processing.max_poll_records (if > 0) of the pseudonymizer.
+	cacheSubjects, maxPoll int
+	inEnd                  map[int32]int64
+	avgBytes               float64
 }
 
 // benchResult is one pipeline's measurements.
@@ -273,7 +282,11 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 	}
 	fmt.Fprintf(w, "pseudonymizer bench: %d events (%.0f B Avro on average) of %d customers, %d systems, %d partitions; %s at %s (backlog written in %s)\n",
 		b.events, b.avgBytes, b.customers, len(b.pols), b.partitions, brokerKind, strings.Join(b.brokers, ","), time.Since(t0).Round(time.Millisecond))
-	fmt.Fprintf(w, "machine: %d CPUs (%s), GOMAXPROCS %d, %s\n\n", runtime.NumCPU(), cpuModel(), runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Fprintf(w, "machine: %d CPUs (%s), GOMAXPROCS %d, %s; %s\n", runtime.NumCPU(), cpuModel(), runtime.GOMAXPROCS(0), runtime.Version(), loadAverage())
+	if b.cacheSubjects >= 0 || b.maxPoll > 0 {
+		fmt.Fprintf(w, "pseudonymizer settings: cache_subjects %s, max_poll_records %s\n", setting(b.cacheSubjects, 0), setting(b.maxPoll, 1))
+	}
+	fmt.Fprintln(w)
 
 	if want["pg"] {
 		var rnd [6]byte
@@ -576,6 +589,28 @@ func (b *bench) table(w io.Writer, results []*benchResult) {
 		fmt.Fprintf(w, "\nthroughput ratios (warm store): %s\n", strings.Join(ratios, "  "))
 	}
 	fmt.Fprintln(w, "cold: every customer new, keys created in the store; warm: same store, new process (empty cache), new group.")
+}
+
+// setting formats a bench setting: "default" below min.
+func setting(v, min int) string {
+	if v < min {
+		return "default"
+	}
+	return strconv.Itoa(v)
+}
+
+// loadAverage returns the load averages from /proc/loadavg, which the
+// table's CPU times and ratios depend on, on a shared machine.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "load average unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "load average unknown"
+	}
+	return "load average " + strings.Join(f[:3], " ")
 }
 
 func orDefault(s, d string) string {
