@@ -6,6 +6,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor/policy"
+	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/store"
 )
 
@@ -24,9 +25,13 @@ type batch struct {
 	resolved  []subject      // the subject of each lookup
 	pending   map[string]int // subject ID -> index in lookups
 	// derive holds an order of each subject whose customer pseudonyms are
-	// to be derived (deriving: those subjects).
+	// to be derived; deriving maps those subjects to their index in
+	// derive, and keys[i] is the prepared key of derive[i]'s subject, which
+	// the projection of that subject's events uses (the cache keeps no
+	// prepared keys). keys is wiped when the batch is reset.
 	derive   []*order
-	deriving map[subject]struct{}
+	deriving map[subject]int32
+	keys     []pseudonym.Key
 	used     map[store.SubjectHash]struct{}
 	stats    Stats
 	forgets  []forgetDone
@@ -51,7 +56,8 @@ type order struct {
 	value []byte // bare Avro of the bundled schema
 	head  policy.Head
 	subj  subject
-	slot  int // index in recs of its first output; -1: suppressed
+	key   int32 // 1 + index in batch.keys of the subject's prepared key; 0: none
+	slot  int   // index in recs of its first output; -1: suppressed
 	// class and reason, while the batch's orders are being admitted, mark
 	// a record for the dead-letter topic (class "" means valid so far).
 	class, reason string
@@ -82,10 +88,12 @@ func (b *batch) reset() {
 	b.resolved = b.resolved[:0]
 	clear(b.derive)
 	b.derive = b.derive[:0]
+	clear(b.keys)
+	b.keys = b.keys[:0]
 	if b.pending == nil {
 		b.pending = map[string]int{}
 		b.used = map[store.SubjectHash]struct{}{}
-		b.deriving = map[subject]struct{}{}
+		b.deriving = map[subject]int32{}
 	}
 	clear(b.pending)
 	clear(b.deriving)

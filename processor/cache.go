@@ -101,8 +101,9 @@ const (
 //   - an open-addressing index (linear probing): per position 8 bytes, the
 //     high half of the ID's seeded hash and the slot number plus one.
 //
-// With 3 systems and IDs of 11 bytes this is about 150 bytes per subject
-// (see BenchmarkCacheMemory).
+// With 3 systems and IDs of 11 bytes this is about 145 bytes per subject
+// (see BenchmarkCacheMemory). A generation whose ID arena is full (4 GiB
+// of IDs) counts as full.
 type generation struct {
 	slotLayout
 	seed   maphash.Seed
@@ -179,6 +180,13 @@ func (g *generation) add(id []byte, h *store.SubjectHash) int32 {
 	g.ids[last] = append(c, id...)
 	binary.LittleEndian.PutUint32(g.slot(i)[g.idAt:], ref)
 	return i
+}
+
+// idsFull reports whether the ID arena cannot take an ID of n bytes: its
+// references (4 bytes: chunk and offset) address at most 1<<16 chunks.
+func (g *generation) idsFull(n int) bool {
+	last := len(g.ids) - 1
+	return last >= 1<<16-1 && cap(g.ids[last])-len(g.ids[last]) < binary.MaxVarintLen32+n
 }
 
 // find returns the live slot of id (seeded hash h) in the index, or -1.
@@ -382,7 +390,7 @@ func (c *subjectCache) store(h uint64, id []byte, hash *store.SubjectHash, fill 
 	// than the cold one leaves: the two never hold more than max entries
 	// together.
 	half := (c.max + 1) / 2
-	if c.hot.n >= half || c.hot.n+c.cold.live >= c.max {
+	if c.hot.n >= half || c.hot.n+c.cold.live >= c.max || c.hot.idsFull(len(id)) {
 		c.dropped = append(c.dropped, c.cold)
 		c.cold = c.hot
 		if c.cold.live >= c.max {

@@ -35,8 +35,10 @@
 //     in input order, as soon as it and every chunk before it are
 //     complete, so outputs keep the input order. A subject's customer
 //     pseudonyms (the record keys, kept as 16-byte UUIDs) are derived once
-//     per cached key, in parallel, in the assign step; the HMAC key is
-//     prepared once per event (two SHA-256 compressions), not cached.
+//     per cached key, in parallel, in the assign step; the prepared HMAC
+//     key is not cached: an event takes it from that derivation if its
+//     subject's pseudonyms were derived in the same batch, and prepares it
+//     (two SHA-256 compressions) otherwise.
 //  3. Commit (txn.go): hand over the rest, flush, take the store Guard,
 //     commit the Kafka transaction (offsets included), release the Guard.
 //

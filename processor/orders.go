@@ -207,10 +207,13 @@ func (p *Processor) assign(b *batch, resolved []subject) error {
 		}
 		b.used[*s.hash()] = struct{}{}
 		if _, ok := s.pseudonyms(); !ok {
-			if _, queued := b.deriving[s]; !queued {
-				b.deriving[s] = struct{}{}
+			j, queued := b.deriving[s]
+			if !queued {
+				j = int32(len(b.derive))
+				b.deriving[s] = j
 				b.derive = append(b.derive, o)
 			}
+			o.key = j + 1
 		}
 		o.slot = base + b.emitted*nsys
 		b.emitted++
@@ -229,15 +232,17 @@ func (p *Processor) assign(b *batch, resolved []subject) error {
 // deriveSubjects derives the customer pseudonyms of the subjects of
 // b.derive (one order each, distinct subjects), in parallel: every later
 // event of a subject reuses them as record keys and customer_id values.
+// The prepared keys stay in b.keys for the projection of this batch.
 func (p *Processor) deriveSubjects(b *batch) {
+	b.keys = slices.Grow(b.keys[:0], len(b.derive))[:len(b.derive)]
 	p.parallel(len(b.derive), func(w *worker, lo, hi int) {
-		for _, o := range b.derive[lo:hi] {
+		for j, o := range b.derive[lo:hi] {
 			s := o.subj
-			pk := w.d.Prepare(s.key())
+			pk := &b.keys[lo+j]
+			*pk = w.d.Prepare(s.key())
 			for sys := range p.systems {
-				*s.pseudonym(sys) = p.cfg.Plan.SubjectUUID(sys, &pk, o.head.CustomerID, w.d)
+				*s.pseudonym(sys) = p.cfg.Plan.SubjectUUID(sys, pk, o.head.CustomerID, w.d)
 			}
-			pk.Wipe()
 			s.setPseudonyms()
 		}
 	})

@@ -138,7 +138,12 @@ func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 			continue
 		}
 		s := o.subj
-		w.pk = w.d.Prepare(s.key())
+		pk := &w.pk
+		if o.key > 0 {
+			pk = &b.keys[o.key-1] // prepared when its pseudonyms were derived
+		} else {
+			w.pk = w.d.Prepare(s.key())
+		}
 		for sys, topic := range p.topics {
 			// The record key, the customer's pseudonym, goes first; the
 			// value repeats it as customer_id.
@@ -148,7 +153,7 @@ func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 			vstart := len(w.arena)
 			w.arena = append(w.arena, b.prefix[sys]...)
 			var err error
-			w.arena, err = plan.ProjectHead(w.arena, sys, o.value, &o.head, &w.pk, key, w.d)
+			w.arena, err = plan.ProjectHead(w.arena, sys, o.value, &o.head, pk, key, w.d)
 			if err != nil {
 				w.pk.Wipe()
 				// Scan accepted the record, so this is a defect, not bad input.
