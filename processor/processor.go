@@ -12,7 +12,6 @@ import (
 
 	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/processor/policy"
-	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/store"
 )
@@ -78,7 +77,6 @@ type Processor struct {
 
 	cache *subjectCache
 	pos   store.Position // newest forget-log position seen by a guard
-	d     *pseudonym.Deriver
 	b     batch
 
 	// workers is the number of goroutines that derive and project the
@@ -158,7 +156,6 @@ func New(cfg Config) (*Processor, error) {
 		m:        cfg.Metrics,
 		systems:  cfg.Plan.Systems(),
 		cache:    newSubjectCache(cfg.CacheSubjects, len(cfg.Plan.Systems())),
-		d:        pseudonym.NewDeriver(),
 		workers:  runtime.GOMAXPROCS(0),
 		batchMax: config.DefaultProducerBatchMaxBytes,
 	}
