@@ -50,7 +50,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("pseudonymizer-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: pseudonymizer-bench [--quick] [--events N] [--customers N] [--systems N] [--cache-subjects N] [--no-postgres] [--profile DIR] [--brokers HOST:PORT,...]\n\n"+
+		fmt.Fprint(fs.Output(), "Usage: pseudonymizer-bench [--quick] [--events N] [--customers N] [--systems N] [--cache-subjects N] [--max-poll-records N] [--no-postgres] [--profile DIR] [--brokers HOST:PORT,...]\n\n"+
 			"Pushes one backlog of sample orders through a plain copy, a transactional\n"+
 			"copy and the pseudonymizer (PostgreSQL and embedded store) and compares\n"+
 			"their throughput. The pseudonymizer pipelines are `pseudonymizer run`\n"+
