@@ -2,11 +2,15 @@ package processor
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/store"
 )
 
@@ -199,5 +203,58 @@ func TestCacheModel(t *testing.T) {
 				c.wipeEvicted()
 			}
 		}
+	}
+}
+
+// TestOrdersDeriveInParallel: a batch of new subjects (their pseudonyms
+// derived in parallel, their events projected with the keys prepared for
+// that) and the same batch again from the cache (keys prepared per event)
+// give the same records, whose keys are the customers' pseudonyms under
+// their store keys; also with a cache far smaller than the batch.
+func TestOrdersDeriveInParallel(t *testing.T) {
+	for _, cacheSubjects := range []int{1_000_000, 100, 0} {
+		t.Run(fmt.Sprint(cacheSubjects), func(t *testing.T) {
+			p, recs := benchProcessor(t, 3000, 1500, cacheSubjects)
+			p.workers = 2
+			ctx := context.Background()
+			run := func() []kgo.Record {
+				p.b.reset()
+				if err := p.orders(ctx, &p.b, recs); err != nil {
+					t.Fatal(err)
+				}
+				out := make([]kgo.Record, len(p.b.recs))
+				for i, r := range p.b.recs {
+					out[i] = kgo.Record{Topic: r.Topic, Key: bytes.Clone(r.Key), Value: bytes.Clone(r.Value)}
+				}
+				p.cache.wipeEvicted()
+				return out
+			}
+			first, second := run(), run()
+			if len(first) != 3*len(recs) || len(second) != len(first) {
+				t.Fatalf("%d and %d records, want %d", len(first), len(second), 3*len(recs))
+			}
+			lookups := make([]store.Lookup, len(recs))
+			for i, r := range recs {
+				lookups[i] = store.Lookup{SubjectID: string(r.Key), Latest: time.Now()}
+			}
+			entries, err := p.cfg.Store.Resolve(ctx, lookups)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := pseudonym.NewDeriver()
+			for i := range first {
+				if first[i].Topic != second[i].Topic || !bytes.Equal(first[i].Key, second[i].Key) || !bytes.Equal(first[i].Value, second[i].Value) {
+					t.Fatalf("record %d differs between the new and the cached batch", i)
+				}
+				ev, sys := i/3, i%3
+				want := p.cfg.Plan.SubjectPseudonym(nil, sys, entries[ev].Key, recs[ev].Key, d)
+				if !bytes.Equal(first[i].Key, want) {
+					t.Fatalf("record %d: key %s, want %s", i, first[i].Key, want)
+				}
+				if !bytes.Contains(first[i].Value, want) {
+					t.Fatalf("record %d: the value does not carry the customer's pseudonym", i)
+				}
+			}
+		})
 	}
 }
