@@ -194,3 +194,28 @@ func vmRSS() int64 {
 	}
 	return 0
 }
+
+// BenchmarkCacheSweep measures the sweep that applies the forgets queued
+// during a batch to a full cache of 1,000,000 subjects: one pass over
+// their hashes, whatever the number of forgets.
+func BenchmarkCacheSweep(b *testing.B) {
+	const n = 1_000_000
+	c := newSubjectCache(n, 3)
+	for i := range n {
+		c.put(fakeEntry(i))
+	}
+	c.wipeEvicted()
+	for _, forgets := range []int{1, 100} {
+		b.Run(fmt.Sprintf("forgets=%d", forgets), func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				for range forgets {
+					_, e := fakeEntry(n + i) // not cached: the cache stays full
+					c.forget(e.Hash)
+					i++
+				}
+				c.sweep()
+			}
+		})
+	}
+}

@@ -418,10 +418,11 @@ func (c *subjectCache) sweep() {
 	if len(c.pending) == 0 {
 		return
 	}
-	// A filter on the first byte spares most map lookups.
-	var first [256]bool
+	// A filter on the first 16 bits spares most map lookups.
+	var first [1 << 16 / 64]uint64
 	for h := range c.pending {
-		first[h[0]] = true
+		v := uint16(h[0])<<8 | uint16(h[1])
+		first[v/64] |= 1 << (v % 64)
 	}
 	for _, g := range []*generation{c.hot, c.cold} {
 		if g.live == 0 {
@@ -433,7 +434,7 @@ func (c *subjectCache) sweep() {
 				if int(i) >= g.n {
 					break
 				}
-				if !first[hs[j][0]] {
+				if v := uint16(hs[j][0])<<8 | uint16(hs[j][1]); first[v/64]&(1<<(v%64)) == 0 {
 					continue
 				}
 				if _, ok := c.pending[hs[j]]; ok && g.slot(i)[g.flagsAt]&flagLive != 0 {
