@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/maphash"
+	"math"
 
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/store"
@@ -316,6 +317,9 @@ type subjectCache struct {
 }
 
 func newSubjectCache(max, nsys int) *subjectCache {
+	// Slots are numbered with int32: far beyond any memory this bound is
+	// meant for.
+	max = min(max, math.MaxInt32)
 	c := &subjectCache{max: max, layout: newSlotLayout(nsys), seed: maphash.MakeSeed(), pending: map[store.SubjectHash]struct{}{}}
 	c.hot, c.cold, c.scratch = c.newGeneration(0), c.newGeneration(0), c.newGeneration(0)
 	return c
