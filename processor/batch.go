@@ -6,6 +6,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor/policy"
+	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/store"
 )
 
@@ -20,10 +21,20 @@ type batch struct {
 	prefix    [][]byte // each system's output value prefix, this batch
 	orders    []order
 	lookups   []store.Lookup
+	lookupIDs [][]byte       // the ID of each lookup, in the input record
+	resolved  []subject      // the subject of each lookup
 	pending   map[string]int // subject ID -> index in lookups
-	used      map[store.SubjectHash]struct{}
-	stats     Stats
-	forgets   []forgetDone
+	// derive holds an order of each subject whose customer pseudonyms are
+	// to be derived; deriving maps those subjects to their index in
+	// derive, and keys[i] is the prepared key of derive[i]'s subject, which
+	// the projection of that subject's events uses (the cache keeps no
+	// prepared keys). keys is wiped when the batch is reset.
+	derive   []*order
+	deriving map[subject]int32
+	keys     []pseudonym.Key
+	used     map[store.SubjectHash]struct{}
+	stats    Stats
+	forgets  []forgetDone
 	// settle holds the requests whose retained keys this batch used for
 	// erasure notices; they are settled once it committed (notices.go).
 	// notices counts the batch's notices per system.
@@ -49,8 +60,9 @@ type order struct {
 	rec   *kgo.Record
 	value []byte // bare Avro of the bundled schema
 	head  policy.Head
-	subj  *subject
-	slot  int // index in recs of its first output; -1: suppressed
+	subj  subject
+	key   int32 // 1 + index in batch.keys of the subject's prepared key; 0: none
+	slot  int   // index in recs of its first output; -1: suppressed
 	// class and reason, while the batch's orders are being admitted, mark
 	// a record for the dead-letter topic (class "" means valid so far).
 	class, reason string
@@ -75,11 +87,21 @@ func (b *batch) reset() {
 	clear(b.orders)
 	b.orders = b.orders[:0]
 	b.lookups = b.lookups[:0]
+	clear(b.lookupIDs)
+	b.lookupIDs = b.lookupIDs[:0]
+	clear(b.resolved)
+	b.resolved = b.resolved[:0]
+	clear(b.derive)
+	b.derive = b.derive[:0]
+	clear(b.keys)
+	b.keys = b.keys[:0]
 	if b.pending == nil {
 		b.pending = map[string]int{}
 		b.used = map[store.SubjectHash]struct{}{}
+		b.deriving = map[subject]int32{}
 	}
 	clear(b.pending)
+	clear(b.deriving)
 	clear(b.used)
 	b.stats = Stats{}
 	b.forgets = b.forgets[:0]

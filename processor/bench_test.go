@@ -102,25 +102,25 @@ func BenchmarkEventPath(b *testing.B) {
 	}
 }
 
-// fakeSubject is a cache entry as the pipeline makes it: a 32-byte key and
-// the customer pseudonyms of three systems.
-func fakeSubject(i int) *subject {
-	s := &subject{id: sample.CustomerID(i), key: make([]byte, store.KeySize), pseudo: make([]byte, 3*36)}
-	s.hash[0], s.hash[1], s.hash[2], s.hash[3] = byte(i), byte(i>>8), byte(i>>16), byte(i>>24)
-	s.key[0] = byte(i)
-	return s
+// fakeEntry is what the store returns for a subject as the pipeline sees
+// it: a 32-byte key and its hash.
+func fakeEntry(i int) (id []byte, e *store.Entry) {
+	e = &store.Entry{Key: make([]byte, store.KeySize)}
+	e.Hash[0], e.Hash[1], e.Hash[2], e.Hash[3] = byte(i), byte(i>>8), byte(i>>16), byte(i>>24)
+	e.Key[0] = byte(i)
+	return []byte(sample.CustomerID(i)), e
 }
 
 func TestCacheBound(t *testing.T) {
 	for _, max := range []int{1, 2, 3, 10, 1001} {
-		c := newSubjectCache(max)
+		c := newSubjectCache(max, 3)
 		for i := range 5*max + 7 {
-			s := fakeSubject(i)
-			c.put(s)
+			id, e := fakeEntry(i)
+			c.put(id, e)
 			if n := c.len(); n > max {
 				t.Fatalf("max %d: %d entries after %d puts", max, n, i+1)
 			}
-			if c.get([]byte(s.id)) != s {
+			if s, ok := c.get(id); !ok || *s.hash() != e.Hash || s.key()[0] != byte(i) {
 				t.Fatalf("max %d: the newest entry is not cached", max)
 			}
 			if i > 0 && i%3 == 0 {
@@ -129,23 +129,28 @@ func TestCacheBound(t *testing.T) {
 					t.Fatalf("max %d: %d entries after a promotion", max, n)
 				}
 			}
+			if i%50 == 0 {
+				c.wipeEvicted()
+			}
 		}
-		s := fakeSubject(5 * max)
-		c.put(s)
-		if !c.forget(s.hash) || c.get([]byte(s.id)) != nil {
+		id, e := fakeEntry(5 * max)
+		c.put(id, e)
+		c.forget(e.Hash)
+		if _, ok := c.get(id); ok {
 			t.Fatalf("max %d: forget did not drop the entry", max)
 		}
 	}
-	c := newSubjectCache(0)
-	c.put(fakeSubject(1))
+	c := newSubjectCache(0, 3)
+	c.put(fakeEntry(1))
 	if c.len() != 0 {
 		t.Fatal("cache_subjects 0 cached an entry")
 	}
 }
 
 // BenchmarkCacheMemory fills the subject cache with 1,000,000 customers
-// (processing.cache_subjects default) and reports the heap and resident
-// memory they take, then checks the bound holds when 10% more arrive.
+// (processing.cache_subjects default) with the customer pseudonyms of 3
+// systems, and reports the heap and resident memory they take, then checks
+// the bound holds when 10% more arrive.
 func BenchmarkCacheMemory(b *testing.B) {
 	const n = 1_000_000
 	for b.Loop() {
@@ -153,10 +158,12 @@ func BenchmarkCacheMemory(b *testing.B) {
 		var ms0, ms1 runtime.MemStats
 		runtime.ReadMemStats(&ms0)
 		rss0 := vmRSS()
-		c := newSubjectCache(n)
+		c := newSubjectCache(n, 3)
 		for i := range n {
-			c.put(fakeSubject(i))
+			s := c.put(fakeEntry(i))
+			s.setPseudonyms()
 		}
+		c.wipeEvicted()
 		runtime.GC()
 		runtime.ReadMemStats(&ms1)
 		b.ReportMetric(float64(ms1.HeapAlloc-ms0.HeapAlloc)/n, "heap-B/subject")
@@ -164,7 +171,7 @@ func BenchmarkCacheMemory(b *testing.B) {
 		b.ReportMetric(float64(vmRSS()-rss0)/(1<<20), "rss-growth-MiB")
 		b.ReportMetric(float64(vmRSS())/(1<<20), "rss-MiB")
 		for i := n; i < n+n/10; i++ {
-			c.put(fakeSubject(i))
+			c.put(fakeEntry(i))
 		}
 		if c.len() > n {
 			b.Fatalf("%d cached subjects, bound %d", c.len(), n)
@@ -186,4 +193,29 @@ func vmRSS() int64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkCacheSweep measures the sweep that applies the forgets queued
+// during a batch to a full cache of 1,000,000 subjects: one pass over
+// their hashes, whatever the number of forgets.
+func BenchmarkCacheSweep(b *testing.B) {
+	const n = 1_000_000
+	c := newSubjectCache(n, 3)
+	for i := range n {
+		c.put(fakeEntry(i))
+	}
+	c.wipeEvicted()
+	for _, forgets := range []int{1, 100} {
+		b.Run(fmt.Sprintf("forgets=%d", forgets), func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				for range forgets {
+					_, e := fakeEntry(n + i) // not cached: the cache stays full
+					c.forget(e.Hash)
+					i++
+				}
+				c.sweep()
+			}
+		})
+	}
 }

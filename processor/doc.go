@@ -42,8 +42,11 @@
 //     pre-assigned slots; each chunk's records are handed to the client,
 //     in input order, as soon as it and every chunk before it are
 //     complete, so outputs keep the input order. A subject's customer
-//     pseudonyms (the record keys) and its prepared HMAC key are derived
-//     once and cached with its key.
+//     pseudonyms (the record keys, kept as 16-byte UUIDs) are derived once
+//     per cached key, in parallel, in the assign step; the prepared HMAC
+//     key is not cached: an event takes it from that derivation if its
+//     subject's pseudonyms were derived in the same batch, and prepares it
+//     (two SHA-256 compressions) otherwise.
 //  2. Commit (txn.go): hand over the rest, flush, take the store Guard,
 //     commit the Kafka transaction (offsets included), release the Guard.
 //
@@ -84,7 +87,7 @@
 //	orders.go      the order step: admit, resolve, assign
 //	project.go     the order step's projection, in parallel, in input order
 //	deadletter.go  dead letters, record size limits, too-large outputs
-//	cache.go       the subject cache
+//	cache.go       the subject cache: pointer-free slabs, about 145 bytes per subject
 //	topics.go      EnsureTopics
 //	metrics.go     Prometheus metrics
 //
@@ -169,13 +172,16 @@
 // # Key material in memory
 //
 // Unwrapped keys are overwritten when they are no longer needed, as a
-// best-effort hygiene: Keyring.FillEntries keeps no copy of its own, the
-// cache wipes a subject's key, pseudonyms and prepared HMAC key when the
-// subject is forgotten, evicted or dropped (evicted entries only after the
-// batch that may still use them has ended), a key that Forget retained
-// for erasure notices is wiped as soon as the notices are derived (with
-// the Deriver's buffers), and a store wipes its index key on Close. Go's
-// garbage collector may have copied memory before
+// best-effort hygiene: Keyring.FillEntries keeps no copy of its own (the
+// processor copies each key into its cache and clears the store's), the
+// cache wipes a subject's key and pseudonyms when the subject is forgotten
+// (at the next use of the cache or the end of the batch, whichever is
+// first), evicted or dropped (evicted entries only after the batch that
+// may still use them has ended), a worker wipes an event's prepared HMAC
+// key when the event is projected, a key that Forget retained for erasure
+// notices is wiped as soon as the notices are derived (with the forget
+// lane's Deriver's buffers), and a store wipes its index key on Close.
+// Go's garbage collector may have copied memory before
 // (growing maps and slices move their contents), and the runtime does not
 // guarantee that freed memory is cleared, so this narrows the window in
 // which a memory dump reveals a key; it does not close it.

@@ -9,7 +9,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor/policy"
-	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/store"
 )
@@ -106,7 +105,7 @@ func (p *Processor) unframe(ctx context.Context, b *batch, recs []*kgo.Record) e
 // fields, in parallel.
 func (p *Processor) scan(b *batch) {
 	plan := p.cfg.Plan
-	p.parallel(len(b.orders), func(lo, hi int) {
+	p.parallel(len(b.orders), func(_ *worker, lo, hi int) {
 		for i := range b.orders[lo:hi] {
 			o := &b.orders[lo+i]
 			if o.class == "" {
@@ -139,7 +138,7 @@ func breaksContract(h *policy.Head) string {
 // subject for the store (once per subject, with its latest event).
 func (p *Processor) lookup(b *batch, o *order) bool {
 	h := &o.head
-	if s := p.cache.get(h.CustomerID); s != nil && !s.needsKey(h.OccurredAt) {
+	if s, ok := p.cache.get(h.CustomerID); ok && !s.needsKey(h.OccurredAt) {
 		o.subj = s
 		return true
 	}
@@ -153,13 +152,14 @@ func (p *Processor) lookup(b *batch, o *order) bool {
 	id := string(h.CustomerID)
 	b.pending[id] = len(b.lookups)
 	b.lookups = append(b.lookups, store.Lookup{SubjectID: id, Latest: at})
+	b.lookupIDs = append(b.lookupIDs, h.CustomerID)
 	return false
 }
 
 // resolve resolves b.lookups in one store call (one more write
 // transaction if some need a fresh key) and caches the subjects; the
 // result is in b.lookups order.
-func (p *Processor) resolve(ctx context.Context, b *batch) ([]*subject, error) {
+func (p *Processor) resolve(ctx context.Context, b *batch) ([]subject, error) {
 	if len(b.lookups) == 0 {
 		return nil, nil
 	}
@@ -172,50 +172,48 @@ func (p *Processor) resolve(ctx context.Context, b *batch) ([]*subject, error) {
 	if len(entries) != len(b.lookups) {
 		return nil, fmt.Errorf("store resolve: %d entries for %d lookups", len(entries), len(b.lookups))
 	}
-	resolved := make([]*subject, len(entries))
-	for i, e := range entries {
-		s := &subject{id: b.lookups[i].SubjectID, hash: e.Hash, key: e.Key}
-		if !e.ForgottenAt.IsZero() {
-			s.forgottenAt, s.tombstone = e.ForgottenAt.UnixMilli(), e.ForgottenAt
-		}
-		resolved[i] = s
-		p.cache.put(s)
+	resolved := b.resolved[:0]
+	for i := range entries {
+		resolved = append(resolved, p.cache.put(b.lookupIDs[i], &entries[i]))
+		// The cache keeps its own copy: the store's may go.
+		clear(entries[i].Key)
 	}
+	b.resolved = resolved
 	return resolved, nil
 }
 
 // assign decides, in input order, which events are emitted and which are
 // suppressed, and gives each emitted event len(systems) consecutive slots
 // in b.recs, so that the outputs keep the input order whichever worker
-// fills them. It derives a subject's pseudonyms once per cached key, and
-// hands the records before the slots to the client.
-func (p *Processor) assign(b *batch, resolved []*subject) error {
+// fills them. It derives the customer pseudonyms of the subjects that
+// have none yet (once per cached key, in parallel), and hands the records
+// before the slots to the client.
+func (p *Processor) assign(b *batch, resolved []subject) error {
 	nsys := len(p.systems)
 	base := len(b.recs)
 	for i := range b.orders {
 		o := &b.orders[i]
-		if o.subj == nil {
+		if !o.subj.valid() {
 			o.subj = resolved[b.pending[string(o.head.CustomerID)]]
 		}
 		s := o.subj
-		if o.head.OccurredAt <= s.forgottenAt {
+		if s.suppresses(o.head.OccurredAt) {
 			b.stats.Suppressed++
 			o.slot = -1
 			continue
 		}
-		if s.key == nil {
+		if s.key() == nil {
 			return fmt.Errorf("store resolve: no key for a subject that needs one")
 		}
-		b.used[s.hash] = struct{}{}
-		if s.pseudo == nil {
-			// Once per cached key: every later event of the subject reuses
-			// its pseudonyms as record keys and as its customer_id values.
-			s.pk = p.d.Prepare(s.key)
-			buf := make([]byte, 0, nsys*pseudonym.Size)
-			for sys := range nsys {
-				buf = p.cfg.Plan.SubjectPseudonymKey(buf, sys, &s.pk, o.head.CustomerID, p.d)
+		b.used[*s.hash()] = struct{}{}
+		if _, ok := s.pseudonyms(); !ok {
+			j, queued := b.deriving[s]
+			if !queued {
+				j = int32(len(b.derive))
+				b.deriving[s] = j
+				b.derive = append(b.derive, o)
 			}
-			s.pseudo = buf
+			o.key = j + 1
 		}
 		o.slot = base + b.emitted*nsys
 		b.emitted++
@@ -223,9 +221,29 @@ func (p *Processor) assign(b *batch, resolved []*subject) error {
 	if b.emitted == 0 {
 		return nil
 	}
+	p.deriveSubjects(b)
 	b.recs = slices.Grow(b.recs, b.emitted*nsys)[:base+b.emitted*nsys]
 	// b.recs does not move any more: hand over what precedes the outputs.
 	b.handOver(base)
 	b.stats.Out += b.emitted * nsys
 	return nil
+}
+
+// deriveSubjects derives the customer pseudonyms of the subjects of
+// b.derive (one order each, distinct subjects), in parallel: every later
+// event of a subject reuses them as record keys and customer_id values.
+// The prepared keys stay in b.keys for the projection of this batch.
+func (p *Processor) deriveSubjects(b *batch) {
+	b.keys = slices.Grow(b.keys[:0], len(b.derive))[:len(b.derive)]
+	p.parallel(len(b.derive), func(w *worker, lo, hi int) {
+		for j, o := range b.derive[lo:hi] {
+			s := o.subj
+			pk := &b.keys[lo+j]
+			*pk = w.d.Prepare(s.key())
+			for sys := range p.systems {
+				*s.pseudonym(sys) = p.cfg.Plan.SubjectUUID(sys, pk, o.head.CustomerID, w.d)
+			}
+			s.setPseudonyms()
+		}
+	})
 }

@@ -94,7 +94,6 @@ type Processor struct {
 
 	cache *subjectCache
 	pos   store.Position     // newest forget-log position seen by a guard
-	d     *pseudonym.Deriver // the order lane's
 	fd    *pseudonym.Deriver // the forget lane's (erasure notices)
 	b     batch              // the order lane's
 	fb    batch              // the forget lane's
@@ -185,8 +184,7 @@ func New(cfg Config) (*Processor, error) {
 		log:      cfg.Logger,
 		m:        cfg.Metrics,
 		systems:  cfg.Plan.Systems(),
-		cache:    newSubjectCache(cfg.CacheSubjects),
-		d:        pseudonym.NewDeriver(),
+		cache:    newSubjectCache(cfg.CacheSubjects, len(cfg.Plan.Systems())),
 		fd:       pseudonym.NewDeriver(),
 		workers:  runtime.GOMAXPROCS(0),
 		batchMax: config.DefaultProducerBatchMaxBytes,

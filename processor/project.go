@@ -15,6 +15,7 @@ import (
 // into its arena, so a worker's buffers are reused only by the next batch.
 type worker struct {
 	d     *pseudonym.Deriver
+	pk    pseudonym.Key // the prepared key of the event being projected
 	arena []byte
 	hdrs  []kgo.RecordHeader
 }
@@ -34,9 +35,7 @@ func (p *Processor) project(b *batch) error {
 	}
 	n := min(p.workers, len(b.orders)/minShare)
 	n = max(n, 1)
-	for len(p.work) < n {
-		p.work = append(p.work, &worker{d: pseudonym.NewDeriver()})
-	}
+	p.grow(n)
 	for _, w := range p.work[:n] {
 		w.arena, w.hdrs = w.arena[:0], w.hdrs[:0]
 	}
@@ -101,19 +100,30 @@ func (p *Processor) handOverOrders(b *batch, hi int) {
 	}
 }
 
+// grow makes sure p.work has n workers.
+func (p *Processor) grow(n int) {
+	for len(p.work) < n {
+		p.work = append(p.work, &worker{d: pseudonym.NewDeriver()})
+	}
+}
+
 // parallel calls f over [0, n) in contiguous shares, on up to p.workers
-// goroutines (one share of at least minShare items each), and waits.
-func (p *Processor) parallel(n int, f func(lo, hi int)) {
+// goroutines (one share of at least minShare items each), each with a
+// worker of its own, and waits. f may use the worker's Deriver, not its
+// buffers (the records of project point into them).
+func (p *Processor) parallel(n int, f func(w *worker, lo, hi int)) {
 	k := max(min(p.workers, n/minShare), 1)
+	p.grow(k)
 	if k == 1 {
-		f(0, n)
+		f(p.work[0], 0, n)
 		return
 	}
 	per := (n + k - 1) / k
 	var wg sync.WaitGroup
 	for i := range k {
 		lo, hi := min(i*per, n), min((i+1)*per, n)
-		wg.Go(func() { f(lo, hi) })
+		w := p.work[i]
+		wg.Go(func() { f(w, lo, hi) })
 	}
 	wg.Wait()
 }
@@ -128,24 +138,36 @@ func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 			continue
 		}
 		s := o.subj
+		pk := &w.pk
+		if o.key > 0 {
+			pk = &b.keys[o.key-1] // prepared when its pseudonyms were derived
+		} else {
+			w.pk = w.d.Prepare(s.key())
+		}
 		for sys, topic := range p.topics {
-			key := s.pseudo[sys*pseudonym.Size : (sys+1)*pseudonym.Size : (sys+1)*pseudonym.Size]
+			// The record key, the customer's pseudonym, goes first; the
+			// value repeats it as customer_id.
 			start := len(w.arena)
+			w.arena = s.pseudonym(sys).Append(w.arena)
+			key := w.arena[start:len(w.arena):len(w.arena)]
+			vstart := len(w.arena)
 			w.arena = append(w.arena, b.prefix[sys]...)
 			var err error
-			w.arena, err = plan.ProjectHead(w.arena, sys, o.value, &o.head, &s.pk, key, w.d)
+			w.arena, err = plan.ProjectHead(w.arena, sys, o.value, &o.head, pk, key, w.d)
 			if err != nil {
+				w.pk.Wipe()
 				// Scan accepted the record, so this is a defect, not bad input.
 				return fmt.Errorf("project for system %s: %w", p.systems[sys], err)
 			}
 			b.recs[o.slot+sys] = kgo.Record{
 				Topic:   topic,
 				Key:     key,
-				Value:   w.arena[start:len(w.arena):len(w.arena)],
+				Value:   w.arena[vstart:len(w.arena):len(w.arena)],
 				Headers: w.allowedHeaders(p.headers[sys], o.rec.Headers),
 			}
 		}
 	}
+	w.pk.Wipe()
 	return nil
 }
 

@@ -2,7 +2,11 @@ package store_test
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,5 +52,48 @@ func TestFillEntries(t *testing.T) {
 	}
 	if entries[0].Key != nil {
 		t.Errorf("a failed FillEntries left an unwrapped key in an entry")
+	}
+}
+
+// TestHasherHash: Hash is HMAC-SHA-256 under the index key, however often
+// and from however many goroutines it is called.
+func TestHasherHash(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, store.KeySize)
+	h, err := store.NewHasher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := func(id string) store.SubjectHash {
+		m := hmac.New(sha256.New, key)
+		m.Write([]byte("subject\x00" + id))
+		return store.SubjectHash(m.Sum(nil))
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 500 {
+				id := fmt.Sprintf("c-%d-%d", g, i%37)
+				if got := h.Hash(id); got != want(id) {
+					t.Errorf("Hash(%q) = %x, want %x", id, got, want(id))
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	h.Wipe()
+	if got := h.Hash("x"); got == want("x") {
+		t.Errorf("Hash after Wipe still uses the index key")
+	}
+}
+
+func BenchmarkHasherHash(b *testing.B) {
+	h, err := store.NewHasher(bytes.Repeat([]byte{7}, store.KeySize))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		h.Hash("cust-123456")
 	}
 }

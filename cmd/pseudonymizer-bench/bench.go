@@ -50,7 +50,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("pseudonymizer-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), "Usage: pseudonymizer-bench [--quick] [--events N] [--customers N] [--systems N] [--no-postgres] [--profile DIR] [--brokers HOST:PORT,...]\n\n"+
+		fmt.Fprint(fs.Output(), "Usage: pseudonymizer-bench [--quick] [--events N] [--customers N] [--systems N] [--cache-subjects N] [--max-poll-records N] [--no-postgres] [--profile DIR] [--brokers HOST:PORT,...]\n\n"+
 			"Pushes one backlog of sample orders through a plain copy, a transactional\n"+
 			"copy and the pseudonymizer (PostgreSQL and embedded store) and compares\n"+
 			"their throughput. The pseudonymizer pipelines are `pseudonymizer run`\n"+
@@ -71,6 +71,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	verbose := fs.Bool("v", false, "pass the workers' logs through")
 	brokers := fs.String("brokers", "", "seed brokers (host:port,…) of a Kafka cluster to run against instead of the embedded broker; the run's topics and groups get a unique prefix and are deleted afterwards")
 	forgetRate := fs.Int("forgets-per-second", 0, "while pipeline (c) runs, send this many forget requests a second and report their latency (produce to readable confirmation)")
+	cacheSubjects := fs.Int("cache-subjects", -1, "processing.cache_subjects of the pseudonymizer pipelines (0 caches nothing); default: the service's default")
+	maxPoll := fs.Int("max-poll-records", 0, "processing.max_poll_records of the pseudonymizer pipelines; default: the service's default")
 	binary := fs.String("pseudonymizer", "", "the pseudonymizer binary whose `run` the pseudonymizer pipelines measure; default: built from this module with `go build`")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -87,6 +89,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if !set["customers"] {
 			*customers = 2_000
 		}
+	}
+	if *maxPoll < 0 {
+		return errors.New("bench: --max-poll-records must not be negative")
 	}
 	if *events < 1 || *customers < 1 || *partitions < 1 {
 		return errors.New("bench: --events, --customers and --partitions must be positive")
@@ -109,6 +114,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		events: *events, customers: *customers, partitions: *partitions, pols: pols,
 		dsn: *dsn, profile: *profile, timeout: *timeout, verbose: *verbose, stderr: stderr,
 		topics: config.Default().Topics, binary: *binary, forgetRate: *forgetRate,
+		cacheSubjects: *cacheSubjects, maxPoll: *maxPoll,
 	}
 	if *brokers != "" {
 		b.brokers = strings.Split(*brokers, ",")
@@ -142,8 +148,11 @@ type bench struct {
 	binary   string // the pseudonymizer binary
 	// forgetRate is the forget requests a second sent during pipeline (c).
 	forgetRate int
-	inEnd      map[int32]int64
-	avgBytes   float64
+	// cacheSubjects and maxPoll set processing.cache_subjects (if >= 0)
+	// and processing.max_poll_records (if > 0) of the pseudonymizer.
+	cacheSubjects, maxPoll int
+	inEnd                  map[int32]int64
+	avgBytes               float64
 }
 
 // benchResult is one pipeline's measurements.
@@ -279,7 +288,11 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 	}
 	fmt.Fprintf(w, "pseudonymizer bench: %d events (%.0f B Avro on average) of %d customers, %d systems, %d partitions; %s at %s (backlog written in %s)\n",
 		b.events, b.avgBytes, b.customers, len(b.pols), b.partitions, brokerKind, strings.Join(b.brokers, ","), time.Since(t0).Round(time.Millisecond))
-	fmt.Fprintf(w, "machine: %d CPUs (%s), GOMAXPROCS %d, %s\n\n", runtime.NumCPU(), cpuModel(), runtime.GOMAXPROCS(0), runtime.Version())
+	fmt.Fprintf(w, "machine: %d CPUs (%s), GOMAXPROCS %d, %s; %s\n", runtime.NumCPU(), cpuModel(), runtime.GOMAXPROCS(0), runtime.Version(), loadAverage())
+	if b.cacheSubjects >= 0 || b.maxPoll > 0 {
+		fmt.Fprintf(w, "pseudonymizer settings: cache_subjects %s, max_poll_records %s\n", setting(b.cacheSubjects, 0), setting(b.maxPoll, 1))
+	}
+	fmt.Fprintln(w)
 
 	if want["pg"] {
 		var rnd [6]byte
@@ -599,6 +612,28 @@ func (b *bench) table(w io.Writer, results []*benchResult) {
 				r.name, b.forgetRate, f.n, f.p50.Round(time.Millisecond), f.p99.Round(time.Millisecond), f.max.Round(time.Millisecond), f.unconfirmed)
 		}
 	}
+}
+
+// setting formats a bench setting: "default" below min.
+func setting(v, min int) string {
+	if v < min {
+		return "default"
+	}
+	return strconv.Itoa(v)
+}
+
+// loadAverage returns the load averages from /proc/loadavg, which the
+// table's CPU times and ratios depend on, on a shared machine.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "load average unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "load average unknown"
+	}
+	return "load average " + strings.Join(f[:3], " ")
 }
 
 func orDefault(s, d string) string {

@@ -134,3 +134,22 @@ func TestBenchExternalBroker(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestProcessingSettings: --cache-subjects and --max-poll-records reach the
+// pseudonymizer's configuration only when given.
+func TestProcessingSettings(t *testing.T) {
+	b := &bench{cacheSubjects: -1}
+	if p := b.processing(); len(p) != 1 || p["max_backoff"] != "2s" {
+		t.Errorf("defaults: processing = %v", p)
+	}
+	b = &bench{cacheSubjects: 0, maxPoll: 20000}
+	if p := b.processing(); p["cache_subjects"] != 0 || p["max_poll_records"] != 20000 {
+		t.Errorf("processing = %v, want cache_subjects 0 and max_poll_records 20000", p)
+	}
+	if got := setting(-1, 0); got != "default" {
+		t.Errorf("setting(-1, 0) = %q", got)
+	}
+	if got := setting(0, 0); got != "0" {
+		t.Errorf("setting(0, 0) = %q", got)
+	}
+}

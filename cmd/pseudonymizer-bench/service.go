@@ -67,7 +67,7 @@ func (b *bench) service(kind, name, prefix, group string) (*exec.Cmd, string, er
 		"store":      st,
 		"http":       map[string]string{"listen": "127.0.0.1:" + strconv.Itoa(port)},
 		"log":        map[string]string{"level": "warn", "format": "text"},
-		"processing": map[string]any{"max_backoff": "2s"},
+		"processing": b.processing(),
 		"systems":    systems,
 	}
 	text, err := yaml.Marshal(conf)
@@ -94,6 +94,19 @@ func (b *bench) service(kind, name, prefix, group string) (*exec.Cmd, string, er
 		cmd.Env = append(cmd.Env, "PSEUDONYMIZER_PROFILE="+filepath.Join(b.profile, name))
 	}
 	return cmd, "http://127.0.0.1:" + strconv.Itoa(port) + "/metrics", nil
+}
+
+// processing is the processing section of the pseudonymizer's
+// configuration.
+func (b *bench) processing() map[string]any {
+	p := map[string]any{"max_backoff": "2s"}
+	if b.cacheSubjects >= 0 {
+		p["cache_subjects"] = b.cacheSubjects
+	}
+	if b.maxPoll > 0 {
+		p["max_poll_records"] = b.maxPoll
+	}
+	return p
 }
 
 // withSearchPath returns dsn with the PostgreSQL search_path set to schema,

@@ -125,6 +125,11 @@ func (p *Plan) SubjectPseudonymKey(dst []byte, i int, k *pseudonym.Key, customer
 	return d.AppendKey(dst, k, p.systems[i].name, FieldCustomerID, customerID)
 }
 
+// SubjectUUID is SubjectPseudonymKey in binary form (see pseudonym.UUID).
+func (p *Plan) SubjectUUID(i int, k *pseudonym.Key, customerID []byte, d *pseudonym.Deriver) pseudonym.UUID {
+	return d.SumKey(k, p.systems[i].name, FieldCustomerID, customerID)
+}
+
 // SubjectPseudonym appends system i's pseudonym of the customer to dst: the
 // record key of its output topic, equal to the value Project writes for
 // customer_id.

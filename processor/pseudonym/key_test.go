@@ -2,7 +2,9 @@ package pseudonym
 
 import (
 	"bytes"
+	"encoding/hex"
 	"fmt"
+	"math/rand/v2"
 	"testing"
 )
 
@@ -66,5 +68,43 @@ func BenchmarkAppendKey(b *testing.B) {
 		}
 		i++
 		dst = d.AppendKey(dst[:0], k, "google-analytics", "customer_id", v)
+	}
+}
+
+// TestUUIDAppend checks the SWAR formatting against encoding/hex, over
+// every nibble value in every position and random bytes.
+func TestUUIDAppend(t *testing.T) {
+	check := func(u UUID) {
+		t.Helper()
+		h := hex.EncodeToString(u[:])
+		want := h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+		if got := string(u.Append([]byte("x"))[1:]); got != want {
+			t.Fatalf("Append(%x) = %s, want %s", u[:], got, want)
+		}
+	}
+	for b := range 256 {
+		var u UUID
+		for i := range u {
+			u[i] = byte(b + i)
+		}
+		check(u)
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for range 10000 {
+		var u UUID
+		for i := range u {
+			u[i] = byte(r.Uint32())
+		}
+		check(u)
+	}
+}
+
+// TestSumKey: SumKey is AppendKey in binary form.
+func TestSumKey(t *testing.T) {
+	d := NewDeriver()
+	k := d.Prepare(testKey(3))
+	u := d.SumKey(&k, "meta", "customer_id", []byte("c-1"))
+	if got, want := string(u.Append(nil)), reference(testKey(3), "meta", "customer_id", "c-1"); got != want {
+		t.Errorf("SumKey = %s, want %s", got, want)
 	}
 }

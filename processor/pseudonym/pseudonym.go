@@ -29,15 +29,6 @@ const Domain = "pseudonymizer/v1\x00"
 // Size is the length in bytes of a pseudonym's text.
 const Size = 36
 
-// hexPairs holds the two lowercase hex digits of every byte value.
-var hexPairs = func() (t [256][2]byte) {
-	const digits = "0123456789abcdef"
-	for i := range t {
-		t[i] = [2]byte{digits[i>>4], digits[i&0x0f]}
-	}
-	return t
-}()
-
 // iv is SHA-256's initial chaining value.
 var iv = [8]uint32{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19}
 
@@ -86,7 +77,7 @@ func NewDeriver() *Deriver {
 		// crypto/sha256 has supported both since Go 1.24.
 		panic("pseudonym: sha256 digest does not support state marshaling")
 	}
-	return &Deriver{h: h, app: app, unm: unm, buf: make([]byte, 0, 3*sha256.BlockSize), state: make([]byte, 0, marshaledSize)}
+	return &Deriver{h: h, app: app, unm: unm, buf: make([]byte, 0, 3*sha256.BlockSize), state: make([]byte, marshaledSize)}
 }
 
 // Reset wipes the cached key material from d. Call it when a subject's key
@@ -101,8 +92,7 @@ func (d *Deriver) Reset() {
 	clear(d.blk[:])
 	clear(d.pad[:])
 	clear(d.num[:])
-	clear(d.state[:cap(d.state)])
-	d.state = d.state[:0]
+	clear(d.state)
 	d.h.Reset()
 }
 
@@ -146,6 +136,14 @@ func (d *Deriver) Append(dst []byte, key []byte, system, field string, value []b
 // AppendKey is Append with a prepared key: AppendKey(dst, &k, ...) with k =
 // d.Prepare(key) equals Append(dst, key, ...).
 func (d *Deriver) AppendKey(dst []byte, k *Key, system, field string, value []byte) []byte {
+	u := d.SumKey(k, system, field, value)
+	return u.Append(dst)
+}
+
+// SumKey returns the pseudonym of value in binary form: AppendKey appends
+// its text. Callers that keep many pseudonyms keep them as UUIDs (16
+// bytes instead of 36) and format them when needed.
+func (d *Deriver) SumKey(k *Key, system, field string, value []byte) UUID {
 	// Inner hash: the key block is in k.in; what follows is the message,
 	// padded as SHA-256 pads (0x80, zeros, the bit length of key block and
 	// message).
@@ -175,7 +173,7 @@ func (d *Deriver) AppendKey(dst []byte, k *Key, system, field string, value []by
 	binary.BigEndian.PutUint64(b[56:], (sha256.BlockSize+sha256.Size)<<3)
 	h = k.out
 	d.compress(&h, b[:])
-	return appendUUID(dst, &h)
+	return uuidOf(&h)
 }
 
 // AppendInt is Append for a number: integers are pseudonymized over their
@@ -201,19 +199,21 @@ func (d *Deriver) String(key []byte, system, field, value string) string {
 // of 4 bytes, the chaining value, the pending block and the length.
 const marshaledSize = 4 + sha256.Size + sha256.BlockSize + 8
 
-var zeroBlock [sha256.BlockSize]byte
-
 // compress runs the SHA-256 compression function over the 64-byte blocks
 // of p (len(p) is a multiple of 64), updating the chaining value h.
 func (d *Deriver) compress(h *[8]uint32, p []byte) {
 	// crypto/sha256 resumes from a state that has absorbed exactly one
-	// block with chaining value h.
-	s := append(d.state[:0], "sha\x03"...)
-	for _, v := range h {
-		s = binary.BigEndian.AppendUint32(s, v)
+	// block with chaining value h. d.state keeps the layout between calls:
+	// magic, chaining value, pending block (ignored: none is pending) and
+	// length, of which only the chaining value and the length change.
+	s := d.state[:marshaledSize]
+	if string(s[:4]) != "sha\x03" {
+		copy(s, "sha\x03")
 	}
-	s = append(s, zeroBlock[:]...)
-	s = binary.BigEndian.AppendUint64(s, sha256.BlockSize)
+	for i, v := range h {
+		binary.BigEndian.PutUint32(s[4+4*i:], v)
+	}
+	binary.BigEndian.PutUint64(s[marshaledSize-8:], sha256.BlockSize)
 	if err := d.unm.UnmarshalBinary(s); err != nil {
 		panic("pseudonym: restoring SHA-256 state: " + err.Error())
 	}
@@ -228,27 +228,54 @@ func (d *Deriver) compress(h *[8]uint32, p []byte) {
 	d.state = s
 }
 
-// uuidPos is where the hex digits of each byte of a UUID go in its text.
-var uuidPos = [16]uint8{0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34}
+// UUID is a pseudonym in binary form: the 16 bytes that its text spells
+// (version and variant bits set).
+type UUID [16]byte
 
-// appendUUID formats the first 16 bytes of the digest with chaining value h
-// as a version 8, RFC 9562 variant UUID.
-func appendUUID(dst []byte, h *[8]uint32) []byte {
-	var u [16]byte
+// uuidOf returns the first 16 bytes of the digest with chaining value h as
+// a version 8, RFC 9562 variant UUID.
+func uuidOf(h *[8]uint32) UUID {
+	var u UUID
 	binary.BigEndian.PutUint32(u[0:], h[0])
 	binary.BigEndian.PutUint32(u[4:], h[1])
 	binary.BigEndian.PutUint32(u[8:], h[2])
 	binary.BigEndian.PutUint32(u[12:], h[3])
 	u[6] = u[6]&0x0f | 0x80 // version 8
 	u[8] = u[8]&0x3f | 0x80 // variant 10xx
+	return u
+}
+
+// Append appends u's canonical text: 36 bytes, lowercase hex digits in
+// groups of 8, 4, 4, 4 and 12, separated by hyphens.
+func (u *UUID) Append(dst []byte) []byte {
 	n := len(dst)
 	dst = slices.Grow(dst, Size)[:n+Size]
 	t := (*[Size]byte)(dst[n:])
-	t[8], t[13], t[18], t[23] = '-', '-', '-', '-'
-	for i, c := range u {
-		p := hexPairs[c]
-		j := uuidPos[i]
-		t[j], t[j+1] = p[0], p[1]
-	}
+	a := hex8(binary.BigEndian.Uint32(u[0:]))
+	b := hex8(binary.BigEndian.Uint32(u[4:]))
+	c := hex8(binary.BigEndian.Uint32(u[8:]))
+	d := hex8(binary.BigEndian.Uint32(u[12:]))
+	binary.BigEndian.PutUint64(t[0:], a)
+	t[8] = '-'
+	binary.BigEndian.PutUint32(t[9:], uint32(b>>32))
+	t[13] = '-'
+	binary.BigEndian.PutUint32(t[14:], uint32(b))
+	t[18] = '-'
+	binary.BigEndian.PutUint32(t[19:], uint32(c>>32))
+	t[23] = '-'
+	binary.BigEndian.PutUint32(t[24:], uint32(c))
+	binary.BigEndian.PutUint64(t[28:], d)
 	return dst
+}
+
+// hex8 returns the 8 lowercase hex digits of v, most significant first,
+// as the bytes of a big-endian uint64 (SWAR: all digits at once).
+func hex8(v uint32) uint64 {
+	x := uint64(v)
+	x = (x | x<<16) & 0x0000ffff0000ffff
+	x = (x | x<<8) & 0x00ff00ff00ff00ff
+	x = (x | x<<4) & 0x0f0f0f0f0f0f0f0f
+	// Each byte is a nibble n: '0'+n, plus 39 more for n > 9 ('a'-'0'-10).
+	over := ((x + 0x0606060606060606) >> 4) & 0x0101010101010101
+	return x + 0x3030303030303030 + over*39
 }

@@ -378,3 +378,48 @@ UPDATE pz_meta SET value = '3' WHERE name = 'schema_version'`); err != nil {
 		t.Fatalf("forget after Settle: key returned %v, %v", res[0].Key != nil, err)
 	}
 }
+
+// TestResolveLargeBatch: a batch large enough to be read in parallel
+// statements resolves like small ones: new subjects get keys, the same
+// subjects resolved again get the same keys, and a forgotten one its
+// tombstone.
+func TestResolveLargeBatch(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	s, err := postgres.Open(ctx, pgtest.MustTempSchemaDSN(t), kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	now := time.Now().Truncate(time.Millisecond)
+	lookups := make([]store.Lookup, 5000)
+	for i := range lookups {
+		lookups[i] = store.Lookup{SubjectID: "c-" + strings.Repeat("x", i%7) + string(rune('a'+i%26)) + time.Duration(i).String(), Latest: now.Add(-time.Hour)}
+	}
+	first, err := s.Resolve(ctx, lookups[:2500])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Forget(ctx, []store.ForgetRequest{{RequestID: "r", SubjectID: lookups[7].SubjectID, RequestedAt: now.Add(-time.Minute)}}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := s.Resolve(ctx, lookups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, e := range all {
+		switch {
+		case i == 7:
+			if e.Key != nil || e.ForgottenAt.IsZero() {
+				t.Errorf("forgotten subject: key %x, tombstone %v", e.Key, e.ForgottenAt)
+			}
+		case len(e.Key) != store.KeySize:
+			t.Fatalf("subject %d: no key", i)
+		case i < 2500 && !bytes.Equal(e.Key, first[i].Key):
+			t.Fatalf("subject %d: another key on the second resolve", i)
+		case e.Hash != s.Hash(lookups[i].SubjectID):
+			t.Fatalf("subject %d: wrong hash", i)
+		}
+	}
+}
