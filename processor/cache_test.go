@@ -219,7 +219,7 @@ func TestOrdersDeriveInParallel(t *testing.T) {
 			ctx := context.Background()
 			run := func() []kgo.Record {
 				p.b.reset()
-				if err := p.orders(ctx, &p.b, recs); err != nil {
+				if err := p.orderStep(ctx, &p.b, recs); err != nil {
 					t.Fatal(err)
 				}
 				out := make([]kgo.Record, len(p.b.recs))

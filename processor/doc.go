@@ -24,7 +24,10 @@
 // A batch is what one PollRecords returns. Its Kafka transaction (txn.go)
 // begins, runs the order step, which queues records in the batch and
 // hands them to the client as they are complete, and ends in a guarded
-// commit or an abort:
+// commit or an abort. The store guard is taken after the keys are
+// resolved and before anything is produced, and held until EndTxn
+// returned: a forget that completes while the batch projects would make it
+// stale (aborted and redone), so it waits for the commit instead:
 //
 //  1. Orders (orders.go, project.go), in four steps. Admit: each value is
 //     unframed by the Wire (bare Avro, or the Confluent wire format
@@ -47,8 +50,11 @@
 //     key is not cached: an event takes it from that derivation if its
 //     subject's pseudonyms were derived in the same batch, and prepares it
 //     (two SHA-256 compressions) otherwise.
-//  2. Commit (txn.go): hand over the rest, flush, take the store Guard,
-//     commit the Kafka transaction (offsets included), release the Guard.
+//  2. Commit (txn.go): take the store Guard (after assign, before project:
+//     if a subject the batch used was forgotten meanwhile, the batch is
+//     aborted before it produced anything and redone), project, hand over
+//     the rest, flush, commit the Kafka transaction (offsets included),
+//     release the Guard.
 //
 // # One forget batch
 //

@@ -13,10 +13,12 @@ import (
 	"github.com/hygiene/pseudonymizer/store"
 )
 
-// orders pseudonymizes the batch's order records, in four steps: admit
-// (unframe, scan, check the contract, look up the cache), resolve (the
-// cache misses, in one store call), assign (suppress or give output slots,
-// in input order) and project (fill the slots, in parallel).
+// orders prepares the batch's order records, in the first three of the
+// order step's four: admit (unframe, scan, check the contract, look up the
+// cache), resolve (the cache misses, in one store call) and assign
+// (suppress or give output slots, in input order). The fourth, project
+// (project.go: fill the slots, in parallel), runs under the store guard
+// (txn.guarded).
 func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) error {
 	if err := p.admit(ctx, b, recs); err != nil {
 		return err
@@ -25,13 +27,7 @@ func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) er
 	if err != nil {
 		return err
 	}
-	if err := p.assign(b, resolved); err != nil {
-		return err
-	}
-	if b.emitted == 0 {
-		return nil
-	}
-	return p.project(b)
+	return p.assign(b, resolved)
 }
 
 // admit fills b.orders with the records that keep the contract, each with

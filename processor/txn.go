@@ -92,10 +92,18 @@ func (t *txn) flush(b *batch) error {
 	return nil
 }
 
-// commitGuarded takes the store guard, checks that no subject b used was
-// forgotten meanwhile, and commits the transaction (offsets included)
-// while holding the guard. Order batches end here.
-func (t *txn) commitGuarded(b *batch) (outcome, error) {
+// guarded takes the store guard, checks that no subject b used was
+// forgotten since the batch looked its keys up, runs the rest of the
+// batch's work (projection, flush) and commits the transaction (offsets
+// included), all while holding the guard. Order batches end here.
+//
+// The guard is taken after the keys are resolved (key creation takes the
+// same lock shared on another connection, which must never queue behind a
+// waiting Forget while this batch holds the lock), and before anything is
+// produced: a forget that completes during the projection cannot make the
+// batch stale, it waits for the commit instead, so a forget costs the
+// order lane at most a redo of admit and resolve, never of the projection.
+func (t *txn) guarded(b *batch, work func() error) (outcome, error) {
 	p, ctx := t.p, t.ctx
 	// The guard excludes forgets until the Kafka commit is done, and tells
 	// which subjects were forgotten since the last guard.
@@ -127,6 +135,9 @@ func (t *txn) commitGuarded(b *batch) (outcome, error) {
 		return o, err
 	}
 
+	if err := work(); err != nil {
+		return t.abort(err)
+	}
 	// A guard is lost with its connection (a killed backend, a restart):
 	// check it right before committing, so that only the EndTxn round trip
 	// itself remains exposed, and that only to the store's wait.
@@ -163,8 +174,8 @@ func (t *txn) commit(b *batch, prefix string) (outcome, error) {
 	return outcomeCommitted, nil
 }
 
-// processBatch runs one order batch in one transaction: the order step,
-// then the guarded commit. See doc.go.
+// processBatch runs one order batch in one transaction: admit, resolve and
+// assign, then, under the store guard, projection and commit. See doc.go.
 func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSession, recs []*kgo.Record) (outcome, error) {
 	ctx, cancel := p.batchContext(ctx)
 	defer cancel()
@@ -189,10 +200,14 @@ func (p *Processor) processBatch(ctx context.Context, sess *kgo.GroupTransactSes
 	if len(b.lookups) > 0 {
 		p.failpoint("after-resolve")
 	}
-	if err := t.flush(b); err != nil {
-		return t.abort(err)
-	}
-	return t.commitGuarded(b)
+	return t.guarded(b, func() error {
+		if b.emitted > 0 {
+			if err := p.project(b); err != nil {
+				return err
+			}
+		}
+		return t.flush(b)
+	})
 }
 
 func (p *Processor) count(f func(*Stats)) {
