@@ -13,8 +13,7 @@ import (
 
 // forgetCallTimeout bounds one Store.Forget call. It includes the store's
 // wait for guards that were lost while their Kafka commit may have been
-// under way (the PostgreSQL store's idle-in-transaction timeout, 30s by
-// default), with room to spare.
+// under way (30s in the PostgreSQL store), with room to spare.
 const forgetCallTimeout = 2 * time.Minute
 
 // slowForget is the Store.Forget duration above which the forget lane logs
@@ -32,9 +31,7 @@ func (p *Processor) forgetBatch(ctx context.Context, sess *kgo.GroupTransactSess
 	defer func() { p.m.BatchDuration.Observe(time.Since(start).Seconds()) }()
 	b := &p.fb
 	b.reset()
-	bctx, cancel := p.batchContext(ctx)
-	defer cancel()
-	t, err := p.beginTxn(bctx, sess, p.cfg.Topics.Forget)
+	t, err := p.beginTxn(ctx, sess, p.cfg.Topics.Forget)
 	if err != nil {
 		return outcomeAborted, err
 	}
@@ -46,6 +43,10 @@ func (p *Processor) forgetBatch(ctx context.Context, sess *kgo.GroupTransactSess
 	if err != nil {
 		return t.abort(err)
 	}
+	// The transaction's own time starts now, after any wait.
+	bctx, cancel := p.batchContext(ctx)
+	defer cancel()
+	t.ctx = bctx
 	b.send = t.produce
 	if err := t.flush(b); err != nil {
 		return t.abort(err)
