@@ -117,11 +117,11 @@
 // take the lock, and thus before the confirmation exists, or it sees S in
 // its guard and aborts. A PostgreSQL guard is lost with its connection (a
 // killed backend, a server restart, a cut network), so the batch checks the
-// guard right before EndTxn and aborts if it is gone. (The check is what
-// bounds the wait below: the guard is taken before the batch produces, so
-// a transaction that began after its guard was lost is never committed.)
-// What remains is the
-// EndTxn round trip itself: if the guard's connection dies during it, a
+// guard right before EndTxn and aborts if it is gone. (The check also
+// bounds the wait below: a batch commits under a lost guard only if the
+// loss came after the check, when its transaction had already begun, so
+// that transaction ends within its timeout of the loss.) What remains is
+// the EndTxn round trip itself: if the guard's connection dies during it, a
 // Forget of a subject of that batch gets the lock at once, while the
 // batch's commit may still land. So the PostgreSQL store registers every
 // connection that takes guards, with a session-level lock that lives
