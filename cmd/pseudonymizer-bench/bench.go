@@ -157,11 +157,14 @@ type bench struct {
 
 // benchResult is one pipeline's measurements.
 type benchResult struct {
-	name, label    string
-	wall, startup  time.Duration
-	rate           float64
-	rssKiB         int64
-	cpu            time.Duration
+	name, label   string
+	wall, startup time.Duration
+	rate          float64
+	rssKiB        int64
+	cpu           time.Duration
+	// selfCPU is the bench process's CPU during the run (with the
+	// embedded broker: mostly kfake's), pgCPU PostgreSQL's (-1 unknown).
+	selfCPU, pgCPU time.Duration
 	stats          processor.Stats
 	forgets        *forgetStats // with --forgets-per-second
 	pseudonymizer  bool
@@ -428,6 +431,7 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 	outputs := b.outputs(prefix)
 	txn := kind != "copy"
 
+	self0, pg0 := selfCPU(), postgresCPU()
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return err
@@ -480,6 +484,12 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 	}
 	r.wall = time.Since(start)
 	r.startup = first.Sub(start)
+	r.selfCPU = selfCPU() - self0
+	if pg1 := postgresCPU(); pg0 >= 0 && pg1 >= 0 {
+		r.pgCPU = pg1 - pg0
+	} else {
+		r.pgCPU = -1
+	}
 	if load != nil {
 		st := load.stop(90 * time.Second)
 		r.forgets = &st
@@ -574,7 +584,7 @@ func (b *bench) progress(ctx context.Context, outputs []string, group string, tx
 
 func (b *bench) table(w io.Writer, results []*benchResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "pipeline\tevents/s\twall\tfirst output\tpeak RSS\tCPU\tµs CPU/event\tbatches\tstore calls/batch\t")
+	fmt.Fprintln(tw, "pipeline\tevents/s\twall\tfirst output\tpeak RSS\tCPU\tµs CPU/event\tbench CPU\tPostgreSQL CPU\tbatches\tstore calls/batch\t")
 	for _, r := range results {
 		if r.skipped != "" || r.error != "" {
 			fmt.Fprintf(tw, "%s %s\t%s\t\t\t\t\t\t\t\t\n", r.name, r.label, orDefault(r.skipped, "failed"))
@@ -585,9 +595,14 @@ func (b *bench) table(w io.Writer, results []*benchResult) {
 			batches = fmt.Sprint(r.stats.Batches)
 			calls = fmt.Sprintf("%.2f", float64(r.stats.StoreCalls)/float64(r.stats.Batches))
 		}
-		fmt.Fprintf(tw, "%s %s\t%.0f\t%s\t%s\t%.0f MiB\t%s\t%.2f\t%s\t%s\t\n", r.name, r.label, r.rate,
+		pg := "-"
+		if r.pgCPU >= 0 && r.pseudonymizer {
+			pg = r.pgCPU.Round(10 * time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s %s\t%.0f\t%s\t%s\t%.0f MiB\t%s\t%.2f\t%s\t%s\t%s\t%s\t\n", r.name, r.label, r.rate,
 			r.wall.Round(time.Millisecond), r.startup.Round(time.Millisecond), float64(r.rssKiB)/1024,
-			r.cpu.Round(10*time.Millisecond), float64(r.cpu.Microseconds())/float64(b.events), batches, calls)
+			r.cpu.Round(10*time.Millisecond), float64(r.cpu.Microseconds())/float64(b.events),
+			r.selfCPU.Round(10*time.Millisecond), pg, batches, calls)
 	}
 	tw.Flush()
 	by := map[string]*benchResult{}
@@ -664,6 +679,51 @@ func cpuModel() string {
 
 // vmHWM returns the peak resident set size of process pid in KiB, from
 // /proc/<pid>/status (Linux), or 0.
+// selfCPU is the CPU time this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// postgresCPU is the CPU time used so far by the live processes named
+// postgres on this machine (a local server's backends), or -1 if /proc
+// cannot be read. Backends that exit between two readings are missed, so
+// a difference is a lower bound.
+func postgresCPU() time.Duration {
+	dirs, err := os.ReadDir("/proc")
+	if err != nil {
+		return -1
+	}
+	var ticks int64
+	for _, d := range dirs {
+		if d.Name()[0] < '0' || d.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + d.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ... utime(14) stime(15): comm may contain
+		// spaces, so split after its closing parenthesis.
+		s := string(b)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < open || s[open+1:end] != "postgres" {
+			continue
+		}
+		f := strings.Fields(s[end+1:])
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		st, _ := strconv.ParseInt(f[12], 10, 64)
+		ticks += u + st
+	}
+	return time.Duration(ticks) * (time.Second / 100) // USER_HZ is 100 on Linux
+}
+
 func vmHWM(pid int) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
