@@ -2,9 +2,11 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
@@ -149,6 +151,12 @@ func (p *Processor) settleNotices(ctx context.Context, cl *kgo.Client, b *batch)
 // committed offsets of the request topic (the forget lane's group).
 func (p *Processor) sweepRetained(ctx context.Context, adm *kadm.Client) {
 	offs, err := adm.FetchOffsets(ctx, p.cfg.ForgetGroupID)
+	if errors.Is(err, kerr.GroupIDNotFound) {
+		// A group that never committed (the first start, or a broker that
+		// has not seen it yet): nothing is below a committed offset, but
+		// the sweep still counts what stays retained.
+		offs, err = nil, nil
+	}
 	if err != nil {
 		p.m.SettleErrors.Inc()
 		p.log.Warn("sweeping retained keys: fetching the group's offsets failed", "err", err)

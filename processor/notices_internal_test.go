@@ -6,6 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/processor/config"
@@ -86,5 +89,61 @@ func TestNoticesWipeRetainedKeys(t *testing.T) {
 		if !bytes.Equal(k, make([]byte, store.KeySize)) {
 			t.Errorf("a returned key was not wiped")
 		}
+	}
+}
+
+// sweepSpy counts SettleCommitted calls and reports n keys retained.
+type sweepSpy struct {
+	store.KeyStore
+	calls     int
+	committed map[int32]int64
+	n         int
+}
+
+func (s *sweepSpy) SettleCommitted(_ context.Context, committed map[int32]int64) (int, error) {
+	s.calls++
+	s.committed = committed
+	return s.n, nil
+}
+
+// TestSweepGroupNeverCommitted: a forget group the broker does not know
+// yet (the first start of a deployment) has committed nothing, so the
+// sweep releases nothing, still reports what stays retained, and counts
+// no error.
+func TestSweepGroupNeverCommitted(t *testing.T) {
+	fc, err := kfake.NewCluster()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fc.Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(fc.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+
+	pols := []policy.Policy{policy.Example("crm")}
+	plan, err := policy.Compile(schema.OrderEventSchema(), pols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &sweepSpy{n: 3}
+	m := NewMetrics(nil)
+	p, err := New(Config{Topics: config.Default().Topics, Policies: pols, Plan: plan, Store: st,
+		GroupID: "g", ForgetGroupID: "g-forget-never-joined", TransactionalID: "t", Metrics: m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p.sweepRetained(ctx, kadm.NewClient(cl))
+	if st.calls != 1 || len(st.committed) != 0 {
+		t.Fatalf("SettleCommitted called %d times with %v, want once with nothing committed", st.calls, st.committed)
+	}
+	if v := testutil.ToFloat64(m.SettleErrors); v != 0 {
+		t.Errorf("settle errors %v, want 0", v)
+	}
+	if v := testutil.ToFloat64(m.RetainedKeys); v != 3 {
+		t.Errorf("retained keys gauge %v, want 3", v)
 	}
 }
