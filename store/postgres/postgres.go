@@ -90,6 +90,9 @@ type Store struct {
 	// lostGuardWait is how long Forget waits for a lost guard
 	// (WithLostGuardWait).
 	lostGuardWait time.Duration
+	// shards is the most connections one Resolve uses (resolveStates):
+	// half the pool, at most maxResolveShards.
+	shards int
 
 	// rewrapMu guards rewrapAfter, the subject hash after which the next
 	// Rewrap continues (nil: from the start).
@@ -123,7 +126,8 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
 	}
-	s := &Store{pool: pl, kr: kr, maxLog: store.DefaultForgetLogLimit, lostGuardWait: o.lostGuardWait}
+	s := &Store{pool: pl, kr: kr, maxLog: store.DefaultForgetLogLimit, lostGuardWait: o.lostGuardWait,
+		shards: max(1, min(maxResolveShards, o.maxConns/2))}
 	if s.lostGuardWait <= 0 {
 		s.lostGuardWait = DefaultLostGuardWait
 	}

@@ -2,6 +2,9 @@ package postgres
 
 import (
 	"context"
+	"errors"
+	"maps"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -54,10 +57,11 @@ type subjectState struct {
 // Resolve returns one Entry per lookup. It reads every subject in one
 // statement; subjects that need a fresh key are created in one more round
 // trip: a pipelined implicit transaction that takes the shared guard lock
-// and inserts the keys, returning those it created. Only subjects that it
-// did not create (another process created a key first, or a forget came in
-// between) take a third round trip, which inserts again and re-reads them
-// under the lock.
+// and inserts the keys, returning those it created (split over a few
+// connections when there are thousands, see resolveStates). Only subjects
+// that it did not create (another process created a key first, or a
+// forget came in between) take a third round trip, which inserts again and
+// re-reads them under the lock.
 func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.Entry, error) {
 	entries := make([]store.Entry, len(lookups))
 	if len(lookups) == 0 {
@@ -76,87 +80,7 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 		}
 	}
 
-	var states map[store.SubjectHash]subjectState
-	err := s.with(ctx, func(conn *pgx.Conn) error {
-		var err error
-		if states, err = readStates(ctx, conn, hashes); err != nil {
-			return err
-		}
-		var need, wrapped [][]byte
-		var needLatest []time.Time
-		for _, hb := range hashes {
-			h := store.SubjectHash(hb)
-			st := states[h]
-			if !store.NeedsKey(st.wrapped != nil, st.forgottenAt, latest[h]) {
-				continue
-			}
-			key, err := store.NewKey()
-			if err != nil {
-				return err
-			}
-			w, err := s.kr.Wrap(key, store.PurposeSubjectKey, hb)
-			clear(key)
-			if err != nil {
-				return err
-			}
-			need = append(need, hb)
-			wrapped = append(wrapped, w)
-			needLatest = append(needLatest, latest[h])
-		}
-		if len(need) == 0 {
-			return nil
-		}
-		created := make(map[store.SubjectHash]bool, len(need))
-		b := &pgx.Batch{}
-		b.Queue(lockShared, guardLockClass, s.lockKey)
-		b.Queue(insertKeysReturning, need, wrapped, needLatest).Query(func(rows pgx.Rows) error {
-			defer rows.Close()
-			for rows.Next() {
-				var hb []byte
-				var at *time.Time
-				if err := rows.Scan(&hb, &at); err != nil {
-					return err
-				}
-				created[store.SubjectHash(hb)] = true
-				if at != nil {
-					h := store.SubjectHash(hb)
-					st := states[h]
-					st.forgottenAt = at.UTC()
-					states[h] = st
-				}
-			}
-			return rows.Err()
-		})
-		if err := conn.SendBatch(ctx, b).Close(); err != nil {
-			return err
-		}
-		var again, againWrapped [][]byte
-		var againLatest []time.Time
-		for i, hb := range need {
-			h := store.SubjectHash(hb)
-			if created[h] {
-				st := states[h]
-				st.wrapped = wrapped[i]
-				states[h] = st
-				continue
-			}
-			again = append(again, hb)
-			againWrapped = append(againWrapped, wrapped[i])
-			againLatest = append(againLatest, needLatest[i])
-		}
-		if len(again) == 0 {
-			return nil
-		}
-		// Rare: insert again (a key destroyed meanwhile is replaced) and
-		// read the subjects' state under the lock.
-		b = &pgx.Batch{}
-		b.Queue(lockShared, guardLockClass, s.lockKey)
-		b.Queue(insertKeys, again, againWrapped, againLatest)
-		b.Queue(selectState, again).Query(func(rows pgx.Rows) error {
-			return scanStates(rows, states)
-		})
-		return conn.SendBatch(ctx, b).Close()
-	})
+	states, err := s.resolveStates(ctx, hashes, latest)
 	if err != nil {
 		return nil, wrapErr("resolve", err)
 	}
@@ -171,17 +95,150 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 	return entries, nil
 }
 
-// readStates reads the state of the subjects in hashes.
-func readStates(ctx context.Context, conn *pgx.Conn, hashes [][]byte) (map[store.SubjectHash]subjectState, error) {
+// resolveShard is the least number of new keys worth a connection of
+// their own in one Resolve, and maxResolveShards the most connections one
+// Resolve uses. Creating a key costs the server about 10 µs of CPU (index
+// probes of two tables, a random B-tree insert, its WAL), so a poll batch
+// of new customers would keep one backend busy for tens of milliseconds
+// while the caller waits; shards spread that over the server's cores.
+// Reading is cheaper and stays one statement.
+const (
+	resolveShard     = 1024
+	maxResolveShards = 4
+)
+
+// resolveStates reads the state of the subjects in hashes in one
+// statement and creates the keys that latest says are needed: on the same
+// connection, or, for many, in up to s.shards concurrent shards of
+// disjoint subjects, each on a connection of its own (see createKeys).
+func (s *Store) resolveStates(ctx context.Context, hashes [][]byte, latest map[store.SubjectHash]time.Time) (map[store.SubjectHash]subjectState, error) {
 	states := make(map[store.SubjectHash]subjectState, len(hashes))
+	err := s.with(ctx, func(conn *pgx.Conn) error {
+		if err := readStates(ctx, conn, hashes, states); err != nil {
+			return err
+		}
+		var need [][]byte
+		for _, hb := range hashes {
+			h := store.SubjectHash(hb)
+			if st := states[h]; store.NeedsKey(st.wrapped != nil, st.forgottenAt, latest[h]) {
+				need = append(need, hb)
+			}
+		}
+		n := min(s.shards, len(need)/resolveShard)
+		if n <= 1 {
+			return s.createKeys(ctx, conn, need, latest, states)
+		}
+		// Each shard updates a map of its own subjects' states; the first
+		// runs here, on conn, the others on connections of their own.
+		per := (len(need) + n - 1) / n
+		parts := make([]map[store.SubjectHash]subjectState, n)
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i := n - 1; i >= 0; i-- {
+			shard := need[min(i*per, len(need)):min((i+1)*per, len(need))]
+			parts[i] = make(map[store.SubjectHash]subjectState, len(shard))
+			for _, hb := range shard {
+				parts[i][store.SubjectHash(hb)] = states[store.SubjectHash(hb)]
+			}
+			create := func(c *pgx.Conn) error { return s.createKeys(ctx, c, shard, latest, parts[i]) }
+			if i == 0 {
+				errs[0] = create(conn)
+			} else {
+				wg.Go(func() { errs[i] = s.with(ctx, create) })
+			}
+		}
+		wg.Wait()
+		for _, part := range parts {
+			maps.Copy(states, part)
+		}
+		return errors.Join(errs...)
+	})
+	return states, err
+}
+
+// createKeys creates keys, in one write round trip on conn, for the
+// subjects in need (none of which has a usable key in states) and records
+// them in states. Only subjects it did not create (another process created
+// a key first, or a forget came in between) take a second round trip,
+// which inserts again and re-reads them under the lock.
+func (s *Store) createKeys(ctx context.Context, conn *pgx.Conn, need [][]byte, latest map[store.SubjectHash]time.Time, states map[store.SubjectHash]subjectState) error {
+	if len(need) == 0 {
+		return nil
+	}
+	wrapped := make([][]byte, len(need))
+	needLatest := make([]time.Time, len(need))
+	for i, hb := range need {
+		key, err := store.NewKey()
+		if err != nil {
+			return err
+		}
+		w, err := s.kr.Wrap(key, store.PurposeSubjectKey, hb)
+		clear(key)
+		if err != nil {
+			return err
+		}
+		wrapped[i] = w
+		needLatest[i] = latest[store.SubjectHash(hb)]
+	}
+	created := make(map[store.SubjectHash]bool, len(need))
+	b := &pgx.Batch{}
+	b.Queue(lockShared, guardLockClass, s.lockKey)
+	b.Queue(insertKeysReturning, need, wrapped, needLatest).Query(func(rows pgx.Rows) error {
+		defer rows.Close()
+		for rows.Next() {
+			var hb []byte
+			var at *time.Time
+			if err := rows.Scan(&hb, &at); err != nil {
+				return err
+			}
+			created[store.SubjectHash(hb)] = true
+			if at != nil {
+				h := store.SubjectHash(hb)
+				st := states[h]
+				st.forgottenAt = at.UTC()
+				states[h] = st
+			}
+		}
+		return rows.Err()
+	})
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return err
+	}
+	var again, againWrapped [][]byte
+	var againLatest []time.Time
+	for i, hb := range need {
+		h := store.SubjectHash(hb)
+		if created[h] {
+			st := states[h]
+			st.wrapped = wrapped[i]
+			states[h] = st
+			continue
+		}
+		again = append(again, hb)
+		againWrapped = append(againWrapped, wrapped[i])
+		againLatest = append(againLatest, needLatest[i])
+	}
+	if len(again) == 0 {
+		return nil
+	}
+	// Rare: insert again (a key destroyed meanwhile is replaced) and
+	// read the subjects' state under the lock.
+	b = &pgx.Batch{}
+	b.Queue(lockShared, guardLockClass, s.lockKey)
+	b.Queue(insertKeys, again, againWrapped, againLatest)
+	b.Queue(selectState, again).Query(func(rows pgx.Rows) error {
+		return scanStates(rows, states)
+	})
+	return conn.SendBatch(ctx, b).Close()
+}
+
+// readStates reads the state of the subjects in hashes into states.
+func readStates(ctx context.Context, conn *pgx.Conn, hashes [][]byte, states map[store.SubjectHash]subjectState) error {
 	rows, err := conn.Query(ctx, selectState, hashes)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := scanStates(rows, states); err != nil {
-		return nil, err
-	}
-	return states, nil
+	return scanStates(rows, states)
 }
 
 // scanStates merges rows of selectState into states.

@@ -177,3 +177,90 @@ func (s *suite) testResolveAfterForget(t *testing.T) {
 		t.Errorf("bob: lookups of one subject in one call got different entries")
 	}
 }
+
+// testResolveManyNewSubjects: one Resolve of thousands of new subjects
+// (more than one write of an implementation may take: PostgreSQL splits
+// them over connections), mixed with a subject that has a key, one whose
+// tombstone is newer than its events and one whose events are newer than
+// its tombstone, while a second store creates keys for some of the same
+// subjects. Every subject ends with exactly one key, the same in both
+// stores' answers and on the next Resolve.
+func (s *suite) testResolveManyNewSubjects(t *testing.T) {
+	kr := MustKeyring(t, MustKEK(t, 1))
+	stores := s.mustStores(t, s.mustOpen(t, kr), kr, 2)
+	ks := stores[0]
+	alice := mustKey(t, ks, "alice", t0)
+	at := t0.Add(time.Hour)
+	wantStatuses(t, mustForget(t, ks, forget("r1", "bob", at), forget("r2", "carol", at)), store.UnknownSubject, store.UnknownSubject)
+
+	const n = 5000
+	lookups := make([]store.Lookup, 0, n+3)
+	for i := range n {
+		lookups = append(lookups, lookup(fmt.Sprintf("many-%d", i), t0))
+		switch i {
+		case n / 3:
+			lookups = append(lookups, lookup("alice", t0))
+		case n / 2:
+			lookups = append(lookups, lookup("bob", at.Add(-time.Minute))) // before its tombstone: no key
+		case 2 * n / 3:
+			lookups = append(lookups, lookup("carol", at.Add(time.Minute))) // after it: a fresh key
+		}
+	}
+	// The second store races for every third subject.
+	var racing []store.Lookup
+	for i := 0; i < n; i += 3 {
+		racing = append(racing, lookup(fmt.Sprintf("many-%d", i), t0))
+	}
+	var other []store.Entry
+	var otherErr error
+	var wg sync.WaitGroup
+	wg.Go(func() { other, otherErr = stores[1].Resolve(context.Background(), racing) })
+	entries := mustResolve(t, ks, lookups...)
+	wg.Wait()
+	if otherErr != nil {
+		t.Fatalf("racing Resolve: %v", otherErr)
+	}
+
+	keys := map[string][]byte{}
+	seen := map[string]bool{}
+	for i, e := range entries {
+		id := lookups[i].SubjectID
+		switch {
+		case id == "bob":
+			if e.Key != nil || !e.ForgottenAt.Equal(at) {
+				t.Errorf("bob, before his tombstone: got key %v, ForgottenAt %v; want none, %v", e.Key != nil, e.ForgottenAt, at)
+			}
+			continue
+		case id == "carol":
+			if !e.ForgottenAt.Equal(at) {
+				t.Errorf("carol: got ForgottenAt %v, want %v", e.ForgottenAt, at)
+			}
+		case id == "alice":
+			if !bytes.Equal(e.Key, alice) {
+				t.Errorf("alice: her key changed")
+			}
+		}
+		if e.Key == nil {
+			t.Fatalf("%s: got no key", id)
+		}
+		if e.Hash != ks.Hash(id) {
+			t.Fatalf("%s: entry has another subject's hash", id)
+		}
+		if seen[string(e.Key)] {
+			t.Fatalf("%s: a key handed to another subject too", id)
+		}
+		seen[string(e.Key)] = true
+		keys[id] = e.Key
+	}
+	for i, e := range other {
+		if id := racing[i].SubjectID; !bytes.Equal(e.Key, keys[id]) {
+			t.Fatalf("%s: the racing store got a different key", id)
+		}
+	}
+	again := mustResolve(t, ks, lookups...)
+	for i, e := range again {
+		if id := lookups[i].SubjectID; !bytes.Equal(e.Key, keys[id]) {
+			t.Fatalf("%s: key changed on the next Resolve", id)
+		}
+	}
+}

@@ -41,6 +41,7 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"ResolveCreatesStableKeys", s.testResolveCreatesStableKeys},
 		{"ResolveRepeatedSubjectInOneCall", s.testResolveRepeated},
 		{"ResolveConcurrentNewSubject", s.testResolveConcurrent},
+		{"ResolveManyNewSubjects", s.testResolveManyNewSubjects},
 		{"HashIsKeyedPerStore", s.testHashKeyedPerStore},
 		{"ForgetStatuses", s.testForgetStatuses},
 		{"ForgetSameSubjectTwiceInOneCall", s.testForgetTwiceInOneCall},
