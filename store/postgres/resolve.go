@@ -1,9 +1,11 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -117,6 +119,9 @@ func (s *Store) resolveStates(ctx context.Context, hashes [][]byte, latest map[s
 		if err := readStates(ctx, conn, hashes, states); err != nil {
 			return err
 		}
+		// In key order, each shard inserts into a range of the index of
+		// its own, and neighbouring keys share its pages.
+		slices.SortFunc(hashes, bytes.Compare)
 		var need [][]byte
 		for _, hb := range hashes {
 			h := store.SubjectHash(hb)
