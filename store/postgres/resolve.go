@@ -113,6 +113,9 @@ const (
 // statement and creates the keys that latest says are needed: on the same
 // connection, or, for many, in up to s.shards concurrent shards of
 // disjoint subjects, each on a connection of its own (see createKeys).
+// Each shard takes the guard lock shared in an implicit transaction of its
+// own and never waits for another shard while holding it, so a Forget
+// queued between them delays them but cannot deadlock with them.
 func (s *Store) resolveStates(ctx context.Context, hashes [][]byte, latest map[store.SubjectHash]time.Time) (map[store.SubjectHash]subjectState, error) {
 	states := make(map[store.SubjectHash]subjectState, len(hashes))
 	err := s.with(ctx, func(conn *pgx.Conn) error {
