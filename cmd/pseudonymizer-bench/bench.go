@@ -485,11 +485,7 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 	r.wall = time.Since(start)
 	r.startup = first.Sub(start)
 	r.selfCPU = selfCPU() - self0
-	if pg1 := postgresCPU(); pg0 >= 0 && pg1 >= 0 {
-		r.pgCPU = pg1 - pg0
-	} else {
-		r.pgCPU = -1
-	}
+	r.pgCPU = postgresCPUSince(pg0)
 	if load != nil {
 		st := load.stop(90 * time.Second)
 		r.forgets = &st
@@ -688,18 +684,18 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// postgresCPU is the CPU time used so far by the live processes named
-// postgres on this machine (a local server's backends), or -1 if /proc
-// cannot be read. Backends that exit between two readings are missed, so
-// a difference is a lower bound.
-func postgresCPU() time.Duration {
+// postgresCPU returns the CPU time used so far by each live process named
+// "postgres" (the server and its backends), by PID; nil if /proc cannot be
+// read.
+func postgresCPU() map[int]time.Duration {
 	dirs, err := os.ReadDir("/proc")
 	if err != nil {
-		return -1
+		return nil
 	}
-	var ticks int64
+	cpu := map[int]time.Duration{}
 	for _, d := range dirs {
-		if d.Name()[0] < '0' || d.Name()[0] > '9' {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
 			continue
 		}
 		b, err := os.ReadFile("/proc/" + d.Name() + "/stat")
@@ -719,9 +715,29 @@ func postgresCPU() time.Duration {
 		}
 		u, _ := strconv.ParseInt(f[11], 10, 64)
 		st, _ := strconv.ParseInt(f[12], 10, 64)
-		ticks += u + st
+		cpu[pid] = time.Duration(u+st) * (time.Second / 100) // USER_HZ is 100 on Linux
 	}
-	return time.Duration(ticks) * (time.Second / 100) // USER_HZ is 100 on Linux
+	return cpu
+}
+
+// postgresCPUSince is the CPU time PostgreSQL's processes alive now used
+// since before, a postgresCPU reading (-1 if either is missing). Processes
+// that exited in between are not counted, and neither is what a process
+// alive at both readings had used before: a backend of an earlier pipeline
+// that exits meanwhile does not make the difference negative.
+func postgresCPUSince(before map[int]time.Duration) time.Duration {
+	now := postgresCPU()
+	if before == nil || now == nil {
+		return -1
+	}
+	var d time.Duration
+	for pid, t := range now {
+		if b, ok := before[pid]; ok && b <= t {
+			t -= b
+		} // else a new process, or a reused PID
+		d += t
+	}
+	return d
 }
 
 func vmHWM(pid int) int64 {
