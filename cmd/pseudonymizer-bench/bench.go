@@ -163,12 +163,13 @@ type benchResult struct {
 	rssKiB        int64
 	cpu           time.Duration
 	// selfCPU is the bench process's CPU during the run (with the
-	// embedded broker: mostly kfake's), pgCPU PostgreSQL's (-1 unknown).
-	selfCPU, pgCPU time.Duration
-	stats          processor.Stats
-	forgets        *forgetStats // with --forgets-per-second
-	pseudonymizer  bool
-	skipped, error string
+	// embedded broker: mostly kfake's), pgCPU PostgreSQL's and kafkaCPU a
+	// local Kafka broker's (-1 unknown or none).
+	selfCPU, pgCPU, kafkaCPU time.Duration
+	stats                    processor.Stats
+	forgets                  *forgetStats // with --forgets-per-second
+	pseudonymizer            bool
+	skipped, error           string
 }
 
 // topics of the bench: the backlog and every pipeline's outputs.
@@ -431,7 +432,13 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 	outputs := b.outputs(prefix)
 	txn := kind != "copy"
 
-	self0, pg0 := selfCPU(), postgresCPU()
+	// A local Kafka broker's CPU is read only when the bench runs on one
+	// (on the embedded broker, bench CPU is the broker's).
+	matchKafka := isKafka
+	if b.cluster != nil {
+		matchKafka = func(string, func() string) bool { return false }
+	}
+	self0, pg0, kafka0 := selfCPU(), procCPU(isPostgres), procCPU(matchKafka)
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return err
@@ -485,7 +492,8 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 	r.wall = time.Since(start)
 	r.startup = first.Sub(start)
 	r.selfCPU = selfCPU() - self0
-	r.pgCPU = postgresCPUSince(pg0)
+	r.pgCPU = cpuSince(pg0, procCPU(isPostgres))
+	r.kafkaCPU = cpuSince(kafka0, procCPU(matchKafka))
 	if load != nil {
 		st := load.stop(90 * time.Second)
 		r.forgets = &st
@@ -580,10 +588,10 @@ func (b *bench) progress(ctx context.Context, outputs []string, group string, tx
 
 func (b *bench) table(w io.Writer, results []*benchResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "pipeline\tevents/s\twall\tfirst output\tpeak RSS\tCPU\tµs CPU/event\tbench CPU\tPostgreSQL CPU\tbatches\tstore calls/batch\t")
+	fmt.Fprintln(tw, "pipeline\tevents/s\twall\tfirst output\tpeak RSS\tCPU\tµs CPU/event\tbench CPU\tKafka CPU\tPostgreSQL CPU\tbatches\tstore calls/batch\t")
 	for _, r := range results {
 		if r.skipped != "" || r.error != "" {
-			fmt.Fprintf(tw, "%s %s\t%s\t\t\t\t\t\t\t\t\n", r.name, r.label, orDefault(r.skipped, "failed"))
+			fmt.Fprintf(tw, "%s %s\t%s\t\t\t\t\t\t\t\t\t\n", r.name, r.label, orDefault(r.skipped, "failed"))
 			continue
 		}
 		batches, calls := "-", "-"
@@ -591,14 +599,17 @@ func (b *bench) table(w io.Writer, results []*benchResult) {
 			batches = fmt.Sprint(r.stats.Batches)
 			calls = fmt.Sprintf("%.2f", float64(r.stats.StoreCalls)/float64(r.stats.Batches))
 		}
-		pg := "-"
+		pg, kafka := "-", "-"
 		if r.pgCPU >= 0 && r.pseudonymizer {
 			pg = r.pgCPU.Round(10 * time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s %s\t%.0f\t%s\t%s\t%.0f MiB\t%s\t%.2f\t%s\t%s\t%s\t%s\t\n", r.name, r.label, r.rate,
+		if r.kafkaCPU >= 0 {
+			kafka = r.kafkaCPU.Round(10 * time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s %s\t%.0f\t%s\t%s\t%.0f MiB\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t\n", r.name, r.label, r.rate,
 			r.wall.Round(time.Millisecond), r.startup.Round(time.Millisecond), float64(r.rssKiB)/1024,
 			r.cpu.Round(10*time.Millisecond), float64(r.cpu.Microseconds())/float64(b.events),
-			r.selfCPU.Round(10*time.Millisecond), pg, batches, calls)
+			r.selfCPU.Round(10*time.Millisecond), kafka, pg, batches, calls)
 	}
 	tw.Flush()
 	by := map[string]*benchResult{}
@@ -684,10 +695,10 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// postgresCPU returns the CPU time used so far by each live process named
-// "postgres" (the server and its backends), by PID; nil if /proc cannot be
-// read.
-func postgresCPU() map[int]time.Duration {
+// procCPU returns the CPU time used so far by each live process that
+// match accepts, by PID; nil if /proc cannot be read. match gets the
+// process's command name and reads its command line on demand.
+func procCPU(match func(comm string, cmdline func() string) bool) map[int]time.Duration {
 	dirs, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -706,7 +717,14 @@ func postgresCPU() map[int]time.Duration {
 		// spaces, so split after its closing parenthesis.
 		s := string(b)
 		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-		if open < 0 || end < open || s[open+1:end] != "postgres" {
+		if open < 0 || end < open {
+			continue
+		}
+		cmdline := func() string {
+			c, _ := os.ReadFile("/proc/" + d.Name() + "/cmdline")
+			return string(c)
+		}
+		if !match(s[open+1:end], cmdline) {
 			continue
 		}
 		f := strings.Fields(s[end+1:])
@@ -720,14 +738,22 @@ func postgresCPU() map[int]time.Duration {
 	return cpu
 }
 
-// postgresCPUSince is the CPU time PostgreSQL's processes alive now used
-// since before, a postgresCPU reading (-1 if either is missing). Processes
-// that exited in between are not counted, and neither is what a process
-// alive at both readings had used before: a backend of an earlier pipeline
-// that exits meanwhile does not make the difference negative.
-func postgresCPUSince(before map[int]time.Duration) time.Duration {
-	now := postgresCPU()
-	if before == nil || now == nil {
+// isPostgres matches PostgreSQL's server and backends.
+func isPostgres(comm string, _ func() string) bool { return comm == "postgres" }
+
+// isKafka matches a local Apache Kafka broker's JVM.
+func isKafka(comm string, cmdline func() string) bool {
+	return comm == "java" && strings.Contains(cmdline(), "kafka.Kafka")
+}
+
+// cpuSince is the CPU time that the processes of a procCPU reading taken
+// now used since before, another reading (-1 if either is missing, or if
+// no such process is alive now). Processes that exited in between are not
+// counted, and neither is what a process alive at both readings had used
+// before: a backend of an earlier pipeline that exits meanwhile does not
+// make the difference negative.
+func cpuSince(before, now map[int]time.Duration) time.Duration {
+	if before == nil || len(now) == 0 {
 		return -1
 	}
 	var d time.Duration
