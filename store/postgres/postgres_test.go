@@ -379,10 +379,10 @@ UPDATE pz_meta SET value = '3' WHERE name = 'schema_version'`); err != nil {
 	}
 }
 
-// TestResolveLargeBatch: a batch large enough to be read in parallel
-// statements resolves like small ones: new subjects get keys, the same
-// subjects resolved again get the same keys, and a forgotten one its
-// tombstone.
+// TestResolveLargeBatch: a batch large enough that its 2,500 new keys are
+// created in two shards on two connections resolves like small ones: new
+// subjects get keys, the same subjects resolved again get the same keys,
+// and a forgotten one its tombstone.
 func TestResolveLargeBatch(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
