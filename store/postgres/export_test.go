@@ -34,3 +34,6 @@ func QueryRow(ctx context.Context, s *Store, sql string, dest ...any) error {
 		return conn.QueryRow(ctx, sql).Scan(dest...)
 	})
 }
+
+// SetResolveShards sets the most connections one Resolve creates keys on.
+func SetResolveShards(s *Store, n int) { s.shards = n }

@@ -1,0 +1,43 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/hygiene/pseudonymizer/store"
+	"github.com/hygiene/pseudonymizer/store/postgres"
+	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
+	"github.com/hygiene/pseudonymizer/store/storetest"
+)
+
+// BenchmarkResolveNewKeys resolves batches of 8,192 subjects that are all
+// new, as a poll batch of first-time customers does, with key creation on
+// one connection and split over up to four. Each op is one batch; the
+// table grows by a batch per op.
+func BenchmarkResolveNewKeys(b *testing.B) {
+	for _, shards := range []int{1, 4} {
+		b.Run(fmt.Sprintf("shards=%d", shards), func(b *testing.B) {
+			s := pgtest.MustOpen(b, storetest.MustKeyring(b, storetest.MustKEK(b, 1)))
+			postgres.SetResolveShards(s, shards)
+			ctx := context.Background()
+			now := time.Now()
+			lookups := make([]store.Lookup, 8192)
+			b.ResetTimer()
+			for i := range b.N {
+				for j := range lookups {
+					lookups[j] = store.Lookup{SubjectID: fmt.Sprintf("bench-%d-%d", i, j), Latest: now}
+				}
+				entries, err := s.Resolve(ctx, lookups)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if entries[0].Key == nil {
+					b.Fatal("no key for a new subject")
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*len(lookups)), "µs/key")
+		})
+	}
+}
