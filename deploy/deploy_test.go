@@ -20,8 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/hygiene/pseudonymizer/internal/config"
 	"github.com/hygiene/pseudonymizer/processor"
-	"github.com/hygiene/pseudonymizer/processor/config"
 )
 
 func mustRead(t *testing.T, path string) []byte {

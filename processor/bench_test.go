@@ -13,7 +13,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
@@ -42,7 +41,7 @@ func benchProcessor(tb testing.TB, n, customers, cacheSubjects int) (*Processor,
 	}
 	tb.Cleanup(func() { st.Close() })
 	p, err := New(Config{
-		Topics: config.Default().Topics, Policies: pols, Plan: plan, Store: st,
+		Topics: DefaultTopics(), Policies: pols, Plan: plan, Store: st,
 		GroupID: "bench", TransactionalID: "bench", CacheSubjects: cacheSubjects,
 	})
 	if err != nil {

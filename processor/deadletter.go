@@ -8,8 +8,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
-
-	"github.com/hygiene/pseudonymizer/processor/config"
 )
 
 // deadLetterMinLimit is the size a dead letter is cut to after its topic
@@ -256,7 +254,7 @@ func (p *Processor) loadTopicLimits(ctx context.Context, adm *kadm.Client) {
 	p.topicLimits = limits
 	p.tooLargeMu.Unlock()
 	for _, t := range []string{p.cfg.Topics.OrdersDeadLetter, p.cfg.Topics.ForgetDeadLetter} {
-		if l, ok := limits[t]; ok && l < p.cfg.MaxRecordBytes+config.DeadLetterHeadroom {
+		if l, ok := limits[t]; ok && l < p.cfg.MaxRecordBytes+DeadLetterHeadroom {
 			p.log.Warn("a dead-letter topic accepts less than processing.max_record_bytes plus headers: larger dead letters are truncated (header error.truncated)",
 				"topic", t, "max_message_bytes", l, "max_record_bytes", p.cfg.MaxRecordBytes)
 		}

@@ -9,7 +9,7 @@
 // Orders and forget requests run in two lanes (session.go), each its own
 // consumer group and transactional session: the order lane in the
 // configured group and transactional ID, the forget lane in the same with
-// the suffix ".forgets" (config.ForgetLaneSuffix). Neither ever waits for
+// the suffix ".forgets" (ForgetLaneSuffix). Neither ever waits for
 // the other: an order batch never carries a forget, and a forget that
 // must wait (see "Why no instance can publish with a forgotten key") holds
 // up only other forgets. The lanes share the store and the metrics; the

@@ -14,9 +14,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kslog"
 
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/hygiene/pseudonymizer/processor"
-	"github.com/hygiene/pseudonymizer/processor/config"
-	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/store"
@@ -44,7 +43,7 @@ type env struct {
 	kind   string
 	kc     *kafkatest.Cluster
 	group  string
-	topics config.Topics
+	topics processor.Topics
 	pols   []policy.Policy
 	plan   *policy.Plan
 	kr     *store.Keyring
@@ -68,7 +67,7 @@ func newEnv(t *testing.T, kind string, opts ...kfake.Opt) *env {
 		kc = kafkatest.NewFake
 	}
 	e := &env{t: t, kind: kind, kc: kc(t, opts...), pols: testPolicies()}
-	e.topics = namespaced(e.kc, config.Default().Topics)
+	e.topics = namespaced(e.kc, processor.DefaultTopics())
 	e.group = e.kc.Group("pseudonymizer")
 	var err error
 	if e.plan, err = policy.Compile(schema.OrderEventSchema(), e.pols); err != nil {
@@ -118,8 +117,8 @@ func newEnv(t *testing.T, kind string, opts ...kfake.Opt) *env {
 }
 
 // namespaced returns topics with every name in the cluster's namespace.
-func namespaced(kc *kafkatest.Cluster, topics config.Topics) config.Topics {
-	return config.Topics{
+func namespaced(kc *kafkatest.Cluster, topics processor.Topics) processor.Topics {
+	return processor.Topics{
 		Orders:           kc.Topic(topics.Orders),
 		Forget:           kc.Topic(topics.Forget),
 		Forgotten:        kc.Topic(topics.Forgotten),
@@ -248,7 +247,7 @@ func (e *env) forgetRecord(t *testing.T, reqID, subject string, at time.Time) *k
 func (e *env) settled(t *testing.T, topics ...string) []*kgo.Record {
 	t.Helper()
 	e.kc.AwaitGroup(t, e.group, 60*time.Second, e.topics.Orders)
-	e.kc.AwaitGroup(t, e.group+config.ForgetLaneSuffix, 60*time.Second, e.topics.Forget)
+	e.kc.AwaitGroup(t, e.group+processor.ForgetLaneSuffix, 60*time.Second, e.topics.Forget)
 	return e.kc.AwaitStable(t, 30*time.Second, topics...)
 }
 

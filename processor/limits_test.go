@@ -11,9 +11,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/hygiene/pseudonymizer/processor"
-	"github.com/hygiene/pseudonymizer/processor/config"
-	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
 )
@@ -131,7 +130,7 @@ func TestHugeRecordsDoNotWedge(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for topic, group := range map[string]string{e.topics.Orders: e.group, e.topics.Forget: e.group + config.ForgetLaneSuffix} {
+			for topic, group := range map[string]string{e.topics.Orders: e.group, e.topics.Forget: e.group + processor.ForgetLaneSuffix} {
 				committed, err := adm.FetchOffsets(ctx, group)
 				if err != nil {
 					t.Fatal(err)

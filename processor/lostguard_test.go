@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/hygiene/pseudonymizer/processor"
-	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema/sample"
 	"github.com/hygiene/pseudonymizer/store/postgres"
 	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"

@@ -11,7 +11,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/schema"
@@ -53,7 +52,7 @@ func TestNoticesWipeRetainedKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := &keyReturningStore{key: bytes.Repeat([]byte{7}, store.KeySize)}
-	p, err := New(Config{Topics: config.Default().Topics, Policies: pols, Plan: plan, Store: st, GroupID: "g", TransactionalID: "t"})
+	p, err := New(Config{Topics: DefaultTopics(), Policies: pols, Plan: plan, Store: st, GroupID: "g", TransactionalID: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +128,7 @@ func TestSweepGroupNeverCommitted(t *testing.T) {
 	}
 	st := &sweepSpy{n: 3}
 	m := NewMetrics(nil)
-	p, err := New(Config{Topics: config.Default().Topics, Policies: pols, Plan: plan, Store: st,
+	p, err := New(Config{Topics: DefaultTopics(), Policies: pols, Plan: plan, Store: st,
 		GroupID: "g", ForgetGroupID: "g-forget-never-joined", TransactionalID: "t", Metrics: m})
 	if err != nil {
 		t.Fatal(err)

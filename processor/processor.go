@@ -10,7 +10,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/schema"
@@ -21,14 +20,14 @@ import (
 // configuration file.
 type Config struct {
 	// Topics names the topics.
-	Topics config.Topics
+	Topics Topics
 	// Policies are the systems' policies, in the order Plan was compiled.
 	// Their headers and erasure notices are taken from here.
 	Policies []policy.Policy
 	// Plan is the compiled policies.
 	Plan *policy.Plan
 	// Store holds the subject keys.
-	Store store.KeyStore
+	Store KeyStore
 	// Wire is the framing of values; nil means schema.BareWire.
 	Wire schema.Wire
 	// Kafka are client options: seed brokers, TLS, SASL, logger. The
@@ -43,14 +42,14 @@ type Config struct {
 	// this instance's transactional ID in it.
 	GroupID, TransactionalID string
 	// ForgetGroupID and ForgetTransactionalID are the forget lane's; empty
-	// means GroupID and TransactionalID with config.ForgetLaneSuffix.
+	// means GroupID and TransactionalID with ForgetLaneSuffix.
 	ForgetGroupID, ForgetTransactionalID string
 	// TransactionTimeout is the Kafka transaction timeout.
 	TransactionTimeout time.Duration
 	// SessionTimeout is the consumer group session timeout.
 	SessionTimeout time.Duration
 	// MaxRecordBytes is the largest raw record value accepted; 0 derives
-	// it from ProducerBatchMaxBytes (config.MaxRecordBytesFor).
+	// it from ProducerBatchMaxBytes (MaxRecordBytesFor).
 	MaxRecordBytes int
 	// MaxPollRecords caps the records of one transaction.
 	MaxPollRecords int
@@ -156,28 +155,28 @@ func New(cfg Config) (*Processor, error) {
 		cfg.Wire = schema.BareWire{}
 	}
 	if cfg.ForgetGroupID == "" {
-		cfg.ForgetGroupID = cfg.GroupID + config.ForgetLaneSuffix
+		cfg.ForgetGroupID = cfg.GroupID + ForgetLaneSuffix
 	}
 	if cfg.ForgetTransactionalID == "" {
-		cfg.ForgetTransactionalID = cfg.TransactionalID + config.ForgetLaneSuffix
+		cfg.ForgetTransactionalID = cfg.TransactionalID + ForgetLaneSuffix
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
 	if cfg.TransactionTimeout == 0 {
-		cfg.TransactionTimeout = 10 * time.Second
+		cfg.TransactionTimeout = DefaultTransactionTimeout
 	}
 	if cfg.SessionTimeout == 0 {
-		cfg.SessionTimeout = 15 * time.Second
+		cfg.SessionTimeout = DefaultSessionTimeout
 	}
 	if cfg.MaxRecordBytes == 0 {
-		cfg.MaxRecordBytes = config.MaxRecordBytesFor(int(cfg.ProducerBatchMaxBytes))
+		cfg.MaxRecordBytes = MaxRecordBytesFor(int(cfg.ProducerBatchMaxBytes))
 	}
 	if cfg.MaxPollRecords == 0 {
-		cfg.MaxPollRecords = 10000
+		cfg.MaxPollRecords = DefaultMaxPollRecords
 	}
 	if cfg.MaxBackoff == 0 {
-		cfg.MaxBackoff = 30 * time.Second
+		cfg.MaxBackoff = DefaultMaxBackoff
 	}
 	p := &Processor{
 		cfg:      cfg,
@@ -187,7 +186,7 @@ func New(cfg Config) (*Processor, error) {
 		cache:    newSubjectCache(cfg.CacheSubjects, len(cfg.Plan.Systems())),
 		fd:       pseudonym.NewDeriver(),
 		workers:  runtime.GOMAXPROCS(0),
-		batchMax: config.DefaultProducerBatchMaxBytes,
+		batchMax: DefaultProducerBatchMaxBytes,
 	}
 	if cfg.ProducerBatchMaxBytes > 0 {
 		p.batchMax = int(cfg.ProducerBatchMaxBytes)

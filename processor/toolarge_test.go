@@ -8,7 +8,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/hygiene/pseudonymizer/processor/kafkatest"
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
 )

@@ -17,7 +17,7 @@ import (
 	"github.com/twmb/franz-go/plugin/kslog"
 	"golang.org/x/term"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/internal/config"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/store"

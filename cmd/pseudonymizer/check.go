@@ -14,7 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/internal/config"
 )
 
 // checkTimeout bounds each network check of --check-config.

@@ -28,7 +28,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sr/srfake"
 	"github.com/twmb/franz-go/plugin/kslog"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/internal/config"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
 )

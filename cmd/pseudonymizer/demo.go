@@ -18,7 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/internal/config"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/internal/config"
 	"github.com/hygiene/pseudonymizer/store"
 	"github.com/hygiene/pseudonymizer/store/embedded"
 	"github.com/hygiene/pseudonymizer/store/postgres"

@@ -15,7 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/internal/config"
 	"github.com/hygiene/pseudonymizer/store"
 	"github.com/hygiene/pseudonymizer/store/kmstest"
 	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"

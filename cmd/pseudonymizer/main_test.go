@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/internal/config"
 	"github.com/twmb/franz-go/pkg/kfake"
 
-	"github.com/hygiene/pseudonymizer/processor/kafkatest"
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 )
 
 const validSystems = `

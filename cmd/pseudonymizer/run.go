@@ -23,8 +23,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 
+	"github.com/hygiene/pseudonymizer/internal/config"
 	"github.com/hygiene/pseudonymizer/processor"
-	"github.com/hygiene/pseudonymizer/processor/config"
 	"github.com/hygiene/pseudonymizer/store"
 )
 
@@ -110,7 +110,7 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		return nil, err
 	}
 	proc, err := processor.New(processor.Config{
-		Topics:                cfg.Topics,
+		Topics:                processor.Topics(cfg.Topics),
 		Policies:              pols,
 		Plan:                  plan,
 		Store:                 st,

@@ -30,7 +30,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/internal/config"
+	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
@@ -326,7 +327,7 @@ func (w *world) mustCreateTopics(t testing.TB) {
 		if _, err := w.adm.DeleteTopics(ctx, w.allTopics()...); err != nil {
 			t.Logf("delete topics: %v", err)
 		}
-		_, _ = w.adm.DeleteGroups(ctx, w.group, w.group+config.ForgetLaneSuffix)
+		_, _ = w.adm.DeleteGroups(ctx, w.group, w.group+processor.ForgetLaneSuffix)
 	})
 	// Metadata reaches every broker asynchronously: wait until each
 	// partition has a leader, so the first produce does not fail.
@@ -859,7 +860,7 @@ func (w *world) MustAwaitConsumed(t testing.TB, timeout time.Duration) {
 // topic and by the forget group on the forget topic.
 func (w *world) committed(ctx context.Context) (kadm.OffsetResponses, error) {
 	all := kadm.OffsetResponses{}
-	for group, topic := range map[string]string{w.group: w.topics.Orders, w.group + config.ForgetLaneSuffix: w.topics.Forget} {
+	for group, topic := range map[string]string{w.group: w.topics.Orders, w.group + processor.ForgetLaneSuffix: w.topics.Forget} {
 		offs, err := w.adm.FetchOffsets(ctx, group)
 		if err != nil {
 			return nil, err
@@ -1254,7 +1255,7 @@ func (w *world) startReaper(t testing.TB) func() {
 // members removed.
 func (w *world) reap(ctx context.Context, dead map[string]bool) []kadm.DescribedGroupMember {
 	var removed []kadm.DescribedGroupMember
-	for _, group := range []string{w.group, w.group + config.ForgetLaneSuffix} {
+	for _, group := range []string{w.group, w.group + processor.ForgetLaneSuffix} {
 		removed = append(removed, w.reapGroup(ctx, group, dead)...)
 	}
 	return removed

@@ -16,9 +16,9 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/hygiene/pseudonymizer/internal/config"
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/hygiene/pseudonymizer/processor"
-	"github.com/hygiene/pseudonymizer/processor/config"
-	"github.com/hygiene/pseudonymizer/processor/kafkatest"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/registry"
 	"github.com/hygiene/pseudonymizer/store/embedded"
@@ -51,7 +51,7 @@ func TestEndToEnd(t *testing.T) {
 	settled := func(ts ...string) []*kgo.Record {
 		t.Helper()
 		kc.AwaitGroup(t, group, 60*time.Second, topics.Orders)
-		kc.AwaitGroup(t, group+config.ForgetLaneSuffix, 60*time.Second, topics.Forget)
+		kc.AwaitGroup(t, group+processor.ForgetLaneSuffix, 60*time.Second, topics.Forget)
 		return kc.AwaitStable(t, 30*time.Second, ts...)
 	}
 
@@ -63,7 +63,7 @@ func TestEndToEnd(t *testing.T) {
 	t.Cleanup(func() { st.Close() })
 
 	p, err := processor.New(processor.Config{
-		Topics:          topics,
+		Topics:          processor.Topics(topics),
 		Policies:        testPolicies(),
 		Plan:            w.plan,
 		Store:           st,

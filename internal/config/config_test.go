@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hygiene/pseudonymizer/processor"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -263,10 +265,10 @@ func TestKeyPathErrors(t *testing.T) {
 // leaves room for a dead letter within the producer's batch cap; an explicit
 // value that does is accepted.
 func TestMaxRecordBytesDerived(t *testing.T) {
-	if got, want := MaxRecordBytesFor(0), 1_000_012-16384; got != want {
+	if got, want := processor.MaxRecordBytesFor(0), 1_000_012-16384; got != want {
 		t.Errorf("derived limit %d, want %d", got, want)
 	}
-	if got, want := MaxRecordBytesFor(262144), 262144-16384; got != want {
+	if got, want := processor.MaxRecordBytesFor(262144), 262144-16384; got != want {
 		t.Errorf("derived limit for a 256 KiB batch cap %d, want %d", got, want)
 	}
 	if _, err := Load(writeConfig(t, minimal+"processing: {max_record_bytes: 983628}\n"), nil); err != nil {

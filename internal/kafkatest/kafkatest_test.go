@@ -12,7 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/hygiene/pseudonymizer/processor/kafkatest"
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 )
 
 // recorder is a testing.TB whose Fatal and Skip end only the goroutine that
