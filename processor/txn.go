@@ -312,7 +312,7 @@ func (p *Processor) invalidate(g store.Guard, b *batch) (stale bool) {
 		// that the restored store no longer lists (see doc.go).
 		p.m.StoreRewound.Inc()
 		p.log.Error("the key store's forget log was rewound (restored from a backup or recreated): dropping every cached key; "+
-			"forgets after the backup must be repeated, see README",
+			"forgets after the backup must be repeated, see docs/operations.md",
 			"seen_seq", p.pos.Seq, "store_seq", g.Seq())
 	}
 	if !g.Complete() {

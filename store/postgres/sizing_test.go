@@ -28,8 +28,8 @@ const (
 	envSizingRows = "PSEUDONYMIZER_TEST_SIZING_ROWS"
 )
 
-// TestSizing measures the PostgreSQL store at a given size, for the Sizing
-// section of the README. It runs only with PSEUDONYMIZER_TEST_SIZING_DSN
+// TestSizing measures the PostgreSQL store at a given size, for the sizing
+// page, docs/sizing.md. It runs only with PSEUDONYMIZER_TEST_SIZING_DSN
 // and PSEUDONYMIZER_TEST_SIZING_ROWS set; it fills pz_subject_keys up to
 // that many rows (random 32-byte hashes, random wrapped keys of
 // store.WrappedSize bytes, once; later runs reuse them), then logs table
