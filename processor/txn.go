@@ -35,7 +35,8 @@ const abortTimeout = 10 * time.Second
 
 // txn is one Kafka transaction of a session: it hands the batch's records
 // to the client as the steps complete them, and ends in a commit (guarded,
-// for orders) or an abort. See doc.go, "One batch".
+// for orders) or an abort. See doc.go, "One order batch" and "One forget
+// batch".
 type txn struct {
 	p       *Processor
 	ctx     context.Context
