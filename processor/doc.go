@@ -176,7 +176,7 @@
 //
 // This only protects the caches. The restore itself resurrects the keys of
 // the subjects forgotten after the backup; the forget requests since then
-// must be repeated (README, "Restoring the key store").
+// must be repeated (docs/operations.md, "Restoring the key store").
 //
 // # Key material in memory
 //

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/schema"
@@ -90,7 +91,10 @@ func TestForgetLatencyUnderLoad(t *testing.T) {
 				}
 			}()
 
-			time.Sleep(time.Second) // let the load settle
+			// Measure under load: wait until the service publishes.
+			kafkatest.WaitFor(t, 30*time.Second, "the first pseudonymized orders", func() bool {
+				return len(e.kc.ReadToEnd(t, e.outputTopics()...)) > 0
+			})
 			fc := e.client(t)
 			for i := 0; i < requests; i++ {
 				id := fmt.Sprintf("lat-%d", i)

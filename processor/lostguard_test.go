@@ -103,25 +103,21 @@ func TestLostGuardDelaysConfirmation(t *testing.T) {
 	if n := outputs(); n != 0 {
 		t.Fatalf("%d outputs visible before the batch's EndTxn", n)
 	}
-	deadline := time.Now().Add(60 * time.Second)
 
 	// The batch commits; from here on, the confirmation must never be seen
 	// without the batch's records.
 	resumed = true
 	close(resume)
-	for {
+	kafkatest.WaitForNil(t, 60*time.Second, "the confirmation and the batch's outputs", func() error {
 		c, n := confirmed(), outputs()
 		if c && n < nsys {
 			confirmedFirst = true
 		}
 		if c && n >= nsys {
-			break
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the commit: confirmed %v, %d of %d outputs", c, n, nsys)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return fmt.Errorf("after the commit: confirmed %v, %d of %d outputs", c, n, nsys)
+	})
 	if confirmedFirst {
 		t.Fatal("P5: the forget was confirmed before records derived from the destroyed key became visible (a guard lost during EndTxn)")
 	}

@@ -25,6 +25,7 @@ type badInput struct {
 }
 
 func badInputs(t *testing.T) []badInput {
+	t.Helper()
 	valid, err := schema.MarshalOrderEvent(sample.New(7, 1, time.Now()).Next())
 	if err != nil {
 		t.Fatal(err)

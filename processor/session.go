@@ -218,7 +218,9 @@ func (p *Processor) closeSession(sess *kgo.GroupTransactSession, shuttingDown bo
 	}
 }
 
-// backoff is capped exponential backoff with full jitter.
+// backoff is capped exponential backoff with "equal jitter": each wait is
+// drawn uniformly from [next/2, next], so it never falls below half the
+// current interval.
 type backoff struct {
 	max  time.Duration
 	next time.Duration

@@ -35,7 +35,8 @@ const abortTimeout = 10 * time.Second
 
 // txn is one Kafka transaction of a session: it hands the batch's records
 // to the client as the steps complete them, and ends in a commit (guarded,
-// for orders) or an abort. See doc.go, "One batch".
+// for orders) or an abort. See doc.go, "One order batch" and "One forget
+// batch".
 type txn struct {
 	p       *Processor
 	ctx     context.Context
@@ -312,7 +313,7 @@ func (p *Processor) invalidate(g store.Guard, b *batch) (stale bool) {
 		// that the restored store no longer lists (see doc.go).
 		p.m.StoreRewound.Inc()
 		p.log.Error("the key store's forget log was rewound (restored from a backup or recreated): dropping every cached key; "+
-			"forgets after the backup must be repeated, see README",
+			"forgets after the backup must be repeated, see docs/operations.md",
 			"seen_seq", p.pos.Seq, "store_seq", g.Seq())
 	}
 	if !g.Complete() {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -117,22 +119,18 @@ func TestBenchExternalBroker(t *testing.T) {
 	}
 	// Topic deletion is asynchronous on a real broker: the run's topics
 	// must disappear from the metadata.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	kafkatest.WaitForNil(t, 30*time.Second, "the run's topics to be deleted", func() error {
 		var left []string
 		for _, name := range benchTopics() {
 			if !before[name] {
 				left = append(left, name)
 			}
 		}
-		if len(left) == 0 {
-			break
+		if len(left) > 0 {
+			return fmt.Errorf("still there: %v", left)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the run's topics still exist 30s after it: %v", left)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // TestProcessingSettings: --cache-subjects and --max-poll-records reach the

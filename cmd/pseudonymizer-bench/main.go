@@ -1,7 +1,7 @@
 // Command pseudonymizer-bench is the throughput benchmark: it pushes one
 // backlog of sample orders through a plain consume-and-copy, a
 // transactional copy and the pseudonymizer (PostgreSQL and embedded key
-// store, cold and warm) and prints a table (README, "Performance").
+// store, cold and warm) and prints a table (docs/performance.md).
 //
 // The pseudonymizer pipelines are `pseudonymizer run` processes with a
 // generated configuration, so the benchmark measures the service as `run`

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -149,18 +150,6 @@ func (b *lockedBuffer) String() string {
 	return b.buf.String()
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // startRun runs `pseudonymizer run` in-process until the test ends and
 // waits for /readyz; it returns the log and a stop function that returns
 // run's error.
@@ -177,7 +166,7 @@ func startRun(t *testing.T, cfgPath, httpAddr string) (*lockedBuffer, func() err
 		return err
 	}
 	t.Cleanup(func() { _ = stop() })
-	waitFor(t, 30*time.Second, "/readyz", func() bool {
+	kafkatest.WaitFor(t, 30*time.Second, "/readyz", func() bool {
 		code, _ := httpGet("http://" + httpAddr + "/readyz")
 		return code == http.StatusOK
 	})
@@ -240,7 +229,7 @@ func TestUnreachableBrokerHint(t *testing.T) {
 	logs := &lockedBuffer{}
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"run", "--config", cfg}, &bytes.Buffer{}, logs) }()
-	waitFor(t, 30*time.Second, "the unreachable-broker line", func() bool { return strings.Contains(logs.String(), "demo --broker-only") })
+	kafkatest.WaitFor(t, 30*time.Second, "the unreachable-broker line", func() bool { return strings.Contains(logs.String(), "demo --broker-only") })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("run: %v", err)

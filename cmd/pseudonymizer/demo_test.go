@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -29,7 +30,7 @@ func startDemo(t *testing.T, ready *regexp.Regexp, args ...string) (*lockedBuffe
 		}
 	})
 	var m []string
-	waitFor(t, 90*time.Second, "the demo to be up", func() bool {
+	kafkatest.WaitFor(t, 90*time.Second, "the demo to be up", func() bool {
 		select {
 		case err := <-done:
 			done <- err

@@ -46,7 +46,8 @@ func (c *Config) Validate() error {
 		return errors.New("config: processing.max_record_bytes must not be negative (0 derives it from kafka.producer_batch_max_bytes)")
 	case c.Processing.MaxRecordBytes > processor.MaxRecordBytesFor(c.Kafka.ProducerBatchMaxBytes):
 		// A bad record of that size could not be dead-lettered whole: its
-		// dead letter would be cut (error.truncated), see README.
+		// dead letter would be cut (error.truncated), see
+		// docs/topics-and-schemas.md, "Dead letters".
 		batch := "the client default " + strconv.Itoa(processor.DefaultProducerBatchMaxBytes)
 		if c.Kafka.ProducerBatchMaxBytes > 0 {
 			batch = strconv.Itoa(c.Kafka.ProducerBatchMaxBytes)

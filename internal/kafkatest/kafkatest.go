@@ -559,6 +559,24 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() bool
 	}
 }
 
+// WaitForNil is WaitFor for a condition that says why it does not hold
+// yet: it polls cond every 20 ms until it returns nil, and fails the test
+// after timeout with what and cond's last error.
+func WaitForNil(tb testing.TB, timeout time.Duration, what string, cond func() error) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // Header returns the value of r's first header called key, or "".
 func Header(r *kgo.Record, key string) string {
 	for _, h := range r.Headers {

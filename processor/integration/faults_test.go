@@ -5,10 +5,12 @@ package integration
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -136,18 +138,19 @@ func TestOutputTooLarge(t *testing.T) {
 	a := w.MustStart(t, "pz-a")
 	a.MustAwaitReadyz(t, 200, time.Minute)
 	done := w.Stream(t, stream{n: 600, forgetEvery: 50, chunk: 20, pause: 100 * time.Millisecond})
-	time.Sleep(time.Second)
+	// The fault lands mid-stream: once the service has committed work.
+	kafkatest.WaitFor(t, time.Minute, "the first committed orders", func() bool { return w.MustCommitted(t) > 0 })
 	h := w.fake.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: w.topics.PseudoPrefix + "meta", Err: kerr.MessageTooLarge, Count: 3})
-	deadline := time.Now().Add(45 * time.Second)
-	for h.Hits() < 3 && time.Now().Before(deadline) {
+	kafkatest.WaitForNil(t, 45*time.Second, "MESSAGE_TOO_LARGE to fire 3 times", func() error {
+		if h.Hits() >= 3 {
+			return nil
+		}
 		w.MustProduce(t, 20, 0)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = h.Wait(ctx, 3)
 		cancel()
-	}
-	if h.Hits() < 3 {
-		t.Fatalf("MESSAGE_TOO_LARGE fired %d of 3 times within 45s", h.Hits())
-	}
+		return fmt.Errorf("fired %d times", h.Hits())
+	})
 	<-done
 	w.MustAwaitConsumed(t, 2*time.Minute)
 	w.MustStopAll(t)

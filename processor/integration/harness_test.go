@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/hamba/avro/v2"
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -397,17 +398,13 @@ func (w *world) partitionStates(topics ...string) (map[string][]partState, error
 // real broker may be electing leaders).
 func (w *world) mustPartitionStates(t testing.TB, topics ...string) map[string][]partState {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		st, err := w.partitionStates(topics...)
-		if err == nil {
-			return st
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("partition offsets: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	var st map[string][]partState
+	kafkatest.WaitForNil(t, time.Minute, "partition offsets", func() error {
+		var err error
+		st, err = w.partitionStates(topics...)
+		return err
+	})
+	return st
 }
 
 // freeAddr returns a 127.0.0.1 address with a port that was free just now.
@@ -603,17 +600,17 @@ func (in *instance) MustStop(t testing.TB) {
 func (in *instance) mustAwaitStarted(t testing.TB) {
 	t.Helper()
 	c := http.Client{Timeout: 3 * time.Second}
-	deadline := time.Now().Add(60 * time.Second)
-	for in.running() && time.Now().Before(deadline) {
-		if resp, err := c.Get("http://" + in.addr + "/healthz"); err == nil {
-			resp.Body.Close()
-			return
+	kafkatest.WaitForNil(t, 60*time.Second, "instance "+in.name+" to serve /healthz", func() error {
+		if !in.running() {
+			return nil // exited: the caller sees it
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if in.running() {
-		t.Fatalf("instance %s does not serve /healthz after 60s", in.name)
-	}
+		resp, err := c.Get("http://" + in.addr + "/healthz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
 }
 
 // mustAwaitStopped waits for the process to exit after SIGTERM (a second
@@ -649,15 +646,12 @@ func (in *instance) readyz() int {
 // MustAwaitReadyz waits until /readyz answers want.
 func (in *instance) MustAwaitReadyz(t testing.TB, want int, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	got := 0
-	for time.Now().Before(deadline) {
-		if got = in.readyz(); got == want {
-			return
+	kafkatest.WaitForNil(t, timeout, fmt.Sprintf("instance %s /readyz to answer %d", in.name, want), func() error {
+		if got := in.readyz(); got != want {
+			return fmt.Errorf("/readyz = %d", got)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("instance %s /readyz = %d after %s, want %d", in.name, got, timeout, want)
+		return nil
+	})
 }
 
 // MustStopAll stops every running instance cleanly, in parallel.
@@ -838,22 +832,18 @@ func (w *world) counts() (orders, forgets int) {
 // committed.
 func (w *world) MustAwaitConsumed(t testing.TB, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
 	lastLog := time.Now()
-	for {
+	kafkatest.WaitForNil(t, timeout, "the group to consume everything", func() error {
 		behind, err := w.lag()
 		if err == nil && behind == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("group still %d records behind after %s (err %v)", behind, timeout, err)
+			return nil
 		}
 		if time.Since(lastLog) > 15*time.Second {
 			t.Logf("waiting for the group: %d records behind", behind)
 			lastLog = time.Now()
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return fmt.Errorf("still %d records behind (err %v)", behind, err)
+	})
 }
 
 // committed returns the offsets committed by the order group on the order
@@ -923,8 +913,7 @@ func (w *world) MustCommitted(t testing.TB) int64 {
 // equals its high watermark: no transaction is left open.
 func (w *world) MustNoOpenTransaction(t testing.TB, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	kafkatest.WaitForNil(t, timeout, "every transaction to end", func() error {
 		var open []string
 		for topic, ps := range w.mustPartitionStates(t, w.allTopics()...) {
 			for _, pi := range ps {
@@ -933,14 +922,11 @@ func (w *world) MustNoOpenTransaction(t testing.TB, timeout time.Duration) {
 				}
 			}
 		}
-		if len(open) == 0 {
-			return
+		if len(open) > 0 {
+			return fmt.Errorf("still open: %v", open)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("transactions still open after %s: %v", timeout, open)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // MustReadAll reads topics from the start to their high watermarks with a

@@ -5,6 +5,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -163,23 +165,24 @@ func (k *kafkaCluster) mustAwaitNode(t testing.TB, i int) {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
+	what := fmt.Sprintf("Kafka node %d to answer (see %s)", i, filepath.Join(k.dir, fmt.Sprintf("node-%d", i), "server.log"))
+	kafkatest.WaitForNil(t, 3*time.Minute, what, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		resp, err := kmsg.NewPtrMetadataRequest().RequestWith(ctx, cl)
 		cancel()
-		if err == nil && resp.ControllerID >= 0 {
-			for _, b := range resp.Brokers {
-				if b.NodeID == int32(i) {
-					return
-				}
+		if err != nil {
+			return err
+		}
+		if resp.ControllerID < 0 {
+			return errors.New("no controller")
+		}
+		for _, b := range resp.Brokers {
+			if b.NodeID == int32(i) {
+				return nil
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Kafka node %d does not answer 3 minutes after its start (last error %v); see %s", i, err, filepath.Join(k.dir, fmt.Sprintf("node-%d", i), "server.log"))
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return errors.New("not in the metadata")
+	})
 }
 
 // mustAwaitFullISR waits until every partition of every topic, internal
@@ -187,27 +190,24 @@ func (k *kafkaCluster) mustAwaitNode(t testing.TB, i int) {
 // another node.
 func (k *kafkaCluster) mustAwaitFullISR(t testing.TB, adm *kadm.Client) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
+	kafkatest.WaitForNil(t, 3*time.Minute, "every partition fully in sync", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		td, err := adm.ListTopicsWithInternal(ctx)
 		cancel()
+		if err != nil {
+			return err
+		}
 		lagging := 0
-		if err == nil {
-			td.EachPartition(func(p kadm.PartitionDetail) {
-				if p.Err != nil || len(p.ISR) < k.nodes {
-					lagging++
-				}
-			})
+		td.EachPartition(func(p kadm.PartitionDetail) {
+			if p.Err != nil || len(p.ISR) < k.nodes {
+				lagging++
+			}
+		})
+		if lagging > 0 {
+			return fmt.Errorf("%d partitions not fully in sync", lagging)
 		}
-		if err == nil && lagging == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d partitions not fully in sync after 3 minutes (err %v)", lagging, err)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // mustAwaitOpenTransaction waits until a transaction of the service is open
@@ -216,26 +216,27 @@ func (k *kafkaCluster) mustAwaitFullISR(t testing.TB, adm *kadm.Client) {
 // every second, in case the stream is done.
 func (w *world) mustAwaitOpenTransaction(t testing.TB) (string, int32, string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
 	fresh := time.Now().Add(time.Second)
-	for time.Now().Before(deadline) {
+	var topic, desc string
+	var partition int32
+	kafkatest.WaitFor(t, time.Minute, "an open transaction on some output partition", func() bool {
 		if time.Now().After(fresh) {
 			w.MustProduce(t, 20, 10)
 			fresh = time.Now().Add(time.Second)
 		}
 		// An error (a broker electing leaders) means: try again.
 		st, _ := w.partitionStates(w.outputTopics()...)
-		for topic, ps := range st {
+		for tp, ps := range st {
 			for _, p := range ps {
 				if p.lso < p.hwm {
-					return topic, p.partition, fmt.Sprintf("%s/%d LSO %d < HWM %d", topic, p.partition, p.lso, p.hwm)
+					topic, partition, desc = tp, p.partition, fmt.Sprintf("%s/%d LSO %d < HWM %d", tp, p.partition, p.lso, p.hwm)
+					return true
 				}
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatal("no open transaction on any output partition within a minute")
-	return "", 0, ""
+		return false
+	})
+	return topic, partition, desc
 }
 
 // mustPartitionLeader returns the leader of topic's partition p.
@@ -259,10 +260,9 @@ func (w *world) mustPartitionLeader(t testing.TB, topic string, p int32) int32 {
 // every second, in case the stream is done.
 func (w *world) mustAwaitOngoing(t testing.TB, name string) int32 {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
 	fresh := time.Now().Add(time.Second)
-	var last string
-	for time.Now().Before(deadline) {
+	coordinator := int32(-1)
+	kafkatest.WaitForNil(t, time.Minute, "the transaction of "+name+" to be Ongoing", func() error {
 		if time.Now().After(fresh) {
 			w.MustProduce(t, 20, 10)
 			fresh = time.Now().Add(time.Second)
@@ -270,18 +270,17 @@ func (w *world) mustAwaitOngoing(t testing.TB, name string) int32 {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		txns, err := w.adm.DescribeTransactions(ctx, w.txnID(name))
 		cancel()
-		if d, ok := txns[w.txnID(name)]; err == nil && ok && d.Err == nil {
-			if d.State == "Ongoing" {
-				return d.Coordinator
-			}
-			last = d.State
-		} else {
-			last = fmt.Sprint(err)
+		d, ok := txns[w.txnID(name)]
+		if err != nil || !ok || d.Err != nil {
+			return fmt.Errorf("last: %v", err)
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("transaction of %s never seen Ongoing within a minute (last: %s)", name, last)
-	return -1
+		if d.State != "Ongoing" {
+			return fmt.Errorf("last: %s", d.State)
+		}
+		coordinator = d.Coordinator
+		return nil
+	})
+	return coordinator
 }
 
 // mustAwaitJoinHeld waits until the group is preparing a rebalance with a
@@ -290,31 +289,30 @@ func (w *world) mustAwaitOngoing(t testing.TB, name string) int32 {
 // became Stable with that member before a look caught the rebalance.
 func (w *world) mustAwaitJoinHeld(t testing.TB, clientID string) (held bool) {
 	t.Helper()
-	deadline := time.Now().Add(2 * time.Minute)
-	var last string
-	for time.Now().Before(deadline) {
+	kafkatest.WaitForNil(t, 2*time.Minute, clientID+" joining a rebalance", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		gs, err := w.adm.DescribeGroups(ctx, w.group)
 		cancel()
-		if g, ok := gs[w.group]; err == nil && ok {
-			last = g.State
-			member := false
-			for _, m := range g.Members {
-				member = member || m.ClientID == clientID
-			}
-			switch {
-			case member && g.State == "PreparingRebalance":
-				return true
-			case member && g.State == "Stable":
-				// The rebalance completed between two looks (a loaded
-				// machine): the join was never seen held.
-				return false
-			}
+		g, ok := gs[w.group]
+		if err != nil || !ok {
+			return fmt.Errorf("group not described: %v", err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("%s never seen joining a rebalance within two minutes (last group state %s)", clientID, last)
-	return false
+		member := false
+		for _, m := range g.Members {
+			member = member || m.ClientID == clientID
+		}
+		switch {
+		case member && g.State == "PreparingRebalance":
+			held = true
+			return nil
+		case member && g.State == "Stable":
+			// The rebalance completed between two looks (a loaded
+			// machine): the join was never seen held.
+			return nil
+		}
+		return fmt.Errorf("last group state %s", g.State)
+	})
+	return held
 }
 
 // mustAwaitGroup waits until the group is Stable with exactly the members
@@ -322,9 +320,8 @@ func (w *world) mustAwaitJoinHeld(t testing.TB, clientID string) (held bool) {
 func (w *world) mustAwaitGroup(t testing.TB, timeout time.Duration, clientIDs ...string) {
 	t.Helper()
 	want := strings.Join(sortedCopy(clientIDs), ",")
-	deadline := time.Now().Add(timeout)
 	var got string
-	for time.Now().Before(deadline) {
+	kafkatest.WaitForNil(t, timeout, "the group to converge", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		gs, err := w.adm.DescribeGroups(ctx, w.group)
 		cancel()
@@ -335,12 +332,11 @@ func (w *world) mustAwaitGroup(t testing.TB, timeout time.Duration, clientIDs ..
 			}
 			got = g.State + " " + strings.Join(sortedCopy(ids), ",")
 			if g.State == "Stable" && strings.Join(sortedCopy(ids), ",") == want {
-				return
+				return nil
 			}
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("group did not converge within %s: %s, want Stable %s", timeout, got, want)
+		return fmt.Errorf("%s, want Stable %s", got, want)
+	})
 }
 
 func sortedCopy(s []string) []string {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
@@ -79,7 +80,8 @@ func TestPostgresRestart(t *testing.T) {
 	b.MustAwaitReadyz(t, 200, time.Minute)
 	done := w.Stream(t, stream{n: 2000, forgetEvery: 40, chunk: 20, pause: 100 * time.Millisecond})
 
-	time.Sleep(3 * time.Second)
+	// Stop PostgreSQL mid-stream: once the service has committed work.
+	kafkatest.WaitFor(t, time.Minute, "the first committed orders", func() bool { return w.MustCommitted(t) > 0 })
 	pg.MustStop(t)
 	t.Log("PostgreSQL stopped")
 	a.MustAwaitReadyz(t, 503, 30*time.Second)

@@ -99,10 +99,11 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 
 // resolveShard is the least number of new keys worth a connection of
 // their own in one Resolve, and maxResolveShards the most connections one
-// Resolve uses. Creating a key costs the server about 10 µs of CPU (index
-// probes of two tables, a random B-tree insert, its WAL), so a poll batch
-// of new customers would keep one backend busy for tens of milliseconds
-// while the caller waits; shards spread that over the server's cores.
+// Resolve uses. Creating a key costs the server about 40 µs of CPU (index
+// probes of two tables, a random B-tree insert, its WAL; measured by
+// TestSizing, see docs/sizing.md), so a poll batch of 10,000 new customers
+// would keep one backend busy for about 400 ms while the caller waits;
+// shards spread that over the server's cores.
 // Reading is cheaper and stays one statement.
 const (
 	resolveShard     = 1024

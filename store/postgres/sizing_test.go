@@ -28,8 +28,8 @@ const (
 	envSizingRows = "PSEUDONYMIZER_TEST_SIZING_ROWS"
 )
 
-// TestSizing measures the PostgreSQL store at a given size, for the Sizing
-// section of the README. It runs only with PSEUDONYMIZER_TEST_SIZING_DSN
+// TestSizing measures the PostgreSQL store at a given size, for the sizing
+// page, docs/sizing.md. It runs only with PSEUDONYMIZER_TEST_SIZING_DSN
 // and PSEUDONYMIZER_TEST_SIZING_ROWS set; it fills pz_subject_keys up to
 // that many rows (random 32-byte hashes, random wrapped keys of
 // store.WrappedSize bytes, once; later runs reuse them), then logs table
@@ -209,6 +209,7 @@ func TestSizing(t *testing.T) {
 // own transaction), in random order like real keys arrive; it returns the
 // row count.
 func mustFill(t *testing.T, conn *pgx.Conn, target int64) int64 {
+	t.Helper()
 	ctx := context.Background()
 	var n int64
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pz_subject_keys").Scan(&n); err != nil {
@@ -259,6 +260,7 @@ func (r *randomKeys) Err() error { return nil }
 
 // logSizes logs the bytes per row of pz_subject_keys.
 func logSizes(t *testing.T, conn *pgx.Conn, n int64) {
+	t.Helper()
 	ctx := context.Background()
 	var heap, total, idx, pages int64
 	var leafDensity float64
@@ -275,6 +277,7 @@ func logSizes(t *testing.T, conn *pgx.Conn, n int64) {
 
 // logState logs the server settings that the measurements depend on.
 func logState(t *testing.T, conn *pgx.Conn) {
+	t.Helper()
 	var sb, ver string
 	if err := conn.QueryRow(context.Background(), "SELECT current_setting('shared_buffers'), current_setting('server_version')").Scan(&sb, &ver); err != nil {
 		t.Fatalf("settings: %v", err)
@@ -284,6 +287,7 @@ func logState(t *testing.T, conn *pgx.Conn) {
 
 // mustSampleHashes returns about n hashes of random rows of pz_subject_keys.
 func mustSampleHashes(t *testing.T, conn *pgx.Conn, n int) [][]byte {
+	t.Helper()
 	ctx := context.Background()
 	var rows int64
 	if err := conn.QueryRow(ctx, "SELECT reltuples::int8 FROM pg_class WHERE oid = 'pz_subject_keys'::regclass").Scan(&rows); err != nil {
@@ -303,6 +307,7 @@ func mustSampleHashes(t *testing.T, conn *pgx.Conn, n int) [][]byte {
 
 // logExplain logs EXPLAIN (ANALYZE, BUFFERS) of Resolve's read statement.
 func logExplain(t *testing.T, conn *pgx.Conn, what string, hashes [][]byte) {
+	t.Helper()
 	r, err := conn.Query(context.Background(), "EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) "+postgres.SelectState, hashes)
 	if err != nil {
 		t.Fatalf("explain: %v", err)
