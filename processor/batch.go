@@ -1,7 +1,9 @@
 package processor
 
 import (
+	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -147,10 +149,50 @@ func (b *batch) handOver(n int) {
 	}
 }
 
-// MaxIDBytes bounds customer_id in orders and subject_id and request_id in
-// forget requests; longer ones break the contract. A confirmation echoes
-// them, so this keeps every confirmation small.
+// MaxIDBytes bounds every ID: event_id, order_id and customer_id in
+// orders, subject_id and request_id in forget requests; longer ones break
+// the contract. A confirmation echoes them, so this keeps every
+// confirmation small.
 const MaxIDBytes = 4096
+
+// idProblem returns why id, the value of the ID field name, breaks the
+// contract, or "": every ID is 1 to MaxIDBytes bytes of valid UTF-8
+// without NUL bytes. A store keeps request IDs as text, which refuses
+// both NUL and invalid UTF-8 (PostgreSQL), and a confirmation echoes the
+// IDs as Avro strings; checking here keeps such a record from reaching the
+// store at all. The reason never contains the ID's bytes.
+func idProblem[T ~string | ~[]byte](name string, id T) string {
+	switch {
+	case len(id) == 0:
+		return name + " is empty"
+	case len(id) > MaxIDBytes:
+		return fmt.Sprintf("%s is longer than %d bytes", name, MaxIDBytes)
+	case !validUTF8(id):
+		return name + " is not valid UTF-8"
+	case containsNUL(id):
+		return name + " contains a NUL byte"
+	}
+	return ""
+}
+
+func validUTF8[T ~string | ~[]byte](id T) bool {
+	switch v := any(id).(type) {
+	case string:
+		return utf8.ValidString(v)
+	case []byte:
+		return utf8.Valid(v)
+	}
+	return utf8.ValidString(string(id))
+}
+
+func containsNUL[T ~string | ~[]byte](id T) bool {
+	for i := 0; i < len(id); i++ {
+		if id[i] == 0 {
+			return true
+		}
+	}
+	return false
+}
 
 // Timestamps the pipeline accepts: the years 1 to 9999, which every store
 // represents exactly. Others break the contract (and would overflow).

@@ -129,17 +129,16 @@ func (p *Processor) admitForgets(ctx context.Context, b *batch, recs []*kgo.Reco
 // forgetBreaksContract returns why a decoded forget request breaks the
 // contract, or "".
 func forgetBreaksContract(fr *schema.ForgetRequest) string {
-	switch {
-	case fr.RequestID == "":
-		return "request_id is empty"
-	case fr.SubjectID == "":
-		return "subject_id is empty"
-	case !timeInRange(fr.RequestedAt.UnixMilli()):
+	// A confirmation echoes both IDs, the subject twice (key and value):
+	// bounded IDs keep it far below any topic's limit.
+	if reason := idProblem("request_id", fr.RequestID); reason != "" {
+		return reason
+	}
+	if reason := idProblem("subject_id", fr.SubjectID); reason != "" {
+		return reason
+	}
+	if !timeInRange(fr.RequestedAt.UnixMilli()) {
 		return "requested_at is outside the years 1 to 9999"
-	case len(fr.SubjectID) > MaxIDBytes || len(fr.RequestID) > MaxIDBytes:
-		// Its confirmation echoes both, the subject twice (key and value):
-		// bounded IDs keep it far below any topic's limit.
-		return fmt.Sprintf("subject_id or request_id is longer than %d bytes", MaxIDBytes)
 	}
 	return ""
 }

@@ -112,20 +112,23 @@ func (p *Processor) scan(b *batch) {
 }
 
 // breaksContract returns why a scanned order breaks the contract, or "".
+// Every ID must be a usable identifier (idProblem): the scan checked that
+// strings are valid UTF-8, but not for NUL bytes, and in registry mode a
+// writer schema's bytes field is promoted to the bundled string.
 func breaksContract(h *policy.Head) string {
 	switch {
-	case len(h.EventID) == 0:
-		return "event_id is empty"
-	case len(h.OrderID) == 0:
-		return "order_id is empty"
-	case len(h.CustomerID) == 0:
-		return "customer_id is empty"
 	case !timeInRange(h.OccurredAt):
 		return "occurred_at is outside the years 1 to 9999"
-	case len(h.CustomerID) > MaxIDBytes:
-		// Its forget request would be refused (see forgets): a subject
-		// that could not be forgotten gets no key.
-		return fmt.Sprintf("customer_id is longer than %d bytes", MaxIDBytes)
+	}
+	for _, f := range [...]struct {
+		name string
+		id   []byte
+	}{{"event_id", h.EventID}, {"order_id", h.OrderID}, {"customer_id", h.CustomerID}} {
+		// A customer_id too long for its forget request would make a
+		// subject that cannot be forgotten: it gets no key.
+		if reason := idProblem(f.name, f.id); reason != "" {
+			return reason
+		}
 	}
 	return ""
 }
