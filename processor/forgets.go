@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -72,27 +73,81 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 	if err != nil || len(reqs) == 0 {
 		return err
 	}
-	t := time.Now()
-	results, err := p.cfg.Store.Forget(ctx, reqs)
-	p.storeCall("forget", t, err)
-	if err != nil {
-		return fmt.Errorf("store forget: %w", err)
-	}
+	results := make([]store.ForgetResult, len(reqs))
 	// Retained keys are wiped whatever happens next.
 	defer wipeResultKeys(results)
-	if d := time.Since(t); d > slowForget {
-		p.log.Warn("store forget was slow; the key store waited for a lost guard's transaction to end, or is overloaded",
-			"took", d.Round(time.Millisecond), "requests", len(reqs))
+	refused := make([]error, len(reqs))
+	if err := p.forgetIsolating(ctx, reqs, results, refused); err != nil {
+		return err
 	}
 	p.failpoint("after-forget")
-	if len(results) != len(reqs) {
-		return fmt.Errorf("store forget: %d results for %d requests", len(results), len(reqs))
-	}
+	reqs, results, valid = p.dropRefused(b, reqs, results, valid, refused)
 	if err := p.confirm(b, reqs, results, valid); err != nil {
 		return err
 	}
 	p.queueNotices(b, reqs, results)
 	return nil
+}
+
+// forgetIsolating carries out reqs and fills results, one per request.
+// A request that the store refuses for its data (store.ErrRejected: not an
+// outage, retrying cannot help) is isolated by halving the calls that
+// fail, and its error is put in refused instead: k such requests among n
+// cost about 2k·log2(n) more calls, and only in a batch that has them.
+// Forget is atomic per call and idempotent per request ID, so a refused
+// call changed nothing, and a request carried out by an earlier, refused
+// attempt of this batch's retry is confirmed with the same status. Any
+// other error aborts the batch.
+func (p *Processor) forgetIsolating(ctx context.Context, reqs []store.ForgetRequest, results []store.ForgetResult, refused []error) error {
+	t := time.Now()
+	res, err := p.cfg.Store.Forget(ctx, reqs)
+	p.storeCall("forget", t, err)
+	if d := time.Since(t); d > slowForget {
+		p.log.Warn("store forget was slow; the key store waited for a lost guard's transaction to end, or is overloaded",
+			"took", d.Round(time.Millisecond), "requests", len(reqs))
+	}
+	switch {
+	case err == nil:
+		if len(res) != len(reqs) {
+			wipeResultKeys(res)
+			return fmt.Errorf("store forget: %d results for %d requests", len(res), len(reqs))
+		}
+		copy(results, res)
+		return nil
+	case !errors.Is(err, store.ErrRejected):
+		return fmt.Errorf("store forget: %w", err)
+	case len(reqs) == 1:
+		refused[0] = err
+		return nil
+	}
+	mid := len(reqs) / 2
+	if err := p.forgetIsolating(ctx, reqs[:mid], results[:mid], refused[:mid]); err != nil {
+		return err
+	}
+	return p.forgetIsolating(ctx, reqs[mid:], results[mid:], refused[mid:])
+}
+
+// dropRefused dead-letters the requests that the store refused (class
+// rejected, with the store's reason, which names the cause and not the
+// data) and returns the others, carried out, in order.
+func (p *Processor) dropRefused(b *batch, reqs []store.ForgetRequest, results []store.ForgetResult, valid []*kgo.Record, refused []error) ([]store.ForgetRequest, []store.ForgetResult, []*kgo.Record) {
+	n := 0
+	for i := range reqs {
+		if refused[i] != nil {
+			p.deadLetter(b, p.cfg.Topics.ForgetDeadLetter, valid[i], schema.ClassRejected, refusedReason(refused[i]))
+			p.log.Warn("forget request dead-lettered: the key store refused its data", "partition", valid[i].Partition, "offset", valid[i].Offset, "err", refused[i])
+			continue
+		}
+		reqs[n], results[n], valid[n] = reqs[i], results[i], valid[i]
+		n++
+	}
+	return reqs[:n], results[:n], valid[:n]
+}
+
+// refusedReason is the dead-letter reason of a record whose data the
+// store refused. Stores keep input bytes out of store.ErrRejected's text.
+func refusedReason(err error) string {
+	return "the key store refused the record's data: " + err.Error()
 }
 
 // admitForgets returns the requests that keep the contract and their

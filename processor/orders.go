@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -165,6 +166,13 @@ func (p *Processor) resolve(ctx context.Context, b *batch) ([]subject, error) {
 	t := time.Now()
 	entries, err := p.cfg.Store.Resolve(ctx, b.lookups)
 	p.storeCall("resolve", t, err)
+	var refused []error
+	if errors.Is(err, store.ErrRejected) {
+		// Some subject's data was refused: find it, dead-letter its
+		// orders, and resolve the others (see resolveIsolating).
+		entries, refused = make([]store.Entry, len(b.lookups)), make([]error, len(b.lookups))
+		err = p.resolveIsolating(ctx, b.lookups, entries, refused)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store resolve: %w", err)
 	}
@@ -173,12 +181,70 @@ func (p *Processor) resolve(ctx context.Context, b *batch) ([]subject, error) {
 	}
 	resolved := b.resolved[:0]
 	for i := range entries {
+		if refused != nil && refused[i] != nil {
+			resolved = append(resolved, subject{})
+			continue
+		}
 		resolved = append(resolved, p.cache.put(b.lookupIDs[i], &entries[i]))
 		// The cache keeps its own copy: the store's may go.
 		clear(entries[i].Key)
 	}
 	b.resolved = resolved
+	if refused != nil {
+		p.dropRefusedOrders(b, refused)
+	}
 	return resolved, nil
+}
+
+// resolveIsolating resolves lookups into entries, halving the calls that
+// the store refuses for their data (store.ErrRejected) down to the single
+// lookups at fault, whose errors it puts in refused. Resolve changes
+// nothing but creating keys, each durable before it returns, so a refused
+// call leaves nothing half done. Any other error is returned.
+func (p *Processor) resolveIsolating(ctx context.Context, lookups []store.Lookup, entries []store.Entry, refused []error) error {
+	t := time.Now()
+	res, err := p.cfg.Store.Resolve(ctx, lookups)
+	p.storeCall("resolve", t, err)
+	switch {
+	case err == nil:
+		if len(res) != len(lookups) {
+			return fmt.Errorf("%d entries for %d lookups", len(res), len(lookups))
+		}
+		copy(entries, res)
+		return nil
+	case !errors.Is(err, store.ErrRejected):
+		return err
+	case len(lookups) == 1:
+		refused[0] = err
+		return nil
+	}
+	mid := len(lookups) / 2
+	if err := p.resolveIsolating(ctx, lookups[:mid], entries[:mid], refused[:mid]); err != nil {
+		return err
+	}
+	return p.resolveIsolating(ctx, lookups[mid:], entries[mid:], refused[mid:])
+}
+
+// dropRefusedOrders dead-letters (class rejected) the orders whose
+// subject the store refused and removes them from b.orders.
+func (p *Processor) dropRefusedOrders(b *batch, refused []error) {
+	n := 0
+	for i := range b.orders {
+		o := &b.orders[i]
+		if !o.subj.valid() {
+			if err := refused[b.pending[string(o.head.CustomerID)]]; err != nil {
+				p.deadLetter(b, p.cfg.Topics.OrdersDeadLetter, o.rec, schema.ClassRejected, refusedReason(err))
+				p.log.Warn("order dead-lettered: the key store refused its data", "partition", o.rec.Partition, "offset", o.rec.Offset, "err", err)
+				continue
+			}
+		}
+		if n != i {
+			b.orders[n] = *o
+		}
+		n++
+	}
+	clear(b.orders[n:])
+	b.orders = b.orders[:n]
 }
 
 // assign decides, in input order, which events are emitted and which are

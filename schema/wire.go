@@ -37,6 +37,10 @@ const (
 	ClassTooLarge = "too_large"
 	// ClassSchema: the writer schema is unknown, not Avro or incompatible.
 	ClassSchema = "schema"
+	// ClassRejected: the key store refused the record's data (a value it
+	// cannot hold); retrying cannot help. The contract's checks keep
+	// known cases out, so this is a last line.
+	ClassRejected = "rejected"
 )
 
 // RecordError is a problem of one record; it is dead-lettered with Class.

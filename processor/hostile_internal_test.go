@@ -1,0 +1,169 @@
+package processor
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/processor/config"
+	"github.com/hygiene/pseudonymizer/processor/kafkatest"
+	"github.com/hygiene/pseudonymizer/processor/policy"
+	"github.com/hygiene/pseudonymizer/schema"
+	"github.com/hygiene/pseudonymizer/schema/sample"
+	"github.com/hygiene/pseudonymizer/store"
+	"github.com/hygiene/pseudonymizer/store/embedded"
+	"github.com/hygiene/pseudonymizer/store/storetest"
+)
+
+// refusingStore refuses, as PostgreSQL refuses text it cannot hold, every
+// call with an ID that contains "poison", and counts the calls.
+type refusingStore struct {
+	store.KeyStore
+	forgets, resolves int
+}
+
+var errPoison = fmt.Errorf("fake: forget: %w (SQLSTATE 22021)", store.ErrRejected)
+
+func (s *refusingStore) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store.ForgetResult, error) {
+	s.forgets++
+	for _, r := range reqs {
+		if strings.Contains(r.RequestID, "poison") || strings.Contains(r.SubjectID, "poison") {
+			return nil, errPoison
+		}
+	}
+	return s.KeyStore.Forget(ctx, reqs)
+}
+
+func (s *refusingStore) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.Entry, error) {
+	s.resolves++
+	for _, l := range lookups {
+		if strings.Contains(l.SubjectID, "poison") {
+			return nil, errPoison
+		}
+	}
+	return s.KeyStore.Resolve(ctx, lookups)
+}
+
+func newRefusingProcessor(t *testing.T) (*Processor, *refusingStore) {
+	t.Helper()
+	s, err := embedded.Open(filepath.Join(t.TempDir(), "keys.db"), storetest.MustKeyring(t, storetest.MustKEK(t, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	pols := []policy.Policy{policy.Example("crm"), policy.Example("meta")}
+	plan, err := policy.Compile(schema.OrderEventSchema(), pols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &refusingStore{KeyStore: s}
+	p, err := New(Config{Topics: config.Default().Topics, Policies: pols, Plan: plan, Store: st, GroupID: "g", TransactionalID: "t", CacheSubjects: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, st
+}
+
+// deadLetters returns the batch's dead letters on topic, by the offset of
+// their source record.
+func deadLetters(b *batch, topic string) map[string]string {
+	out := map[string]string{}
+	for i := range b.recs {
+		r := &b.recs[i]
+		if r.Topic == topic {
+			out[kafkatest.Header(r, "source.offset")] = kafkatest.Header(r, "error.class")
+		}
+	}
+	return out
+}
+
+// TestForgetStoreRefusalIsIsolated (issue 24, item 1): a forget request
+// that the store refuses for its data (store.ErrRejected, as PostgreSQL
+// refuses a NUL byte in text) is dead-lettered as rejected, and the other
+// requests of its batch are carried out and confirmed, instead of the
+// whole batch being retried for ever; the store stays ready. Without the
+// fix forgets returned the error and the batch was aborted every time.
+func TestForgetStoreRefusalIsIsolated(t *testing.T) {
+	p, st := newRefusingProcessor(t)
+	var recs []*kgo.Record
+	for i := range 8 {
+		id := fmt.Sprintf("req-%d", i)
+		if i == 2 || i == 6 {
+			id = fmt.Sprintf("poison-%d", i)
+		}
+		v, err := schema.MarshalForgetRequest(&schema.ForgetRequest{RequestID: id, SubjectID: fmt.Sprintf("cust-%d", i), RequestedAt: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, &kgo.Record{Topic: p.cfg.Topics.Forget, Value: v, Offset: int64(i)})
+	}
+	b := &p.fb
+	b.reset()
+	if err := p.forgets(context.Background(), b, recs); err != nil {
+		t.Fatalf("forgets: %v; want the refused requests dead-lettered and the batch to go on", err)
+	}
+	confirmed := 0
+	for i := range b.recs {
+		if b.recs[i].Topic == p.cfg.Topics.Forgotten {
+			confirmed++
+		}
+	}
+	if confirmed != 6 {
+		t.Errorf("%d confirmations, want 6", confirmed)
+	}
+	if got := deadLetters(b, p.cfg.Topics.ForgetDeadLetter); len(got) != 2 || got["2"] != schema.ClassRejected || got["6"] != schema.ClassRejected {
+		t.Errorf("forget dead letters by offset %v, want offsets 2 and 6 as %s", got, schema.ClassRejected)
+	}
+	// 1 call for the batch, then halves: [0,4) refused, [0,2) ok, [2,4)
+	// refused, [2] refused, [3] ok; the same for [4,8).
+	if st.forgets > 11 {
+		t.Errorf("%d Forget calls to isolate 2 of 8 requests, want at most 11", st.forgets)
+	}
+	if !p.storeOK.Load() {
+		t.Errorf("the store is marked unreachable after refusing a request's data")
+	}
+}
+
+// TestResolveStoreRefusalIsIsolated: an order whose subject the store
+// refuses is dead-lettered as rejected, with every other order of its
+// subject, and the batch's other orders are resolved and assigned.
+func TestResolveStoreRefusalIsIsolated(t *testing.T) {
+	p, _ := newRefusingProcessor(t)
+	gen := sample.New(3, 4, time.Now().Add(-time.Hour))
+	var recs []*kgo.Record
+	for i := range 10 {
+		ev := gen.ForCustomer(i % 4)
+		if i%4 == 1 {
+			ev.CustomerID = "poison-cust"
+		}
+		v, err := schema.MarshalOrderEvent(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, &kgo.Record{Topic: p.cfg.Topics.Orders, Value: v, Offset: int64(i)})
+	}
+	b := &p.b
+	b.reset()
+	if err := p.orders(context.Background(), b, recs); err != nil {
+		t.Fatalf("orders: %v; want the refused subject's orders dead-lettered and the batch to go on", err)
+	}
+	if got := deadLetters(b, p.cfg.Topics.OrdersDeadLetter); len(got) != 3 || got["1"] != schema.ClassRejected || got["5"] != schema.ClassRejected || got["9"] != schema.ClassRejected {
+		t.Errorf("order dead letters by offset %v, want offsets 1, 5 and 9 as %s", got, schema.ClassRejected)
+	}
+	if len(b.orders) != 7 {
+		t.Errorf("%d orders assigned, want 7", len(b.orders))
+	}
+	for i := range b.orders {
+		if !b.orders[i].subj.valid() {
+			t.Errorf("order at offset %d has no subject", b.orders[i].rec.Offset)
+		}
+	}
+	if !p.storeOK.Load() {
+		t.Errorf("the store is marked unreachable after refusing a subject's data")
+	}
+}
