@@ -55,6 +55,7 @@ type batch struct {
 	send      func(*kgo.Record)
 	produced  int
 	nextOrder int
+	vals      [][]byte // values, for a schema.Prefetcher
 }
 
 // order is one order record on its way through the order step.
@@ -116,6 +117,20 @@ func (b *batch) reset() {
 	}
 	clear(b.origin)
 	b.send, b.produced, b.nextOrder = nil, 0, 0
+}
+
+// values returns the values of recs that are within the size limit (the
+// others are dead-lettered unread), for a schema.Prefetcher, in a buffer
+// the batch reuses.
+func (b *batch) values(recs []*kgo.Record, limit int) [][]byte {
+	clear(b.vals)
+	b.vals = b.vals[:0]
+	for _, r := range recs {
+		if len(r.Value) <= limit {
+			b.vals = append(b.vals, r.Value)
+		}
+	}
+	return b.vals
 }
 
 // split sorts the polled records into the two inputs, keeping their order.

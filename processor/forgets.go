@@ -154,6 +154,11 @@ func refusedReason(err error) string {
 // records; the others are dead-lettered.
 func (p *Processor) admitForgets(ctx context.Context, b *batch, recs []*kgo.Record) (reqs []store.ForgetRequest, valid []*kgo.Record, err error) {
 	dlq := p.cfg.Topics.ForgetDeadLetter
+	if pf, ok := p.cfg.Wire.(schema.Prefetcher); ok {
+		if err := pf.PrefetchForgets(ctx, b.values(recs, p.cfg.MaxRecordBytes)); err != nil {
+			return nil, nil, fmt.Errorf("look up forget request schemas: %w", err)
+		}
+	}
 	for _, r := range recs {
 		b.stats.ForgetsIn++
 		if len(r.Value) > p.cfg.MaxRecordBytes {

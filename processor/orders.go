@@ -77,6 +77,11 @@ func (p *Processor) admit(ctx context.Context, b *batch, recs []*kgo.Record) err
 // schema, or marks it for the dead-letter topic. The Wire is used by one
 // goroutine at a time, hence this sequential pass.
 func (p *Processor) unframe(ctx context.Context, b *batch, recs []*kgo.Record) error {
+	if pf, ok := p.cfg.Wire.(schema.Prefetcher); ok {
+		if err := pf.PrefetchOrders(ctx, b.values(recs, p.cfg.MaxRecordBytes)); err != nil {
+			return fmt.Errorf("look up order schemas: %w", err)
+		}
+	}
 	for _, r := range recs {
 		b.stats.OrdersIn++
 		o := order{rec: r}
