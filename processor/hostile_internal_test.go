@@ -167,3 +167,55 @@ func TestResolveStoreRefusalIsIsolated(t *testing.T) {
 		t.Errorf("the store is marked unreachable after refusing a subject's data")
 	}
 }
+
+// prefetchWire is the bare wire with a Prefetcher that records its calls.
+type prefetchWire struct {
+	schema.BareWire
+	orders, forgets [][][]byte
+}
+
+func (w *prefetchWire) PrefetchOrders(_ context.Context, values [][]byte) error {
+	w.orders = append(w.orders, append([][]byte(nil), values...))
+	return nil
+}
+
+func (w *prefetchWire) PrefetchForgets(_ context.Context, values [][]byte) error {
+	w.forgets = append(w.forgets, append([][]byte(nil), values...))
+	return nil
+}
+
+// TestBatchesPrefetchSchemas: each lane hands its whole batch to a
+// schema.Prefetcher once, before decoding any record, so that the
+// registry's lookups are deduplicated, parallel and capped per batch.
+func TestBatchesPrefetchSchemas(t *testing.T) {
+	p, _ := newRefusingProcessor(t)
+	w := &prefetchWire{}
+	p.cfg.Wire = w
+	gen := sample.New(5, 2, time.Now().Add(-time.Hour))
+	var orders, forgets []*kgo.Record
+	for i := range 3 {
+		v, err := schema.MarshalOrderEvent(gen.ForCustomer(i % 2))
+		if err != nil {
+			t.Fatal(err)
+		}
+		orders = append(orders, &kgo.Record{Topic: p.cfg.Topics.Orders, Value: v})
+		fv, err := schema.MarshalForgetRequest(&schema.ForgetRequest{RequestID: fmt.Sprint("r", i), SubjectID: "cust-x", RequestedAt: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		forgets = append(forgets, &kgo.Record{Topic: p.cfg.Topics.Forget, Value: fv})
+	}
+	b := &p.b
+	b.reset()
+	if err := p.orders(context.Background(), b, orders); err != nil {
+		t.Fatal(err)
+	}
+	fb := &p.fb
+	fb.reset()
+	if err := p.forgets(context.Background(), fb, forgets); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.orders) != 1 || len(w.orders[0]) != 3 || len(w.forgets) != 1 || len(w.forgets[0]) != 3 {
+		t.Fatalf("prefetch calls: orders %d, forgets %d; want one each with the batch's 3 values", len(w.orders), len(w.forgets))
+	}
+}
