@@ -93,7 +93,7 @@
 //	orders.go      the order step: admit, resolve, assign
 //	project.go     the order step's projection, in parallel, in input order
 //	deadletter.go  dead letters, record size limits, too-large outputs
-//	cache.go       the subject cache: pointer-free slabs, about 145 bytes per subject
+//	cache.go       the subject cache: pointer-free slabs keyed by a keyed digest of the ID (no raw IDs), about 145 bytes per subject
 //	topics.go      EnsureTopics
 //	metrics.go     Prometheus metrics
 //
