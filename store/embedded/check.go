@@ -65,12 +65,12 @@ func Check(path string, kr *store.Keyring) (initialized bool, err error) {
 	if wrapped == nil {
 		return false, nil
 	}
-	if _, err := kr.Unwrap(wrapped, store.PurposeIndexKey, nil); err != nil {
-		return true, wrongKEK("check: index key", err)
-	}
 	// Every key, not only the index key (see Open).
 	if err := counted.Check(kr); err != nil {
 		return true, fmt.Errorf("embedded: check: %w", err)
+	}
+	if _, err := kr.Unwrap(wrapped, store.PurposeIndexKey, nil); err != nil {
+		return true, wrongKEK("check: index key", err)
 	}
 	return true, nil
 }

@@ -188,10 +188,6 @@ func (s *Store) init() error {
 	if err != nil {
 		return fmt.Errorf("embedded: open: %w", err)
 	}
-	key, err := s.kr.Unwrap(wrapped, store.PurposeIndexKey, nil)
-	if err != nil {
-		return wrongKEK("open: index key", err)
-	}
 	// Every key, not only the index key: a rotation killed half-way
 	// leaves keys under the old KEK, and each would stop every batch
 	// that touches it. One read of every key, at start-up only.
@@ -201,6 +197,10 @@ func (s *Store) init() error {
 	}
 	if err := counted.Check(s.kr); err != nil {
 		return fmt.Errorf("embedded: open: %w", err)
+	}
+	key, err := s.kr.Unwrap(wrapped, store.PurposeIndexKey, nil)
+	if err != nil {
+		return wrongKEK("open: index key", err)
 	}
 	s.hasher, err = store.NewHasher(key)
 	clear(key) // the Hasher holds its own copy, wiped on Close

@@ -80,11 +80,11 @@ func Check(ctx context.Context, dsn string, kr *store.Keyring) (initialized bool
 	if !initialized {
 		return false, nil
 	}
-	if _, err := kr.Unwrap(wrapped, store.PurposeIndexKey, nil); err != nil {
-		return true, wrongKEK("check: index key", err)
-	}
 	if err := counted.Check(kr); err != nil {
 		return true, fmt.Errorf("postgres: check: %w", err)
+	}
+	if _, err := kr.Unwrap(wrapped, store.PurposeIndexKey, nil); err != nil {
+		return true, wrongKEK("check: index key", err)
 	}
 	return true, nil
 }

@@ -138,10 +138,6 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 		s.pool.close()
 		return nil, err
 	}
-	if err := s.checkKEKs(ctx); err != nil {
-		s.Close()
-		return nil, err
-	}
 	return s, nil
 }
 

@@ -138,4 +138,3 @@ func current(wrapped []byte, active uint32) bool {
 	id, ok := store.WrappedBy(wrapped)
 	return ok && id == active
 }
-
