@@ -219,3 +219,56 @@ func TestBatchesPrefetchSchemas(t *testing.T) {
 		t.Fatalf("prefetch calls: orders %d, forgets %d; want one each with the batch's 3 values", len(w.orders), len(w.forgets))
 	}
 }
+
+// bytesIDWire decodes every forget request to the IDs it holds, as the
+// registry wire does for a writer schema that declares them as bytes
+// (promoted to string without a UTF-8 check).
+type bytesIDWire struct {
+	schema.BareWire
+	reqs []schema.ForgetRequest
+	next int
+}
+
+func (w *bytesIDWire) Forget(context.Context, []byte) (*schema.ForgetRequest, error) {
+	fr := w.reqs[w.next]
+	w.next++
+	return &fr, nil
+}
+
+// TestRegistryBytesIDsBreakContract (issue 24, item 1): forget requests
+// whose IDs a registry writer declared as bytes, with a NUL byte or
+// invalid UTF-8, are dead-lettered as contract and never reach the store;
+// the valid request of the batch is carried out.
+func TestRegistryBytesIDsBreakContract(t *testing.T) {
+	p, st := newRefusingProcessor(t)
+	now := time.Now()
+	w := &bytesIDWire{reqs: []schema.ForgetRequest{
+		{RequestID: "req\x00", SubjectID: "cust-1", RequestedAt: now},
+		{RequestID: "req-\xff", SubjectID: "cust-1", RequestedAt: now},
+		{RequestID: "req-3", SubjectID: "cust\x00", RequestedAt: now},
+		{RequestID: "req-4", SubjectID: "cust-\xc3", RequestedAt: now},
+		{RequestID: "req-5", SubjectID: "cust-5", RequestedAt: now},
+	}}
+	p.cfg.Wire = w
+	var recs []*kgo.Record
+	for i := range w.reqs {
+		recs = append(recs, &kgo.Record{Topic: p.cfg.Topics.Forget, Value: []byte{1}, Offset: int64(i)})
+	}
+	b := &p.fb
+	b.reset()
+	if err := p.forgets(context.Background(), b, recs); err != nil {
+		t.Fatal(err)
+	}
+	got := deadLetters(b, p.cfg.Topics.ForgetDeadLetter)
+	if len(got) != 4 {
+		t.Fatalf("forget dead letters %v, want the 4 requests with bad IDs", got)
+	}
+	for off, class := range got {
+		if class != schema.ClassContract {
+			t.Errorf("offset %s dead-lettered as %s, want contract", off, class)
+		}
+	}
+	if st.forgets != 1 {
+		t.Errorf("%d store calls, want 1 (the valid request alone)", st.forgets)
+	}
+}
