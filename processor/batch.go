@@ -190,6 +190,13 @@ func idProblem[T ~string | ~[]byte](name string, id T) string {
 	return ""
 }
 
+// IDProblem returns why id breaks the contract's rule for the ID field
+// name (1 to MaxIDBytes bytes of valid UTF-8 without NUL), or "". Tools
+// that publish or look up IDs (`pseudonymizer forget`, `status`) check
+// with it, so that they refuse what the service would dead-letter. The
+// reason never contains the ID.
+func IDProblem(name, id string) string { return idProblem(name, id) }
+
 func validUTF8[T ~string | ~[]byte](id T) bool {
 	switch v := any(id).(type) {
 	case string:
