@@ -143,8 +143,8 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 
 // censusKeys counts every wrapped key (index key, subject keys, retained
 // keys) by the KEK that wraps them, in one statement. It reads every key
-// row once (a sequential scan: about a second per few million keys), at
-// start-up only.
+// row once, at start-up only: a sequential scan, 2.7 to 3.7 s for 2,000,000
+// keys on a loaded 2-vCPU test machine.
 const censusKeys = `
 SELECT substring(value FROM 1 FOR 5), 1::int8 FROM pz_meta WHERE name = 'index_key'
 UNION ALL
