@@ -1,7 +1,9 @@
 package processor
 
 import (
+	"fmt"
 	"time"
+	"unicode/utf8"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -53,6 +55,7 @@ type batch struct {
 	send      func(*kgo.Record)
 	produced  int
 	nextOrder int
+	vals      [][]byte // values, for a schema.Prefetcher
 }
 
 // order is one order record on its way through the order step.
@@ -116,6 +119,20 @@ func (b *batch) reset() {
 	b.send, b.produced, b.nextOrder = nil, 0, 0
 }
 
+// values returns the values of recs that are within the size limit (the
+// others are dead-lettered unread), for a schema.Prefetcher, in a buffer
+// the batch reuses.
+func (b *batch) values(recs []*kgo.Record, limit int) [][]byte {
+	clear(b.vals)
+	b.vals = b.vals[:0]
+	for _, r := range recs {
+		if len(r.Value) <= limit {
+			b.vals = append(b.vals, r.Value)
+		}
+	}
+	return b.vals
+}
+
 // split sorts the polled records into the two inputs, keeping their order.
 func (b *batch) split(recs []*kgo.Record, orders, forgets string) {
 	for _, r := range recs {
@@ -147,10 +164,57 @@ func (b *batch) handOver(n int) {
 	}
 }
 
-// MaxIDBytes bounds customer_id in orders and subject_id and request_id in
-// forget requests; longer ones break the contract. A confirmation echoes
-// them, so this keeps every confirmation small.
+// MaxIDBytes bounds every ID: event_id, order_id and customer_id in
+// orders, subject_id and request_id in forget requests; longer ones break
+// the contract. A confirmation echoes them, so this keeps every
+// confirmation small.
 const MaxIDBytes = 4096
+
+// idProblem returns why id, the value of the ID field name, breaks the
+// contract, or "": every ID is 1 to MaxIDBytes bytes of valid UTF-8
+// without NUL bytes. A store keeps request IDs as text, which refuses
+// both NUL and invalid UTF-8 (PostgreSQL), and a confirmation echoes the
+// IDs as Avro strings; checking here keeps such a record from reaching the
+// store at all. The reason never contains the ID's bytes.
+func idProblem[T ~string | ~[]byte](name string, id T) string {
+	switch {
+	case len(id) == 0:
+		return name + " is empty"
+	case len(id) > MaxIDBytes:
+		return fmt.Sprintf("%s is longer than %d bytes", name, MaxIDBytes)
+	case !validUTF8(id):
+		return name + " is not valid UTF-8"
+	case containsNUL(id):
+		return name + " contains a NUL byte"
+	}
+	return ""
+}
+
+// IDProblem returns why id breaks the contract's rule for the ID field
+// name (1 to MaxIDBytes bytes of valid UTF-8 without NUL), or "". Tools
+// that publish or look up IDs (`pseudonymizer forget`, `status`) check
+// with it, so that they refuse what the service would dead-letter. The
+// reason never contains the ID.
+func IDProblem(name, id string) string { return idProblem(name, id) }
+
+func validUTF8[T ~string | ~[]byte](id T) bool {
+	switch v := any(id).(type) {
+	case string:
+		return utf8.ValidString(v)
+	case []byte:
+		return utf8.Valid(v)
+	}
+	return utf8.ValidString(string(id))
+}
+
+func containsNUL[T ~string | ~[]byte](id T) bool {
+	for i := 0; i < len(id); i++ {
+		if id[i] == 0 {
+			return true
+		}
+	}
+	return false
+}
 
 // Timestamps the pipeline accepts: the years 1 to 9999, which every store
 // represents exactly. Others break the contract (and would overflow).

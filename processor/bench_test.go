@@ -1,6 +1,7 @@
 package processor
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -229,4 +230,20 @@ func (p *Processor) orderStep(ctx context.Context, b *batch, recs []*kgo.Record)
 		return nil
 	}
 	return p.project(b)
+}
+
+// BenchmarkIDDigest measures the cache's keyed digest of a customer ID
+// (one per order looked up, one per subject cached), for an 11-byte ID
+// (one SHA-256 compression) and a 4,096-byte one.
+func BenchmarkIDDigest(b *testing.B) {
+	for _, n := range []int{11, MaxIDBytes} {
+		b.Run(fmt.Sprintf("bytes=%d", n), func(b *testing.B) {
+			d := newDigester()
+			id := bytes.Repeat([]byte{'c'}, n)
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				d.digest(id)
+			}
+		})
+	}
 }

@@ -1,9 +1,9 @@
 package processor
 
 import (
-	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
-	"hash/maphash"
 	"math"
 
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
@@ -66,7 +66,7 @@ func (s subject) needsKey(ms int64) bool {
 // bytes each, in plan order), and whether they have been derived.
 func (s subject) pseudonyms() ([]byte, bool) {
 	slot := s.g.slot(s.i)
-	p := slot[s.g.pseudoAt:s.g.idAt:s.g.idAt]
+	p := slot[s.g.pseudoAt:s.g.digestAt:s.g.digestAt]
 	return p, slot[s.g.flagsAt]&flagPseudo != 0
 }
 
@@ -93,24 +93,22 @@ const (
 // into them until its batch ends):
 //
 //   - slots, each: the subject key (32 bytes), the customer pseudonyms (16
-//     bytes per system), the ID's place in the ID arena (4 bytes) and
+//     bytes per system), the ID's digest (16 bytes, see idDigest) and
 //     flags;
 //   - the tombstone times of the few subjects that have one, in a map;
 //   - the subject hashes, 32 bytes each, apart from the slots so that a
 //     forget's sweep reads only them;
-//   - the IDs, each a uvarint length and the bytes, in an arena of chunks;
-//   - an open-addressing index (linear probing): per position 8 bytes, the
-//     high half of the ID's seeded hash and the slot number plus one.
+//   - an open-addressing index (linear probing): per position 8 bytes, 32
+//     bits of the ID's digest and the slot number plus one.
 //
-// With 3 systems and IDs of 11 bytes this is about 145 bytes per subject
-// (see BenchmarkCacheMemory). A generation whose ID arena is full (4 GiB
-// of IDs) counts as full.
+// Raw IDs are not kept: an entry's size does not depend on its ID's
+// length (IDs may have up to MaxIDBytes), and a memory dump shows no
+// customer IDs. With 3 systems this is about 150 bytes per subject (see
+// BenchmarkCacheMemory).
 type generation struct {
 	slotLayout
-	seed   maphash.Seed
 	slots  [][]byte
 	hashes [][]store.SubjectHash
-	ids    [][]byte
 	n      int // slots used, including removed ones
 	live   int // live slots: in the index, not removed
 	used   int // index positions in use (live and removed slots)
@@ -122,23 +120,61 @@ type generation struct {
 type slotLayout struct {
 	stride   int // bytes per slot
 	pseudoAt int // offset of the pseudonyms
-	idAt     int // offset of the ID reference
+	digestAt int // offset of the ID's digest
 	flagsAt  int // offset of the flags
 }
 
 func newSlotLayout(nsys int) slotLayout {
 	pseudoAt := store.KeySize
-	idAt := pseudoAt + 16*nsys
-	flagsAt := idAt + 4
-	return slotLayout{stride: flagsAt + 1, pseudoAt: pseudoAt, idAt: idAt, flagsAt: flagsAt}
+	digestAt := pseudoAt + 16*nsys
+	flagsAt := digestAt + digestSize
+	return slotLayout{stride: flagsAt + 1, pseudoAt: pseudoAt, digestAt: digestAt, flagsAt: flagsAt}
 }
 
 const (
-	chunkBits    = 12 // slots per chunk: 4096
-	chunkLen     = 1 << chunkBits
-	idChunkBytes = 1 << 16
-	minIndex     = 64
+	chunkBits = 12 // slots per chunk: 4096
+	chunkLen  = 1 << chunkBits
+	minIndex  = 64
 )
+
+// digestSize is the size of an ID's digest in the cache.
+const digestSize = 16
+
+// idDigest is what the cache knows of a subject ID: the first 16 bytes of
+// SHA-256(secret || ID), where secret is 32 random bytes drawn when the
+// cache is made, and never leaves it. Two IDs share a digest only by a
+// collision of SHA-256 truncated to 128 bits under a key nobody else
+// knows: with a million subjects the chance is below 1e-26, and a sender
+// cannot search for one offline. The index places entries by the digest's
+// bits, which the sender cannot predict either.
+type idDigest [digestSize]byte
+
+// digester computes idDigests; one SHA-256 compression for IDs up to 23
+// bytes. Not safe for concurrent use (the cache's owner calls it).
+type digester struct {
+	// buf is the secret followed by the ID being digested; it grows to at
+	// most the secret plus MaxIDBytes.
+	buf []byte
+}
+
+// secretSize is the size of a digester's secret.
+const secretSize = 32
+
+func newDigester() *digester {
+	d := &digester{buf: make([]byte, secretSize, secretSize+64)}
+	_, _ = rand.Read(d.buf) // crypto/rand.Read does not fail
+	return d
+}
+
+func (d *digester) digest(id []byte) idDigest {
+	d.buf = append(d.buf[:secretSize], id...)
+	sum := sha256.Sum256(d.buf)
+	clear(d.buf[secretSize:]) // no raw ID stays behind
+	return idDigest(sum[:digestSize])
+}
+
+// indexHash is the 64 bits of a digest that place it in the index.
+func (x *idDigest) indexHash() uint64 { return binary.LittleEndian.Uint64(x[:8]) }
 
 func (g *generation) slot(i int32) []byte {
 	c := g.slots[i>>chunkBits]
@@ -150,17 +186,14 @@ func (g *generation) hash(i int32) *store.SubjectHash {
 	return &g.hashes[i>>chunkBits][i&(chunkLen-1)]
 }
 
-// id returns the ID of slot i.
-func (g *generation) id(i int32) []byte {
-	ref := binary.LittleEndian.Uint32(g.slot(i)[g.idAt:])
-	c := g.ids[ref>>16]
-	off := int(ref & 0xffff)
-	n, w := binary.Uvarint(c[off:])
-	return c[off+w : off+w+int(n)]
+// digest returns the ID digest of slot i.
+func (g *generation) digest(i int32) *idDigest {
+	return (*idDigest)(g.slot(i)[g.digestAt : g.digestAt+digestSize])
 }
 
-// add appends a slot (not indexed) and returns its number.
-func (g *generation) add(id []byte, h *store.SubjectHash) int32 {
+// add appends a slot (not indexed) for the ID with digest x and returns
+// its number.
+func (g *generation) add(x *idDigest, h *store.SubjectHash) int32 {
 	i := int32(g.n)
 	if g.n>>chunkBits == len(g.slots) {
 		g.slots = append(g.slots, make([]byte, chunkLen*g.stride))
@@ -168,33 +201,16 @@ func (g *generation) add(id []byte, h *store.SubjectHash) int32 {
 	}
 	g.n++
 	*g.hash(i) = *h
-	// The ID: uvarint length and bytes, in the last arena chunk if it fits
-	// (IDs are at most MaxIDBytes, so one always fits in a fresh chunk).
-	need := binary.MaxVarintLen32 + len(id)
-	if len(g.ids) == 0 || cap(g.ids[len(g.ids)-1])-len(g.ids[len(g.ids)-1]) < need {
-		g.ids = append(g.ids, make([]byte, 0, max(idChunkBytes, need)))
-	}
-	last := len(g.ids) - 1
-	c := g.ids[last]
-	ref := uint32(last)<<16 | uint32(len(c))
-	c = binary.AppendUvarint(c, uint64(len(id)))
-	g.ids[last] = append(c, id...)
-	binary.LittleEndian.PutUint32(g.slot(i)[g.idAt:], ref)
+	*g.digest(i) = *x
 	return i
 }
 
-// idsFull reports whether the ID arena cannot take an ID of n bytes: its
-// references (4 bytes: chunk and offset) address at most 1<<16 chunks.
-func (g *generation) idsFull(n int) bool {
-	last := len(g.ids) - 1
-	return last >= 1<<16-1 && cap(g.ids[last])-len(g.ids[last]) < binary.MaxVarintLen32+n
-}
-
-// find returns the live slot of id (seeded hash h) in the index, or -1.
-func (g *generation) find(h uint64, id []byte) int32 {
+// find returns the live slot of the ID with digest x in the index, or -1.
+func (g *generation) find(x *idDigest) int32 {
 	if g.live == 0 {
 		return -1
 	}
+	h := x.indexHash()
 	tag := h >> 32
 	for p := g.home(h); ; p = g.next(p) {
 		e := g.index[p]
@@ -203,7 +219,7 @@ func (g *generation) find(h uint64, id []byte) int32 {
 		}
 		if e>>32 == tag {
 			i := int32(uint32(e) - 1)
-			if g.slot(i)[g.flagsAt]&flagLive != 0 && bytes.Equal(g.id(i), id) {
+			if g.slot(i)[g.flagsAt]&flagLive != 0 && *g.digest(i) == *x {
 				return i
 			}
 		}
@@ -223,13 +239,14 @@ func (g *generation) next(p int) int {
 	return p
 }
 
-// insert indexes slot i under h and marks it live. The caller has checked
-// that no other live slot has the same ID. Removed slots keep their
-// position in the index (they are skipped) until it grows.
-func (g *generation) insert(h uint64, i int32) {
+// insert indexes slot i under its digest and marks it live. The caller
+// has checked that no other live slot has the same ID. Removed slots keep
+// their position in the index (they are skipped) until it grows.
+func (g *generation) insert(i int32) {
 	if (g.used+1)*5 > len(g.index)*4 { // load above 0.8
 		g.grow(2 * (g.used + 1))
 	}
+	h := g.digest(i).indexHash()
 	p := g.home(h)
 	for g.index[p] != 0 {
 		p = g.next(p)
@@ -254,7 +271,7 @@ func (g *generation) grow(n int) {
 		if g.slot(i)[g.flagsAt]&flagLive == 0 {
 			continue
 		}
-		p := g.home(maphash.Bytes(g.seed, g.id(i)))
+		p := g.home(g.digest(i).indexHash())
 		for g.index[p] != 0 {
 			p = g.next(p)
 		}
@@ -276,7 +293,7 @@ func (g *generation) remove(i int32) {
 func (g *generation) wipe(i int32) {
 	g.remove(i)
 	slot := g.slot(i)
-	clear(slot[:g.idAt])
+	clear(slot[:g.digestAt])
 	slot[g.flagsAt] = 0
 	delete(g.tombs, i)
 }
@@ -308,7 +325,7 @@ func (g *generation) wipeAll() {
 type subjectCache struct {
 	max       int
 	layout    slotLayout
-	seed      maphash.Seed
+	digester  *digester
 	hot, cold *generation
 	scratch   *generation // subjects of the running batch that are not cached
 	dropped   []*generation
@@ -320,7 +337,7 @@ func newSubjectCache(max, nsys int) *subjectCache {
 	// Slots are numbered with int32: far beyond any memory this bound is
 	// meant for.
 	max = min(max, math.MaxInt32)
-	c := &subjectCache{max: max, layout: newSlotLayout(nsys), seed: maphash.MakeSeed(), pending: map[store.SubjectHash]struct{}{}}
+	c := &subjectCache{max: max, layout: newSlotLayout(nsys), digester: newDigester(), pending: map[store.SubjectHash]struct{}{}}
 	c.hot, c.cold, c.scratch = c.newGeneration(0), c.newGeneration(0), c.newGeneration(0)
 	return c
 }
@@ -328,7 +345,7 @@ func newSubjectCache(max, nsys int) *subjectCache {
 // newGeneration returns an empty generation whose index holds n entries
 // before it grows.
 func (c *subjectCache) newGeneration(n int) *generation {
-	g := &generation{slotLayout: c.layout, seed: c.seed, tombs: map[int32]int64{}}
+	g := &generation{slotLayout: c.layout, tombs: map[int32]int64{}}
 	g.grow(n)
 	return g
 }
@@ -337,19 +354,19 @@ func (c *subjectCache) newGeneration(n int) *generation {
 // allocating (except to grow the hot generation when promoting).
 func (c *subjectCache) get(id []byte) (subject, bool) {
 	c.sweep()
-	h := maphash.Bytes(c.seed, id)
-	if i := c.hot.find(h, id); i >= 0 {
+	x := c.digester.digest(id)
+	if i := c.hot.find(&x); i >= 0 {
 		return subject{c.hot, i}, true
 	}
-	i := c.cold.find(h, id)
+	i := c.cold.find(&x)
 	if i < 0 {
 		return subject{}, false
 	}
 	from := subject{c.cold, i}
 	c.cold.remove(i)
 	c.removed = append(c.removed, from)
-	return c.store(h, id, from.hash(), func(to subject) {
-		copy(to.g.slot(to.i)[:to.g.idAt], from.g.slot(from.i)[:from.g.idAt])
+	return c.store(&x, from.hash(), func(to subject) {
+		copy(to.g.slot(to.i)[:to.g.digestAt], from.g.slot(from.i)[:from.g.digestAt])
 		to.g.slot(to.i)[to.g.flagsAt] = from.g.slot(from.i)[from.g.flagsAt] &^ flagLive
 		if at, ok := from.forgottenAt(); ok {
 			to.g.tombs[to.i] = at
@@ -372,29 +389,29 @@ func (c *subjectCache) put(id []byte, e *store.Entry) subject {
 			slot[s.g.flagsAt] |= flagTomb
 		}
 	}
+	x := c.digester.digest(id)
 	if c.max <= 0 {
-		s := subject{c.scratch, c.scratch.add(id, &e.Hash)}
+		s := subject{c.scratch, c.scratch.add(&x, &e.Hash)}
 		fill(s)
 		return s
 	}
-	h := maphash.Bytes(c.seed, id)
 	for _, g := range []*generation{c.hot, c.cold} {
-		if i := g.find(h, id); i >= 0 {
+		if i := g.find(&x); i >= 0 {
 			g.remove(i)
 			c.removed = append(c.removed, subject{g, i})
 		}
 	}
-	return c.store(h, id, &e.Hash, fill)
+	return c.store(&x, &e.Hash, fill)
 }
 
 // store adds an entry to the hot generation, first turning the
 // generations over if it is full, and fills it.
-func (c *subjectCache) store(h uint64, id []byte, hash *store.SubjectHash, fill func(subject)) subject {
+func (c *subjectCache) store(x *idDigest, hash *store.SubjectHash, fill func(subject)) subject {
 	// The hot generation holds up to half of max slots, and never more
 	// than the cold one leaves: the two never hold more than max entries
 	// together.
 	half := (c.max + 1) / 2
-	if c.hot.n >= half || c.hot.n+c.cold.live >= c.max || c.hot.idsFull(len(id)) {
+	if c.hot.n >= half || c.hot.n+c.cold.live >= c.max {
 		c.dropped = append(c.dropped, c.cold)
 		c.cold = c.hot
 		if c.cold.live >= c.max {
@@ -403,9 +420,9 @@ func (c *subjectCache) store(h uint64, id []byte, hash *store.SubjectHash, fill 
 		}
 		c.hot = c.newGeneration(min(half, c.max-c.cold.live))
 	}
-	s := subject{c.hot, c.hot.add(id, hash)}
+	s := subject{c.hot, c.hot.add(x, hash)}
 	fill(s)
-	c.hot.insert(h, s.i)
+	c.hot.insert(s.i)
 	return s
 }
 

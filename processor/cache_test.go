@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 
@@ -257,4 +258,47 @@ func TestOrdersDeriveInParallel(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCacheLongIDs (issue 24, item 3): an entry's size does not depend on
+// its ID's length, and the cache keeps no raw ID. 20,000 distinct IDs of
+// 4,096 bytes take about as much heap as short ones (the old cache kept
+// each raw ID: over 4 KiB per entry, 4.2 GiB at the default bound of
+// 1,000,000), no chunk of the cache contains an ID, and every entry is
+// still found by its ID.
+func TestCacheLongIDs(t *testing.T) {
+	const n = 20_000
+	long := func(i int) []byte {
+		id := bytes.Repeat([]byte{'x'}, MaxIDBytes)
+		copy(id, fmt.Sprintf("cust-%d-", i))
+		return id
+	}
+	runtime.GC()
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	c := newSubjectCache(2*n, 3)
+	for i := range n {
+		_, e := fakeEntry(i)
+		c.put(long(i), e)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&ms1)
+	if per := float64(ms1.HeapAlloc-ms0.HeapAlloc) / n; per > 400 {
+		t.Errorf("%.0f heap bytes per entry with 4,096-byte IDs, want them independent of the ID's length (under 400)", per)
+	}
+	for i := range n {
+		s, ok := c.get(long(i))
+		if !ok || s.key()[0] != byte(i) {
+			t.Fatalf("entry %d not found by its ID", i)
+		}
+	}
+	needle := []byte(fmt.Sprintf("cust-%d-xxxxxxxx", n/2))
+	for _, g := range []*generation{c.hot, c.cold} {
+		for _, chunk := range g.slots {
+			if bytes.Contains(chunk, needle) {
+				t.Fatal("the cache holds a raw ID")
+			}
+		}
+	}
+	runtime.KeepAlive(c)
 }

@@ -93,7 +93,7 @@
 //	orders.go      the order step: admit, resolve, assign
 //	project.go     the order step's projection, in parallel, in input order
 //	deadletter.go  dead letters, record size limits, too-large outputs
-//	cache.go       the subject cache: pointer-free slabs, about 145 bytes per subject
+//	cache.go       the subject cache: pointer-free slabs keyed by a keyed digest of the ID (no raw IDs), about 145 bytes per subject
 //	topics.go      EnsureTopics
 //	metrics.go     Prometheus metrics
 //
@@ -216,14 +216,32 @@
 //     builds a decoder for them; every body is then validated (block counts
 //     bounded by the bytes that remain, a work budget proportional to the
 //     record's size) before hamba decodes it. Forget requests likewise, in
-//     both wire formats, and IDs longer than 4096 bytes break the contract.
+//     both wire formats.
+//   - Every ID (event_id, order_id, customer_id, request_id, subject_id)
+//     is 1 to 4096 bytes of valid UTF-8 without NUL (idProblem), in both
+//     wire formats: a registry writer may declare an ID as bytes, which
+//     is promoted to string unchecked, and PostgreSQL text refuses NUL
+//     and invalid UTF-8.
+//   - A record the store refuses for its data (store.ErrRejected, e.g. a
+//     PostgreSQL data exception, SQLSTATE class 22) is found by halving
+//     the refused call and dead-lettered as rejected; its neighbours go
+//     through. The store's error text keeps the SQLSTATE, not the data.
+//   - In registry mode a batch looks its unknown schema IDs up once each,
+//     8 at a time, at most 64 per batch (schema.Prefetcher); records with
+//     other unknown IDs are dead-lettered as schema, and "not found" is
+//     remembered for 5 minutes in a bounded LRU. A flood of made-up IDs
+//     thus costs a batch a bounded wait, whatever the registry's speed.
+//   - The subject cache keeps a keyed digest of each ID, not the ID: an
+//     entry's size does not depend on the ID's length.
 //   - Only failures that are not the record's fault (store, broker or
 //     registry unreachable) abort a batch; they are retried with backoff.
 //   - Configuration cannot route raw data to a marketing system: input,
 //     confirmation, dead-letter and output topics must all differ.
 //
-// Held by processor/limits_test.go, schema/registry/hostile_test.go and
-// the fuzz targets FuzzScan, FuzzValidate, FuzzOrderWriter and FuzzForget.
+// Held by processor/limits_test.go, processor/hostile_test.go,
+// processor/hostile_internal_test.go, schema/registry/hostile_test.go,
+// schema/registry/flood_test.go and the fuzz targets FuzzScan,
+// FuzzValidate, FuzzOrderWriter, FuzzForget and FuzzContract.
 //
 // # Exactly once
 //

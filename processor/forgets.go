@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -72,22 +73,15 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 	if err != nil || len(reqs) == 0 {
 		return err
 	}
-	t := time.Now()
-	results, err := p.cfg.Store.Forget(ctx, reqs)
-	p.storeCall("forget", t, err)
-	if err != nil {
-		return fmt.Errorf("store forget: %w", err)
-	}
+	results := make([]store.ForgetResult, len(reqs))
 	// Retained keys are wiped whatever happens next.
 	defer wipeResultKeys(results)
-	if d := time.Since(t); d > slowForget {
-		p.log.Warn("store forget was slow; the key store waited for a lost guard's transaction to end, or is overloaded",
-			"took", d.Round(time.Millisecond), "requests", len(reqs))
+	refused := make([]error, len(reqs))
+	if err := p.forgetIsolating(ctx, reqs, results, refused); err != nil {
+		return err
 	}
 	p.failpoint("after-forget")
-	if len(results) != len(reqs) {
-		return fmt.Errorf("store forget: %d results for %d requests", len(results), len(reqs))
-	}
+	reqs, results, valid = p.dropRefused(b, reqs, results, valid, refused)
 	if err := p.confirm(b, reqs, results, valid); err != nil {
 		return err
 	}
@@ -95,10 +89,76 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 	return nil
 }
 
+// forgetIsolating carries out reqs and fills results, one per request.
+// A request that the store refuses for its data (store.ErrRejected: not an
+// outage, retrying cannot help) is isolated by halving the calls that
+// fail, and its error is put in refused instead: k such requests among n
+// cost about 2k·log2(n) more calls, and only in a batch that has them.
+// Forget is atomic per call and idempotent per request ID, so a refused
+// call changed nothing, and a request carried out by an earlier, refused
+// attempt of this batch's retry is confirmed with the same status. Any
+// other error aborts the batch.
+func (p *Processor) forgetIsolating(ctx context.Context, reqs []store.ForgetRequest, results []store.ForgetResult, refused []error) error {
+	t := time.Now()
+	res, err := p.cfg.Store.Forget(ctx, reqs)
+	p.storeCall("forget", t, err)
+	if d := time.Since(t); d > slowForget {
+		p.log.Warn("store forget was slow; the key store waited for a lost guard's transaction to end, or is overloaded",
+			"took", d.Round(time.Millisecond), "requests", len(reqs))
+	}
+	switch {
+	case err == nil:
+		if len(res) != len(reqs) {
+			wipeResultKeys(res)
+			return fmt.Errorf("store forget: %d results for %d requests", len(res), len(reqs))
+		}
+		copy(results, res)
+		return nil
+	case !errors.Is(err, store.ErrRejected):
+		return fmt.Errorf("store forget: %w", err)
+	case len(reqs) == 1:
+		refused[0] = err
+		return nil
+	}
+	mid := len(reqs) / 2
+	if err := p.forgetIsolating(ctx, reqs[:mid], results[:mid], refused[:mid]); err != nil {
+		return err
+	}
+	return p.forgetIsolating(ctx, reqs[mid:], results[mid:], refused[mid:])
+}
+
+// dropRefused dead-letters the requests that the store refused (class
+// rejected, with the store's reason, which names the cause and not the
+// data) and returns the others, carried out, in order.
+func (p *Processor) dropRefused(b *batch, reqs []store.ForgetRequest, results []store.ForgetResult, valid []*kgo.Record, refused []error) ([]store.ForgetRequest, []store.ForgetResult, []*kgo.Record) {
+	n := 0
+	for i := range reqs {
+		if refused[i] != nil {
+			p.deadLetter(b, p.cfg.Topics.ForgetDeadLetter, valid[i], schema.ClassRejected, refusedReason(refused[i]))
+			p.log.Warn("forget request dead-lettered: the key store refused its data", "partition", valid[i].Partition, "offset", valid[i].Offset, "err", refused[i])
+			continue
+		}
+		reqs[n], results[n], valid[n] = reqs[i], results[i], valid[i]
+		n++
+	}
+	return reqs[:n], results[:n], valid[:n]
+}
+
+// refusedReason is the dead-letter reason of a record whose data the
+// store refused. Stores keep input bytes out of store.ErrRejected's text.
+func refusedReason(err error) string {
+	return "the key store refused the record's data: " + err.Error()
+}
+
 // admitForgets returns the requests that keep the contract and their
 // records; the others are dead-lettered.
 func (p *Processor) admitForgets(ctx context.Context, b *batch, recs []*kgo.Record) (reqs []store.ForgetRequest, valid []*kgo.Record, err error) {
 	dlq := p.cfg.Topics.ForgetDeadLetter
+	if pf, ok := p.cfg.Wire.(schema.Prefetcher); ok {
+		if err := pf.PrefetchForgets(ctx, b.values(recs, p.cfg.MaxRecordBytes)); err != nil {
+			return nil, nil, fmt.Errorf("look up forget request schemas: %w", err)
+		}
+	}
 	for _, r := range recs {
 		b.stats.ForgetsIn++
 		if len(r.Value) > p.cfg.MaxRecordBytes {
@@ -129,17 +189,16 @@ func (p *Processor) admitForgets(ctx context.Context, b *batch, recs []*kgo.Reco
 // forgetBreaksContract returns why a decoded forget request breaks the
 // contract, or "".
 func forgetBreaksContract(fr *schema.ForgetRequest) string {
-	switch {
-	case fr.RequestID == "":
-		return "request_id is empty"
-	case fr.SubjectID == "":
-		return "subject_id is empty"
-	case !timeInRange(fr.RequestedAt.UnixMilli()):
+	// A confirmation echoes both IDs, the subject twice (key and value):
+	// bounded IDs keep it far below any topic's limit.
+	if reason := idProblem("request_id", fr.RequestID); reason != "" {
+		return reason
+	}
+	if reason := idProblem("subject_id", fr.SubjectID); reason != "" {
+		return reason
+	}
+	if !timeInRange(fr.RequestedAt.UnixMilli()) {
 		return "requested_at is outside the years 1 to 9999"
-	case len(fr.SubjectID) > MaxIDBytes || len(fr.RequestID) > MaxIDBytes:
-		// Its confirmation echoes both, the subject twice (key and value):
-		// bounded IDs keep it far below any topic's limit.
-		return fmt.Sprintf("subject_id or request_id is longer than %d bytes", MaxIDBytes)
 	}
 	return ""
 }

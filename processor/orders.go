@@ -2,6 +2,7 @@ package processor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -76,6 +77,11 @@ func (p *Processor) admit(ctx context.Context, b *batch, recs []*kgo.Record) err
 // schema, or marks it for the dead-letter topic. The Wire is used by one
 // goroutine at a time, hence this sequential pass.
 func (p *Processor) unframe(ctx context.Context, b *batch, recs []*kgo.Record) error {
+	if pf, ok := p.cfg.Wire.(schema.Prefetcher); ok {
+		if err := pf.PrefetchOrders(ctx, b.values(recs, p.cfg.MaxRecordBytes)); err != nil {
+			return fmt.Errorf("look up order schemas: %w", err)
+		}
+	}
 	for _, r := range recs {
 		b.stats.OrdersIn++
 		o := order{rec: r}
@@ -112,20 +118,23 @@ func (p *Processor) scan(b *batch) {
 }
 
 // breaksContract returns why a scanned order breaks the contract, or "".
+// Every ID must be a usable identifier (idProblem): the scan checked that
+// strings are valid UTF-8, but not for NUL bytes, and in registry mode a
+// writer schema's bytes field is promoted to the bundled string.
 func breaksContract(h *policy.Head) string {
 	switch {
-	case len(h.EventID) == 0:
-		return "event_id is empty"
-	case len(h.OrderID) == 0:
-		return "order_id is empty"
-	case len(h.CustomerID) == 0:
-		return "customer_id is empty"
 	case !timeInRange(h.OccurredAt):
 		return "occurred_at is outside the years 1 to 9999"
-	case len(h.CustomerID) > MaxIDBytes:
-		// Its forget request would be refused (see forgets): a subject
-		// that could not be forgotten gets no key.
-		return fmt.Sprintf("customer_id is longer than %d bytes", MaxIDBytes)
+	}
+	for _, f := range [...]struct {
+		name string
+		id   []byte
+	}{{"event_id", h.EventID}, {"order_id", h.OrderID}, {"customer_id", h.CustomerID}} {
+		// A customer_id too long for its forget request would make a
+		// subject that cannot be forgotten: it gets no key.
+		if reason := idProblem(f.name, f.id); reason != "" {
+			return reason
+		}
 	}
 	return ""
 }
@@ -162,6 +171,13 @@ func (p *Processor) resolve(ctx context.Context, b *batch) ([]subject, error) {
 	t := time.Now()
 	entries, err := p.cfg.Store.Resolve(ctx, b.lookups)
 	p.storeCall("resolve", t, err)
+	var refused []error
+	if errors.Is(err, store.ErrRejected) {
+		// Some subject's data was refused: find it, dead-letter its
+		// orders, and resolve the others (see resolveIsolating).
+		entries, refused = make([]store.Entry, len(b.lookups)), make([]error, len(b.lookups))
+		err = p.resolveIsolating(ctx, b.lookups, entries, refused)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store resolve: %w", err)
 	}
@@ -170,12 +186,70 @@ func (p *Processor) resolve(ctx context.Context, b *batch) ([]subject, error) {
 	}
 	resolved := b.resolved[:0]
 	for i := range entries {
+		if refused != nil && refused[i] != nil {
+			resolved = append(resolved, subject{})
+			continue
+		}
 		resolved = append(resolved, p.cache.put(b.lookupIDs[i], &entries[i]))
 		// The cache keeps its own copy: the store's may go.
 		clear(entries[i].Key)
 	}
 	b.resolved = resolved
+	if refused != nil {
+		p.dropRefusedOrders(b, refused)
+	}
 	return resolved, nil
+}
+
+// resolveIsolating resolves lookups into entries, halving the calls that
+// the store refuses for their data (store.ErrRejected) down to the single
+// lookups at fault, whose errors it puts in refused. Resolve changes
+// nothing but creating keys, each durable before it returns, so a refused
+// call leaves nothing half done. Any other error is returned.
+func (p *Processor) resolveIsolating(ctx context.Context, lookups []store.Lookup, entries []store.Entry, refused []error) error {
+	t := time.Now()
+	res, err := p.cfg.Store.Resolve(ctx, lookups)
+	p.storeCall("resolve", t, err)
+	switch {
+	case err == nil:
+		if len(res) != len(lookups) {
+			return fmt.Errorf("%d entries for %d lookups", len(res), len(lookups))
+		}
+		copy(entries, res)
+		return nil
+	case !errors.Is(err, store.ErrRejected):
+		return err
+	case len(lookups) == 1:
+		refused[0] = err
+		return nil
+	}
+	mid := len(lookups) / 2
+	if err := p.resolveIsolating(ctx, lookups[:mid], entries[:mid], refused[:mid]); err != nil {
+		return err
+	}
+	return p.resolveIsolating(ctx, lookups[mid:], entries[mid:], refused[mid:])
+}
+
+// dropRefusedOrders dead-letters (class rejected) the orders whose
+// subject the store refused and removes them from b.orders.
+func (p *Processor) dropRefusedOrders(b *batch, refused []error) {
+	n := 0
+	for i := range b.orders {
+		o := &b.orders[i]
+		if !o.subj.valid() {
+			if err := refused[b.pending[string(o.head.CustomerID)]]; err != nil {
+				p.deadLetter(b, p.cfg.Topics.OrdersDeadLetter, o.rec, schema.ClassRejected, refusedReason(err))
+				p.log.Warn("order dead-lettered: the key store refused its data", "partition", o.rec.Partition, "offset", o.rec.Offset, "err", err)
+				continue
+			}
+		}
+		if n != i {
+			b.orders[n] = *o
+		}
+		n++
+	}
+	clear(b.orders[n:])
+	b.orders = b.orders[:n]
 }
 
 // assign decides, in input order, which events are emitted and which are

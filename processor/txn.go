@@ -301,7 +301,9 @@ func (p *Processor) storeGuard(ctx context.Context) (store.Guard, error) {
 func (p *Processor) storeCall(op string, start time.Time, err error) {
 	p.m.StoreRoundTrips.WithLabelValues(op).Inc()
 	p.m.StoreLatency.WithLabelValues(op).Observe(time.Since(start).Seconds())
-	p.setStoreOK(err == nil)
+	// A store that refused a record's data answered: /readyz saying it is
+	// unreachable would send operators after the wrong cause.
+	p.setStoreOK(err == nil || errors.Is(err, store.ErrRejected))
 	p.count(func(s *Stats) { s.StoreCalls++ })
 }
 

@@ -26,6 +26,20 @@ type Wire interface {
 	Confirmation(c *ForgetConfirmation) ([]byte, error)
 }
 
+// Prefetcher is implemented by a Wire that looks schemas up in a remote
+// service. The processor calls it once per batch, before the batch's
+// Order (or Forget) calls, with the values of the batch: it looks up, in
+// parallel and each once, the schema IDs it has no answer for, up to a
+// bound per batch; the values with other unknown IDs then fail with a
+// RecordError of class schema. That keeps the time a batch waits for the
+// service bounded whatever the input. An error is an outage, as for Order.
+type Prefetcher interface {
+	// PrefetchOrders looks up the schemas of a batch of order values.
+	PrefetchOrders(ctx context.Context, values [][]byte) error
+	// PrefetchForgets looks up the schemas of a batch of forget requests.
+	PrefetchForgets(ctx context.Context, values [][]byte) error
+}
+
 // Dead-letter classes (header error.class).
 const (
 	// ClassDecode: the value is not in the expected framing or encoding.
@@ -37,6 +51,10 @@ const (
 	ClassTooLarge = "too_large"
 	// ClassSchema: the writer schema is unknown, not Avro or incompatible.
 	ClassSchema = "schema"
+	// ClassRejected: the key store refused the record's data (a value it
+	// cannot hold); retrying cannot help. The contract's checks keep
+	// known cases out, so this is a last line.
+	ClassRejected = "rejected"
 )
 
 // RecordError is a problem of one record; it is dead-lettered with Class.

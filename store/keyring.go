@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -100,6 +101,63 @@ func NewKeyring(active *KEK, older ...*KEK) (*Keyring, error) {
 
 // ActiveID returns the ID of the KEK used for wrapping.
 func (r *Keyring) ActiveID() uint32 { return r.active.id }
+
+// Has reports whether the keyring holds the KEK with ID id.
+func (r *Keyring) Has(id uint32) bool {
+	_, ok := r.byID[id]
+	return ok
+}
+
+// KEKCensus counts a store's wrapped keys (subject keys, retained keys and
+// the index key) by the ID of the KEK that wraps them; Malformed counts
+// values that name no KEK.
+type KEKCensus struct {
+	ByKEK     map[uint32]int
+	Malformed int
+}
+
+// Add counts one wrapped key.
+func (c *KEKCensus) Add(wrapped []byte) { c.AddN(wrapped, 1) }
+
+// AddN counts n wrapped keys wrapped like wrapped (only its header is
+// read).
+func (c *KEKCensus) AddN(wrapped []byte, n int) {
+	if len(wrapped) >= 5 && wrapped[0] == wrapVersion {
+		if c.ByKEK == nil {
+			c.ByKEK = map[uint32]int{}
+		}
+		c.ByKEK[binary.BigEndian.Uint32(wrapped[1:5])] += n
+		return
+	}
+	c.Malformed += n
+}
+
+// Check returns an error matching ErrWrongKEK that names every KEK the
+// census counted keys of and kr does not hold, with how many keys each
+// wraps, or nil when kr can unwrap every key. A store opens only if it
+// passes: a key that no configured KEK unwraps would stop every batch that
+// touches it (a KEK removed before rewrap finished).
+func (c *KEKCensus) Check(kr *Keyring) error {
+	var missing []string
+	ids := make([]uint32, 0, len(c.ByKEK))
+	for id := range c.ByKEK {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if !kr.Has(id) {
+			missing = append(missing, fmt.Sprintf("KEK %08x (%d keys)", id, c.ByKEK[id]))
+		}
+	}
+	if c.Malformed > 0 {
+		missing = append(missing, fmt.Sprintf("%d keys that name no KEK", c.Malformed))
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: the store holds keys the configured KEKs cannot unwrap: %s; configure the missing KEK (keys.old_kek_files or keys.old_kek_urls) and run rewrap to completion before removing it",
+		ErrWrongKEK, strings.Join(missing, ", "))
+}
 
 // NewKey returns a fresh random key from crypto/rand.
 func NewKey() ([]byte, error) {

@@ -327,6 +327,14 @@ func ForgetResultKey(requestID string, subject SubjectHash) []byte {
 // could not finish a transaction; the caller should back off and retry.
 var ErrUnavailable = errors.New("store unavailable")
 
+// ErrRejected wraps errors that mean the store refused a request's data
+// (a value it cannot represent, such as text with a NUL byte in
+// PostgreSQL), as opposed to an outage: retrying the same request cannot
+// help. The error text names the cause without echoing the data. The
+// caller isolates the refused request and dead-letters it, so that the
+// requests around it go through.
+var ErrRejected = errors.New("the key store rejected the data")
+
 // ErrWrongKEK is returned when a stored key cannot be unwrapped with any
 // configured KEK.
 var ErrWrongKEK = errors.New("no configured KEK unwraps the stored keys")

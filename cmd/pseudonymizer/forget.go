@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/internal/config"
+	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/schema"
 )
 
@@ -27,6 +28,11 @@ func runForget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if fs.NArg() != 1 || fs.Arg(0) == "" {
 		return fs.usageError(stderr, errors.New("want exactly one SUBJECT_ID"))
+	}
+	if reason := processor.IDProblem("SUBJECT_ID", fs.Arg(0)); reason != "" {
+		// The service dead-letters such a request (and no order with
+		// such a customer_id ever got a key).
+		return fs.usageError(stderr, errors.New(reason))
 	}
 	cfg, err := loadSchemaConfig(*path)
 	if err != nil {

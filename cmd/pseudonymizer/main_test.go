@@ -171,3 +171,22 @@ func (w *syncWriter) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	return w.buf.Write(p)
 }
+
+// TestForgetAndStatusRefuseBadIDs (issue 24): forget and status refuse a
+// SUBJECT_ID that breaks the contract (invalid UTF-8 here; argv cannot
+// carry NUL) with exit status 2 before touching Kafka or the store: the
+// service would dead-letter the request, and forget would wait for a
+// confirmation that never comes. The message does not echo the ID.
+func TestForgetAndStatusRefuseBadIDs(t *testing.T) {
+	cfg := writeFile(t, t.TempDir(), "config.yaml", "kafka:\n  brokers: [127.0.0.1:1]\n"+validSystems)
+	for _, cmd := range []string{"forget", "status"} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), []string{cmd, "--config", cfg, "cust-\xff"}, &out, &errb)
+		if got := exitCode(err); got != 2 {
+			t.Errorf("%s: exit code %d, want 2 (%v)", cmd, got, err)
+		}
+		if err == nil || !strings.Contains(err.Error(), "not valid UTF-8") || strings.Contains(err.Error(), "cust-") {
+			t.Errorf("%s: error %v, want it to say the ID is not valid UTF-8 without echoing it", cmd, err)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hygiene/pseudonymizer/internal/config"
+	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
 	"github.com/hygiene/pseudonymizer/store"
 )
@@ -57,6 +58,11 @@ Exit status: 0 active, %d forgotten, %d unknown.`, exitForgotten, exitUnknown))
 	}
 	if fs.NArg() != 1 || fs.Arg(0) == "" {
 		return fs.usageError(stderr, errors.New("want exactly one SUBJECT_ID"))
+	}
+	if reason := processor.IDProblem("SUBJECT_ID", fs.Arg(0)); reason != "" {
+		// The service dead-letters such a request (and no order with
+		// such a customer_id ever got a key).
+		return fs.usageError(stderr, errors.New(reason))
 	}
 	cfg, err := loadConfig(*path)
 	if err != nil {

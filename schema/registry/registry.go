@@ -84,7 +84,24 @@ type Wire struct {
 	confPre [headerLen]byte
 }
 
-var _ schema.Wire = (*Wire)(nil)
+var (
+	_ schema.Wire       = (*Wire)(nil)
+	_ schema.Prefetcher = (*Wire)(nil)
+)
+
+// PrefetchOrders looks up the writer schemas of a batch of orders that are
+// not cached, each once and in parallel, at most 64 per batch; the other
+// records with unknown IDs are dead-lettered as schema (see
+// schema.Prefetcher).
+func (w *Wire) PrefetchOrders(ctx context.Context, values [][]byte) error {
+	return w.orders.prefetch(ctx, values)
+}
+
+// PrefetchForgets does for forget requests what PrefetchOrders does for
+// orders.
+func (w *Wire) PrefetchForgets(ctx context.Context, values [][]byte) error {
+	return w.forgets.prefetch(ctx, values)
+}
 
 // Output is one system's output topic and the schema of its values.
 type Output struct {

@@ -25,8 +25,27 @@ import (
 const headerLen = 5
 
 // notFoundTTL is how long an ID that the registry does not know is
-// remembered as unknown before it is asked again.
-const notFoundTTL = 30 * time.Second
+// remembered as unknown before it is asked again. It outlives a batch's
+// deadline plus its backoff (the transaction timeout, at most 15s, plus
+// processing.max_backoff, 30s by default) many times over, so that a batch
+// that is redone finds the answers its first attempt got.
+const notFoundTTL = 5 * time.Minute
+
+// maxNotFound bounds the IDs remembered as unknown (the least recently
+// asked go first), about 100 bytes each: a flood of made-up IDs costs at
+// most about 1.6 MiB.
+const maxNotFound = 16_384
+
+// maxLookupsPerBatch is the most schema IDs unknown to the cache that one
+// batch looks up (Prefetch); records of the batch with other unknown IDs
+// are dead-lettered as schema without asking. A legitimate batch has a
+// handful of writer schemas; the bound keeps a flood of made-up IDs from
+// making a batch's progress depend on how fast the registry answers.
+const maxLookupsPerBatch = 64
+
+// maxParallelLookups is the most registry requests one Prefetch has in
+// flight: 64 lookups at 5ms each take 40ms, not 320ms.
+const maxParallelLookups = 8
 
 // maxRefDepth bounds the nesting of schema references.
 const maxRefDepth = 8
@@ -63,7 +82,7 @@ type resolver struct {
 	mu       sync.Mutex
 	writers  map[int]*writer
 	bad      map[int]*schema.RecordError // IDs whose schema is unusable for good
-	notFound map[int]time.Time           // IDs the registry did not know, until when
+	notFound *expiringLRU                // IDs the registry did not know, until when
 	now      func() time.Time
 }
 
@@ -73,9 +92,67 @@ func newResolver(cl *sr.Client, log *slog.Logger) *resolver {
 		log:      log,
 		writers:  map[int]*writer{},
 		bad:      map[int]*schema.RecordError{},
-		notFound: map[int]time.Time{},
+		notFound: newExpiringLRU(maxNotFound),
 		now:      time.Now,
 	}
+}
+
+// known reports whether the answer for id is cached: a writer schema, an
+// unusable one, or an unexpired "not found". The caller holds r.mu.
+func (r *resolver) known(id int) bool {
+	if _, ok := r.writers[id]; ok {
+		return true
+	}
+	if _, ok := r.bad[id]; ok {
+		return true
+	}
+	return r.notFound.live(id, r.now())
+}
+
+// prefetch looks up ids, which the caller found missing from the cache,
+// with at most maxParallelLookups requests in flight, and caches the
+// answers as writer does. It returns the first error that is not the
+// record's fault (an outage).
+func (r *resolver) prefetch(ctx context.Context, ids []int) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sem := make(chan struct{}, maxParallelLookups)
+	var (
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		first error
+	)
+	for _, id := range ids {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if _, err := r.writer(ctx, id); err != nil {
+				if _, ok := schema.AsRecordError(err); !ok {
+					errMu.Lock()
+					if first == nil {
+						first = err
+					}
+					errMu.Unlock()
+					cancel()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = fmt.Errorf("registry: look up schema ids: %w", context.Cause(ctx))
+	}
+	return first
 }
 
 // writer is a parsed writer schema and its compiled validator.
@@ -97,12 +174,9 @@ func (r *resolver) writer(ctx context.Context, id int) (*writer, error) {
 		r.mu.Unlock()
 		return nil, re
 	}
-	if until, ok := r.notFound[id]; ok {
-		if r.now().Before(until) {
-			r.mu.Unlock()
-			return nil, errNotFound(id)
-		}
-		delete(r.notFound, id)
+	if r.notFound.live(id, r.now()) {
+		r.mu.Unlock()
+		return nil, errNotFound(id)
 	}
 	r.mu.Unlock()
 
@@ -112,7 +186,7 @@ func (r *resolver) writer(ctx context.Context, id int) (*writer, error) {
 	if err != nil {
 		if re, ok := schema.AsRecordError(err); ok {
 			if isNotFound(err) {
-				r.notFound[id] = r.now().Add(notFoundTTL)
+				r.notFound.put(id, r.now().Add(notFoundTTL))
 			} else {
 				r.bad[id] = re
 			}
@@ -248,6 +322,56 @@ type reader struct {
 
 	mu  sync.Mutex
 	ids map[int]*plan
+	// skipped holds the IDs of the current batch that Prefetch did not
+	// look up (beyond maxLookupsPerBatch): their records are
+	// dead-lettered. Each Prefetch replaces it.
+	skipped map[int]struct{}
+}
+
+// prefetch looks up, in parallel, the schema IDs of values that neither
+// rd nor the resolver has an answer for, each once, at most
+// maxLookupsPerBatch of them: those of the most records, then in order of
+// appearance. The others are skipped until the next prefetch (their
+// records get a schema error).
+func (rd *reader) prefetch(ctx context.Context, values [][]byte) error {
+	rd.mu.Lock()
+	clear(rd.skipped)
+	var ids []int
+	count := map[int]int{}
+	rd.res.mu.Lock()
+	for _, v := range values {
+		id, _, err := splitHeader(v)
+		if err != nil {
+			continue
+		}
+		if n, ok := count[id]; ok {
+			count[id] = n + 1
+			continue
+		}
+		if _, ok := rd.ids[id]; ok || rd.res.known(id) {
+			count[id] = -1 // answered: not counted
+			continue
+		}
+		count[id] = 1
+		ids = append(ids, id)
+	}
+	rd.res.mu.Unlock()
+	if len(ids) > maxLookupsPerBatch {
+		// The IDs of the most records first (a writer schema in use has
+		// many; made-up IDs mostly one each), then in order of appearance.
+		slices.SortStableFunc(ids, func(a, b int) int { return count[b] - count[a] })
+		for _, id := range ids[maxLookupsPerBatch:] {
+			rd.skipped[id] = struct{}{}
+		}
+		ids = ids[:maxLookupsPerBatch]
+	}
+	skipped := len(rd.skipped)
+	rd.mu.Unlock()
+	if skipped > 0 {
+		rd.res.log.Warn("more unknown schema IDs in one batch than are looked up; the records of the others are dead-lettered",
+			"schema", rd.name, "looked_up", len(ids), "skipped", skipped)
+	}
+	return rd.res.prefetch(ctx, ids)
 }
 
 // plan is how to read values of one writer schema ID.
@@ -265,7 +389,7 @@ func newReader(res *resolver, s avro.Schema, unmapped *prometheus.CounterVec) *r
 	if n, ok := s.(avro.NamedSchema); ok {
 		full = n.FullName()
 	}
-	return &reader{name: full, schema: s, fp: s.Fingerprint(), res: res, unmapped: unmapped, ids: map[int]*plan{}}
+	return &reader{name: full, schema: s, fp: s.Fingerprint(), res: res, unmapped: unmapped, ids: map[int]*plan{}, skipped: map[int]struct{}{}}
 }
 
 // plan checks value's header and returns how to read its body.
@@ -276,12 +400,16 @@ func (rd *reader) plan(ctx context.Context, value []byte) (*plan, []byte, error)
 	}
 	rd.mu.Lock()
 	p, ok := rd.ids[id]
+	_, skipped := rd.skipped[id]
 	rd.mu.Unlock()
 	if ok {
 		if p.err != nil {
 			return nil, nil, p.err
 		}
 		return p, body, nil
+	}
+	if skipped {
+		return nil, nil, schemaErr("schema id %d was not looked up: the batch has more than %d unknown schema IDs", id, maxLookupsPerBatch)
 	}
 	w, err := rd.res.writer(ctx, id)
 	if err != nil {

@@ -44,6 +44,7 @@ func Check(path string, kr *store.Keyring) (initialized bool, err error) {
 	}
 	defer db.Close()
 	var wrapped []byte
+	var counted store.KEKCensus
 	err = db.View(func(tx *bolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta == nil {
@@ -55,6 +56,7 @@ func Check(path string, kr *store.Keyring) (initialized bool, err error) {
 		if w := meta.Get(metaIndexKey); w != nil {
 			wrapped = append([]byte(nil), w...)
 		}
+		counted = census(tx)
 		return nil
 	})
 	if err != nil {
@@ -63,8 +65,35 @@ func Check(path string, kr *store.Keyring) (initialized bool, err error) {
 	if wrapped == nil {
 		return false, nil
 	}
+	// Every key, not only the index key (see Open).
+	if err := counted.Check(kr); err != nil {
+		return true, fmt.Errorf("embedded: check: %w", err)
+	}
 	if _, err := kr.Unwrap(wrapped, store.PurposeIndexKey, nil); err != nil {
 		return true, wrongKEK("check: index key", err)
 	}
 	return true, nil
+}
+
+// census counts the keys of the store in tx (index key, subject keys,
+// retained keys) by the KEK that wraps them.
+func census(tx *bolt.Tx) store.KEKCensus {
+	var c store.KEKCensus
+	if meta := tx.Bucket(bucketMeta); meta != nil {
+		if w := meta.Get(metaIndexKey); w != nil {
+			c.Add(w)
+		}
+	}
+	if keys := tx.Bucket(bucketKeys); keys != nil {
+		_ = keys.ForEach(func(_, v []byte) error { c.Add(v); return nil })
+	}
+	if ret := tx.Bucket(bucketRetained); ret != nil {
+		_ = ret.ForEach(func(_, v []byte) error {
+			if len(v) > retainedHead {
+				c.Add(v[retainedHead:])
+			}
+			return nil
+		})
+	}
+	return c
 }

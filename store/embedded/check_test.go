@@ -3,9 +3,12 @@ package embedded_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/hygiene/pseudonymizer/store"
 	"github.com/hygiene/pseudonymizer/store/embedded"
@@ -74,5 +77,41 @@ func TestCheckAfterMetaOnly(t *testing.T) {
 	defer s.Close()
 	if v, err := s.GetMeta(context.Background(), "data-key"); err != nil || string(v) != "wrapped" {
 		t.Errorf("GetMeta after Open = %q, %v", v, err)
+	}
+}
+
+// TestCheckHalfRotated (issue 24, item 4): after a rotation killed
+// half-way (the index key and some subject keys re-wrapped, others not),
+// Check with the new KEK alone refuses, naming the old KEK: the old Check
+// unwrapped only the index key and said all was well.
+func TestCheckHalfRotated(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.db")
+	oldKEK, newKEK := storetest.MustKEK(t, 1), storetest.MustKEK(t, 2)
+	s, err := embedded.Open(path, storetest.MustKeyring(t, oldKEK))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var lookups []store.Lookup
+	for _, id := range []string{"a", "b", "c", "d"} {
+		lookups = append(lookups, store.Lookup{SubjectID: id, Latest: time.Now()})
+	}
+	if _, err := s.Resolve(ctx, lookups); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = embedded.Open(path, storetest.MustKeyring(t, newKEK, oldKEK)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Rewrap(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	_, err = embedded.Check(path, storetest.MustKeyring(t, newKEK))
+	if !errors.Is(err, store.ErrWrongKEK) || !strings.Contains(err.Error(), fmt.Sprintf("KEK %08x (3 keys)", oldKEK.ID())) {
+		t.Fatalf("Check of a half-rotated store with the new KEK alone: %v; want ErrWrongKEK naming KEK %08x and its 3 keys (2 subject keys, the index key)", err, oldKEK.ID())
+	}
+	if _, err := embedded.Check(path, storetest.MustKeyring(t, newKEK, oldKEK)); err != nil {
+		t.Fatalf("Check with both KEKs: %v", err)
 	}
 }

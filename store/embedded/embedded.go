@@ -188,6 +188,16 @@ func (s *Store) init() error {
 	if err != nil {
 		return fmt.Errorf("embedded: open: %w", err)
 	}
+	// Every key, not only the index key: a rotation killed half-way
+	// leaves keys under the old KEK, and each would stop every batch
+	// that touches it. One read of every key, at start-up only.
+	var counted store.KEKCensus
+	if err := s.db.View(func(tx *bolt.Tx) error { counted = census(tx); return nil }); err != nil {
+		return fmt.Errorf("embedded: open: %w", err)
+	}
+	if err := counted.Check(s.kr); err != nil {
+		return fmt.Errorf("embedded: open: %w", err)
+	}
 	key, err := s.kr.Unwrap(wrapped, store.PurposeIndexKey, nil)
 	if err != nil {
 		return wrongKEK("open: index key", err)

@@ -11,7 +11,9 @@ import (
 )
 
 // Rewrap re-wraps up to limit keys (the index key counts as one) that are
-// not wrapped by the keyring's active KEK, in one write transaction.
+// not wrapped by the keyring's active KEK, in one write transaction:
+// retained keys first, then subject keys, and the index key last, in a
+// call that found no other key to change.
 // Successive calls continue where the last one stopped; 0 means a pass over
 // every key found none to change.
 func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
@@ -53,17 +55,6 @@ func (s *Store) rewrapFrom(from []byte, limit int) (changed int, next []byte, er
 	active := s.kr.ActiveID()
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		changed, next = 0, nil
-		meta := tx.Bucket(bucketMeta)
-		if w := meta.Get(metaIndexKey); !current(w, active) {
-			nw, err := s.kr.Rewrap(w, store.PurposeIndexKey, nil)
-			if err != nil {
-				return err
-			}
-			if err := meta.Put(metaIndexKey, nw); err != nil {
-				return err
-			}
-			changed++
-		}
 		keys := tx.Bucket(bucketKeys)
 		type update struct{ h, w []byte }
 		var updates []update
@@ -96,6 +87,21 @@ func (s *Store) rewrapFrom(from []byte, limit int) (changed int, next []byte, er
 			}
 		}
 		changed += len(updates)
+		// The index key last, once a scan from the start found no stale
+		// subject key: until then the old KEK is still needed, and Open's
+		// check says so by name, so a rotation killed at any point
+		// leaves keys that the configured KEKs unwrap.
+		meta := tx.Bucket(bucketMeta)
+		if w := meta.Get(metaIndexKey); from == nil && k == nil && changed == 0 && !current(w, active) {
+			nw, err := s.kr.Rewrap(w, store.PurposeIndexKey, nil)
+			if err != nil {
+				return err
+			}
+			if err := meta.Put(metaIndexKey, nw); err != nil {
+				return err
+			}
+			changed++
+		}
 		return nil
 	})
 	return changed, next, err

@@ -36,6 +36,7 @@ func Check(ctx context.Context, dsn string, kr *store.Keyring) (initialized bool
 	}
 	defer conn.Close(context.Background())
 	var wrapped []byte
+	var counted store.KEKCensus
 	err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
 		if err := tx.QueryRow(ctx, "SELECT to_regclass('pz_meta') IS NOT NULL").Scan(&initialized); err != nil || !initialized {
 			return err
@@ -60,6 +61,17 @@ func Check(ctx context.Context, dsn string, kr *store.Keyring) (initialized bool
 			initialized = false
 			return nil
 		}
+		if err != nil {
+			return err
+		}
+		// Every key, not only the index key: see Store.checkKEKs. A
+		// layout older than the retained keys' table is checked once
+		// Open has migrated it.
+		var retained bool
+		if err := tx.QueryRow(ctx, "SELECT to_regclass('pz_forget_retained') IS NOT NULL").Scan(&retained); err != nil || !retained {
+			return err
+		}
+		counted, err = census(ctx, tx)
 		return err
 	})
 	if err != nil {
@@ -67,6 +79,9 @@ func Check(ctx context.Context, dsn string, kr *store.Keyring) (initialized bool
 	}
 	if !initialized {
 		return false, nil
+	}
+	if err := counted.Check(kr); err != nil {
+		return true, fmt.Errorf("postgres: check: %w", err)
 	}
 	if _, err := kr.Unwrap(wrapped, store.PurposeIndexKey, nil); err != nil {
 		return true, wrongKEK("check: index key", err)

@@ -13,15 +13,39 @@ import (
 var errClosed = errors.New("store is closed")
 
 // wrapErr prefixes err with the operation and marks transient database
-// failures with store.ErrUnavailable.
+// failures with store.ErrUnavailable, and data errors with
+// store.ErrRejected.
 func wrapErr(op string, err error) error {
 	if err == nil {
 		return nil
+	}
+	if code, ok := rejected(err); ok {
+		// PostgreSQL's message may quote the refused value (the bytes of
+		// an invalid UTF-8 sequence, the text of a bad literal): it is
+		// dropped, and only the SQLSTATE is kept.
+		return fmt.Errorf("postgres: %s: %w (SQLSTATE %s)", op, store.ErrRejected, code)
 	}
 	if unavailable(err) {
 		return fmt.Errorf("postgres: %s: %w: %w", op, store.ErrUnavailable, err)
 	}
 	return fmt.Errorf("postgres: %s: %w", op, err)
+}
+
+// rejected reports whether err is PostgreSQL refusing a value (a data
+// exception, class 22, such as 22021 character_not_in_repertoire for a
+// NUL byte or invalid UTF-8 in text, or 54, a value beyond a program
+// limit such as an index row too large), and returns its SQLSTATE. Such an
+// error is the request's fault: retrying it cannot succeed.
+func rejected(err error) (string, bool) {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || len(pgErr.Code) != 5 {
+		return "", false
+	}
+	switch pgErr.Code[:2] {
+	case "22", "54":
+		return pgErr.Code, true
+	}
+	return "", false
 }
 
 // unavailable reports whether err is a connection or transaction failure

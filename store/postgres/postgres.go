@@ -141,6 +141,59 @@ func Open(ctx context.Context, dsn string, kr *store.Keyring, opts ...Option) (*
 	return s, nil
 }
 
+// censusKeys counts every wrapped key (index key, subject keys, retained
+// keys) by the KEK that wraps them, in one statement. It reads every key
+// row once, at start-up only: a sequential scan, 2.7 to 3.7 s for 2,000,000
+// keys on a loaded 2-vCPU test machine.
+const censusKeys = `
+SELECT substring(value FROM 1 FOR 5), 1::int8 FROM pz_meta WHERE name = 'index_key'
+UNION ALL
+SELECT substring(wrapped_key FROM 1 FOR 5), count(*) FROM pz_subject_keys GROUP BY 1
+UNION ALL
+SELECT substring(wrapped_key FROM 1 FOR 5), count(*) FROM pz_forget_retained GROUP BY 1`
+
+// census counts the store's wrapped keys by KEK; q is censusKeys.
+func census(ctx context.Context, q interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}) (store.KEKCensus, error) {
+	var c store.KEKCensus
+	rows, err := q.Query(ctx, censusKeys)
+	if err != nil {
+		return c, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var head []byte
+		var n int64
+		if err := rows.Scan(&head, &n); err != nil {
+			return c, err
+		}
+		c.AddN(head, int(n))
+	}
+	return c, rows.Err()
+}
+
+// checkKEKs refuses a store that holds any key the keyring cannot unwrap,
+// naming the missing KEKs: unwrapping the index key alone proves nothing
+// while a rotation is half done (rewrap re-wraps the index key last, but
+// an older binary did it first), and such a key would stop every batch
+// that touches it.
+func (s *Store) checkKEKs(ctx context.Context) error {
+	var c store.KEKCensus
+	err := s.with(ctx, func(conn *pgx.Conn) error {
+		var err error
+		c, err = census(ctx, conn)
+		return err
+	})
+	if err != nil {
+		return wrapErr("open: count keys by KEK", err)
+	}
+	if err := c.Check(s.kr); err != nil {
+		return fmt.Errorf("postgres: open: %w", err)
+	}
+	return nil
+}
+
 // connConfig parses dsn and applies the options.
 func connConfig(dsn string, o options) (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig(dsn)

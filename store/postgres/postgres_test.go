@@ -423,3 +423,45 @@ func TestResolveLargeBatch(t *testing.T) {
 		}
 	}
 }
+
+// TestForgetDataErrorIsRejected (issue 24, item 1): a request that
+// PostgreSQL refuses for its data (a NUL byte or invalid UTF-8 in the
+// request ID, which is stored as text: SQLSTATE 22021) fails with
+// store.ErrRejected, not store.ErrUnavailable, so that the caller
+// dead-letters it instead of retrying for ever; the error text does not
+// echo the refused bytes; the call changes nothing, and the store goes on
+// serving the requests around it.
+func TestForgetDataErrorIsRejected(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := postgres.Open(ctx, pgtest.MustTempSchemaDSN(t), storetest.MustKeyring(t, storetest.MustKEK(t, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "cust-1", Latest: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []string{"req\x00nul", "req-\xff"} {
+		_, err := s.Forget(ctx, []store.ForgetRequest{
+			{RequestID: "req-ok", SubjectID: "cust-1", RequestedAt: time.Now()},
+			{RequestID: bad, SubjectID: "cust-2", RequestedAt: time.Now()},
+		})
+		switch {
+		case err == nil:
+			t.Fatalf("%q: Forget accepted a request ID that PostgreSQL text cannot hold", bad)
+		case !errors.Is(err, store.ErrRejected) || errors.Is(err, store.ErrUnavailable):
+			t.Fatalf("%q: Forget error %q is not store.ErrRejected alone", bad, err)
+		case strings.Contains(err.Error(), "0x") || strings.ContainsAny(err.Error(), "\x00\xff"):
+			t.Fatalf("%q: the error echoes the refused bytes: %q", bad, err)
+		}
+	}
+	// Nothing of the refused calls was written, and the store still works.
+	res, err := s.Forget(ctx, []store.ForgetRequest{{RequestID: "req-ok", SubjectID: "cust-1", RequestedAt: time.Now()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res[0].Status != store.Forgotten {
+		t.Fatalf("status %v after the refused calls, want FORGOTTEN (they must have changed nothing)", res[0].Status)
+	}
+}

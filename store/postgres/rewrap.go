@@ -28,7 +28,9 @@ WHERE k.subject_hash = u.h AND k.wrapped_key = u.old`
 )
 
 // Rewrap re-wraps up to limit keys (the index key counts as one) that are
-// not wrapped by the keyring's active KEK. It reads in one round trip and
+// not wrapped by the keyring's active KEK: retained keys first, then
+// subject keys, and the index key last, in a call that found no other key
+// to change. It reads in one round trip and
 // writes with compare-and-swap in another, so concurrent Forgets and Rewraps
 // stay correct. Successive calls continue where the last one stopped; 0
 // means a pass over every key found none to change.
@@ -76,24 +78,24 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 			if err := conn.SendBatch(ctx, b).Close(); err != nil {
 				return err
 			}
-			indexStale := !current(index, s.kr.ActiveID())
-			if indexStale && len(hashes) == limit {
-				hashes, olds = hashes[:limit-1], olds[:limit-1]
-			}
 			wrapped := s.rewrapAfter != nil
-			if len(hashes) == 0 || len(hashes) < limit-boolInt(indexStale) {
+			if len(hashes) < limit {
 				s.rewrapAfter = nil // reached the end: start over next time
 			} else {
 				s.rewrapAfter = hashes[len(hashes)-1]
 			}
-			if len(hashes) == 0 && !indexStale && wrapped {
+			if len(hashes) == 0 && wrapped {
 				continue // nothing after the cursor: check from the start once
 			}
 			break
 		}
 
 		b := &pgx.Batch{}
-		if !current(index, s.kr.ActiveID()) {
+		// The index key last, once a scan from the start found no stale
+		// subject key: until then the old KEK is still needed, and
+		// Open's check (checkKEKs) says so by name. A rotation killed at
+		// any point thus leaves keys that the configured KEKs unwrap.
+		if len(hashes) == 0 && !current(index, s.kr.ActiveID()) {
 			w, err := s.kr.Rewrap(index, store.PurposeIndexKey, nil)
 			if err != nil {
 				return err
@@ -135,11 +137,4 @@ func (s *Store) Rewrap(ctx context.Context, limit int) (int, error) {
 func current(wrapped []byte, active uint32) bool {
 	id, ok := store.WrappedBy(wrapped)
 	return ok && id == active
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

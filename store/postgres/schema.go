@@ -197,6 +197,11 @@ func (s *Store) migrate(ctx context.Context, schema string) error {
 	if err != nil {
 		return wrapErr("open", err)
 	}
+	// Every key first, so that a half-done rotation is reported with the
+	// KEKs it still needs and their key counts (checkKEKs).
+	if err := s.checkKEKs(ctx); err != nil {
+		return err
+	}
 	key, err := s.kr.Unwrap(wrapped, store.PurposeIndexKey, nil)
 	if err != nil {
 		return wrongKEK("open: index key", err)

@@ -62,6 +62,7 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"WrongKEKFailsOpen", s.testWrongKEK},
 		{"RewrapKeepsKeys", s.testRewrap},
 		{"RewrapOneAtATime", s.testRewrapOneAtATime},
+		{"RotationKilledAnywhere", s.testRotationKilledAnywhere},
 		{"NoRawIDsOrKeysPersisted", s.testNoRawData},
 		{"PingAndClose", s.testPingAndClose},
 		{"CloseWipesIndexKey", s.testCloseWipesIndexKey},
