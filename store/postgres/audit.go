@@ -37,7 +37,12 @@ func (s *Store) Subject(ctx context.Context, subjectID string) (store.SubjectSta
 		requestID                     *string
 	)
 	err := s.with(ctx, func(conn *pgx.Conn) error {
-		return conn.QueryRow(ctx, selectSubject, st.Hash[:]).Scan(&wrapped, &created, &requested, &requestID, &completed)
+		if err := conn.QueryRow(ctx, selectSubject, st.Hash[:]).Scan(&wrapped, &created, &requested, &requestID, &completed); err != nil {
+			return err
+		}
+		var err error
+		st.Objection, err = objectionState(ctx, conn, st.Hash[:])
+		return err
 	})
 	if err != nil {
 		return store.SubjectState{}, wrapErr("subject", err)
