@@ -86,6 +86,7 @@ const (
 	flagKey                // has a key
 	flagTomb               // has a tombstone (its time in tombs)
 	flagPseudo             // customer pseudonyms derived
+	flagObjection          // has an active objection (in objs, objections.go)
 )
 
 // A generation stores its entries without pointers, so that the garbage
@@ -116,6 +117,7 @@ type generation struct {
 	used   int // index positions in use (live and removed slots)
 	index  []uint64
 	tombs  map[int32]int64
+	objs   map[int32]objectionState // the few subjects that object (objections.go)
 }
 
 // slotLayout is the byte layout of a slot for a number of systems.
@@ -279,6 +281,7 @@ func (g *generation) wipe(i int32) {
 	clear(slot[:g.idAt])
 	slot[g.flagsAt] = 0
 	delete(g.tombs, i)
+	delete(g.objs, i)
 }
 
 // wipeAll overwrites the key material of every slot.
@@ -287,6 +290,7 @@ func (g *generation) wipeAll() {
 		clear(c)
 	}
 	clear(g.tombs)
+	clear(g.objs)
 	g.live = 0
 }
 
@@ -314,6 +318,9 @@ type subjectCache struct {
 	dropped   []*generation
 	removed   []subject // promoted or replaced entries, wiped by wipeEvicted
 	pending   map[store.SubjectHash]struct{}
+	// systems are the systems' names in plan order, to map an objection's
+	// systems to plan indices.
+	systems []string
 }
 
 func newSubjectCache(max, nsys int) *subjectCache {
@@ -328,7 +335,7 @@ func newSubjectCache(max, nsys int) *subjectCache {
 // newGeneration returns an empty generation whose index holds n entries
 // before it grows.
 func (c *subjectCache) newGeneration(n int) *generation {
-	g := &generation{slotLayout: c.layout, seed: c.seed, tombs: map[int32]int64{}}
+	g := &generation{slotLayout: c.layout, seed: c.seed, tombs: map[int32]int64{}, objs: map[int32]objectionState{}}
 	g.grow(n)
 	return g
 }
@@ -354,6 +361,9 @@ func (c *subjectCache) get(id []byte) (subject, bool) {
 		if at, ok := from.forgottenAt(); ok {
 			to.g.tombs[to.i] = at
 		}
+		if o, ok := from.g.objs[from.i]; ok {
+			to.g.objs[to.i] = o
+		}
 	}), true
 }
 
@@ -370,6 +380,10 @@ func (c *subjectCache) put(id []byte, e *store.Entry) subject {
 		if !e.ForgottenAt.IsZero() {
 			s.g.tombs[s.i] = e.ForgottenAt.UnixMilli()
 			slot[s.g.flagsAt] |= flagTomb
+		}
+		if e.Objection.Active() {
+			s.g.objs[s.i] = newObjectionState(e.Objection, c.systems)
+			slot[s.g.flagsAt] |= flagObjection
 		}
 	}
 	if c.max <= 0 {

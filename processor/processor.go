@@ -130,8 +130,10 @@ type Processor struct {
 // Stats are running totals, for the demo, tests and benchmarks.
 type Stats struct {
 	Batches, Committed, Aborted, Stale int
-	OrdersIn, ForgetsIn                int
+	OrdersIn, ForgetsIn, ObjectionsIn  int
 	Out, DeadLetters, Suppressed       int
+	// Objected counts outputs not sent because the subject objects.
+	Objected int
 	StoreCalls                         int
 }
 
@@ -191,6 +193,7 @@ func New(cfg Config) (*Processor, error) {
 	if cfg.ProducerBatchMaxBytes > 0 {
 		p.batchMax = int(cfg.ProducerBatchMaxBytes)
 	}
+	p.cache.systems = p.systems
 	for i, sys := range p.systems {
 		p.topics = append(p.topics, cfg.Topics.PseudoPrefix+sys)
 		allowed := map[string]bool{}

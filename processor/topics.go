@@ -22,6 +22,9 @@ func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
 		}
 	}
 	want := append([]string{p.cfg.Topics.Forgotten, p.cfg.Topics.OrdersDeadLetter, p.cfg.Topics.ForgetDeadLetter}, p.topics...)
+	if p.cfg.Topics.Objections != "" {
+		want = append(want, p.cfg.Topics.ObjectionsApplied, p.cfg.Topics.ObjectionsDeadLetter)
+	}
 	resp, err := adm.CreateTopics(ctx, partitions, -1, nil, want...)
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
