@@ -133,8 +133,8 @@ type Stats struct {
 	OrdersIn, ForgetsIn, ObjectionsIn  int
 	Out, DeadLetters, Suppressed       int
 	// Objected counts outputs not sent because the subject objects.
-	Objected int
-	StoreCalls                         int
+	Objected   int
+	StoreCalls int
 }
 
 // New validates cfg and returns a Processor. It connects to nothing.
