@@ -82,11 +82,10 @@ func (s subject) pseudonym(sys int) *pseudonym.UUID {
 
 // Slot flags.
 const (
-	flagLive      = 1 << iota // in the generation's index
-	flagKey                   // has a key
-	flagTomb                  // has a tombstone (its time in tombs)
-	flagPseudo                // customer pseudonyms derived
-	flagObjection             // has an active objection (in objs, objections.go)
+	flagLive   = 1 << iota // in the generation's index
+	flagKey                // has a key
+	flagTomb               // has a tombstone (its time in tombs)
+	flagPseudo             // customer pseudonyms derived
 )
 
 // A generation stores its entries without pointers, so that the garbage

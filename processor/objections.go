@@ -52,6 +52,10 @@ const (
 // in UTC with milliseconds.
 const HeaderObjectedAt = "objected_at"
 
+// flagObjection is the slot flag (cache.go) of a subject with an active
+// objection, whose state is in its generation's objs.
+const flagObjection = flagPseudo << 1
+
 // objectionState is a cached subject's active objection: its effective
 // time in ms since the epoch and, per system in plan order, whether it
 // objects to it.
