@@ -124,7 +124,8 @@ type ObjectionRecord struct {
 
 // Objector records objection states. Every KeyStore implementation is an
 // Objector; the objection state is returned by Resolve (Entry.Objection)
-// and Subject (SubjectState.Objection).
+// and Subject (SubjectState.Objection), and the record of state changes by
+// Auditor.ObjectionLog.
 type Objector interface {
 	// Object applies the requests in order, atomically per call, and
 	// returns one result per request. Like Forget it excludes every Guard
@@ -134,9 +135,6 @@ type Objector interface {
 	// only when a confirmation may follow (after a lost guard's
 	// transaction has certainly ended). It is idempotent per request.
 	Object(ctx context.Context, reqs []ObjectionRequest) ([]ObjectionResult, error)
-	// ObjectionLog calls fn for every objection state change carried out
-	// at or after since, in order, and stops at fn's first error.
-	ObjectionLog(ctx context.Context, since time.Time, fn func(ObjectionRecord) error) error
 }
 
 // ObjectionResultKey is what a store keeps to recognise an objection

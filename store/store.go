@@ -222,6 +222,9 @@ type Auditor interface {
 	// ForgetLog calls fn for every forget request completed at or after
 	// since, in order of completion, and stops at fn's first error.
 	ForgetLog(ctx context.Context, since time.Time, fn func(ForgetRecord) error) error
+	// ObjectionLog calls fn for every objection state change carried out
+	// at or after since, in order, and stops at fn's first error.
+	ObjectionLog(ctx context.Context, since time.Time, fn func(ObjectionRecord) error) error
 }
 
 // SubjectState is what a store holds about one subject.

@@ -262,7 +262,8 @@ func (s *suite) testObjectionLog(t *testing.T) {
 	mustObject(t, ks, objection("o0", "alice", t0, "meta"), objection("o2", "bob", t0, store.AllSystems))
 	mustObject(t, ks, objection("o1", "alice", t0.Add(time.Minute), "meta", "crm")) // a repeat: not logged again
 	var got []store.ObjectionRecord
-	err := ks.ObjectionLog(context.Background(), time.Time{}, func(r store.ObjectionRecord) error {
+	a := mustAuditor(t, ks)
+	err := a.ObjectionLog(context.Background(), time.Time{}, func(r store.ObjectionRecord) error {
 		got = append(got, r)
 		return nil
 	})
@@ -291,7 +292,7 @@ func (s *suite) testObjectionLog(t *testing.T) {
 	}
 	// From after the first record: the later ones only.
 	var later int
-	err = ks.ObjectionLog(context.Background(), got[0].AppliedAt.Add(time.Millisecond), func(r store.ObjectionRecord) error {
+	err = a.ObjectionLog(context.Background(), got[0].AppliedAt.Add(time.Millisecond), func(r store.ObjectionRecord) error {
 		later++
 		return nil
 	})
