@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"syscall"
 	"strconv"
 	"strings"
 	"testing"
@@ -98,6 +99,8 @@ func benchEventPath(b *testing.B, workers, objectingPercent int) {
 	before := p.Stats().StoreCalls
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
+	var ru0, ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	events := 0
 	for b.Loop() {
 		p.b.reset()
@@ -107,6 +110,8 @@ func benchEventPath(b *testing.B, workers, objectingPercent int) {
 		events += len(recs)
 	}
 	runtime.ReadMemStats(&ms1)
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	b.ReportMetric(float64(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano())/float64(events), "cpu-ns/event")
 	if calls := p.Stats().StoreCalls - before; calls != 0 {
 		b.Fatalf("warm batches made %d store calls", calls)
 	}
