@@ -3,8 +3,10 @@ package processor_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -461,5 +463,50 @@ func TestObjectionReplayOfLatestStates(t *testing.T) {
 				t.Errorf("customer %d at %d: %v with the whole history, %v with the compacted states only", c, m, a, b)
 			}
 		}
+	}
+}
+
+// TestObjectionInstanceDiesBeforeConfirming: the forget lane of one
+// instance dies right after Store.Object committed (its goroutine ends at
+// the failpoint, its transaction is never committed); another instance
+// takes over the partition, redoes the batch and confirms the state
+// exactly once, as recorded, and enforces it.
+func TestObjectionInstanceDiesBeforeConfirming(t *testing.T) {
+	for _, kind := range storeKinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, kind)
+			base := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+			gen := sample.New(16, 1, base)
+			first := gen.ForCustomer(0)
+			e.produce(t, e.orderRecord(t, first))
+			died := make(chan struct{})
+			var once sync.Once
+			a := e.start(t, "pz-a", func(c *processor.Config) {
+				c.Failpoint = func(name string) {
+					if name == "after-object" {
+						once.Do(func() { close(died) })
+						runtime.Goexit() // the lane dies here, as in a crash
+					}
+				}
+			})
+			e.kc.AwaitCount(t, 3, 30*time.Second, e.outputTopics()...)
+			e.produce(t, e.objectionRecord(t, "o-1", first.CustomerID, first.OccurredAt.Add(time.Second), "meta"))
+			select {
+			case <-died:
+			case <-time.After(60 * time.Second):
+				t.Fatal("the failpoint after-object was not reached")
+			}
+			a.stop(t)
+			e.start(t, "pz-b")
+			if c := e.objectionConfirmations(t, 1)["o-1"]; c.Status != schema.StatusApplied || c.Superseded {
+				t.Fatalf("confirmation after the takeover: %+v", c)
+			}
+			next := gen.ForCustomer(0)
+			e.produce(t, e.orderRecord(t, next))
+			if got := systemsOf(e.outputsByEvent(t)[fmt.Sprint(next.OccurredAt.UnixMilli())]); !slices.Equal(got, []string{"crm", "google-analytics"}) {
+				t.Errorf("after the takeover: %v, want crm and google-analytics", got)
+			}
+		})
 	}
 }
