@@ -71,14 +71,15 @@ type Config struct {
 	// tests. Order lane: "after-resolve" (new keys committed),
 	// "before-commit" (guard held, before EndTxn), "after-commit" (EndTxn
 	// returned, guard still held). Forget lane: "after-forget" (store
-	// forget committed, its wait for lost guards over),
+	// forget committed, its wait for lost guards over), "after-object"
+	// (store objection states committed, likewise),
 	// "forget-before-commit", "forget-after-commit".
 	Failpoint func(name string)
 }
 
-// Processor consumes orders.raw and subjects.forget and produces the
-// pseudonymized copies, confirmations and dead letters, exactly once. See
-// doc.go for the design.
+// Processor consumes orders.raw, subjects.forget and subjects.objections
+// and produces the pseudonymized copies, confirmations and dead letters,
+// exactly once. See doc.go for the design.
 type Processor struct {
 	cfg     Config
 	log     *slog.Logger

@@ -164,10 +164,9 @@ type KeyStore interface {
 	SettleCommitted(ctx context.Context, committed map[int32]int64) (retained int, err error)
 
 	// Guard takes a shared guard that excludes Forget and Object until
-	// Release, and
-	// returns the hashes of the subjects forgotten after position since
-	// (the Position of the caller's previous guard), plus the newest
-	// position. The processor holds a guard across its Kafka commit: a
+	// Release, and returns the hashes of the subjects forgotten (or whose
+	// objection state changed) after position since (the Position of the
+	// caller's previous guard), plus the newest position. The processor holds a guard across its Kafka commit: a
 	// forget can then never complete between the check of its keys and the
 	// commit of outputs derived from them. A since with a zero Tag is not
 	// checked for divergence (see Position).
