@@ -37,6 +37,12 @@ type batch struct {
 	used     map[store.SubjectHash]struct{}
 	stats    Stats
 	forgets  []forgetDone
+	// objections holds the status of each confirmed objection state
+	// (APPLIED, UNKNOWN_SUBJECT or SUPERSEDED), for the metrics.
+	objections []string
+	// objected counts, per system, the emitted events not sent to it
+	// because their subject objects.
+	objected []int
 	// settle holds the requests whose retained keys this batch used for
 	// erasure notices; they are settled once it committed (notices.go).
 	// notices counts the batch's notices per system.
@@ -66,6 +72,9 @@ type order struct {
 	subj  subject
 	key   int32 // 1 + index in batch.keys of the subject's prepared key; 0: none
 	slot  int   // index in recs of its first output; -1: suppressed
+	// objected: its subject objects to some system at its occurred_at;
+	// those systems' slots stay empty.
+	objected bool
 	// class and reason, while the batch's orders are being admitted, mark
 	// a record for the dead-letter topic (class "" means valid so far).
 	class, reason string
@@ -108,6 +117,8 @@ func (b *batch) reset() {
 	clear(b.used)
 	b.stats = Stats{}
 	b.forgets = b.forgets[:0]
+	b.objections = b.objections[:0]
+	clear(b.objected)
 	clear(b.settle)
 	b.settle = b.settle[:0]
 	clear(b.notices)
@@ -160,6 +171,9 @@ func (b *batch) handOver(n int) {
 		return
 	}
 	for ; b.produced < n; b.produced++ {
+		if b.recs[b.produced].Topic == "" {
+			continue // an output slot of a system the subject objects to
+		}
 		b.send(&b.recs[b.produced])
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,41 +65,65 @@ func benchProcessor(tb testing.TB, n, customers, cacheSubjects int) (*Processor,
 // BenchmarkEventPath measures the per-event path of a warm batch: scan,
 // cache lookup, policy projection with pseudonym derivation and record
 // building, for three systems, in batches of 10,000 records (no Kafka, no
-// store round trip). It reports ns/event and allocs/event.
+// store round trip). It reports ns/event and allocs/event. With
+// objecting=1%, one customer in a hundred objects to one system (from a
+// time before every event).
 func BenchmarkEventPath(b *testing.B) {
 	for _, workers := range []int{1, runtime.GOMAXPROCS(0)} {
-		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
-			const batchSize = 10000
-			p, recs := benchProcessor(b, batchSize, 20000, 1_000_000)
-			p.workers = workers
-			ctx := context.Background()
-			// Warm the cache: every subject resolved once.
-			p.b.reset()
-			if err := p.orderStep(ctx, &p.b, recs); err != nil {
-				b.Fatal(err)
-			}
-			before := p.Stats().StoreCalls
-			var ms0, ms1 runtime.MemStats
-			runtime.ReadMemStats(&ms0)
-			events := 0
-			for b.Loop() {
-				p.b.reset()
-				if err := p.orderStep(ctx, &p.b, recs); err != nil {
-					b.Fatal(err)
-				}
-				events += len(recs)
-			}
-			runtime.ReadMemStats(&ms1)
-			if calls := p.Stats().StoreCalls - before; calls != 0 {
-				b.Fatalf("warm batches made %d store calls", calls)
-			}
-			if got, want := len(p.b.recs), 3*batchSize; got != want {
-				b.Fatalf("%d output records, want %d", got, want)
-			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
-			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(events), "allocs/event")
-			b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(events), "B/event")
-		})
+		for _, objecting := range []int{0, 1} {
+			b.Run(fmt.Sprintf("workers=%d/objecting=%d%%", workers, objecting), func(b *testing.B) {
+				benchEventPath(b, workers, objecting)
+			})
+		}
+	}
+}
+
+// benchEventPath is one case of BenchmarkEventPath.
+func benchEventPath(b *testing.B, workers, objectingPercent int) {
+	const batchSize, customers = 10000, 20000
+	p, recs := benchProcessor(b, batchSize, customers, 1_000_000)
+	p.workers = workers
+	ctx := context.Background()
+	var reqs []store.ObjectionRequest
+	for c := 0; c < customers*objectingPercent/100; c++ {
+		reqs = append(reqs, store.ObjectionRequest{RequestID: fmt.Sprint("o-", c), SubjectID: sample.CustomerID(c * 100 / max(objectingPercent, 1)),
+			EffectiveAt: time.Now().Add(-48 * time.Hour), Systems: []string{p.systems[1]}})
+	}
+	if _, err := p.cfg.Store.Object(ctx, reqs); err != nil {
+		b.Fatal(err)
+	}
+	// Warm the cache: every subject resolved once.
+	p.b.reset()
+	if err := p.orderStep(ctx, &p.b, recs); err != nil {
+		b.Fatal(err)
+	}
+	before := p.Stats().StoreCalls
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	var ru0, ru1 syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	events := 0
+	for b.Loop() {
+		p.b.reset()
+		if err := p.orderStep(ctx, &p.b, recs); err != nil {
+			b.Fatal(err)
+		}
+		events += len(recs)
+	}
+	runtime.ReadMemStats(&ms1)
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	b.ReportMetric(float64(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano())/float64(events), "cpu-ns/event")
+	if calls := p.Stats().StoreCalls - before; calls != 0 {
+		b.Fatalf("warm batches made %d store calls", calls)
+	}
+	if got, want := len(p.b.recs), 3*batchSize; got != want {
+		b.Fatalf("%d output records, want %d", got, want)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
+	b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(events), "allocs/event")
+	b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(events), "B/event")
+	if objectingPercent > 0 && p.b.stats.Objected == 0 {
+		b.Fatalf("no event was objected")
 	}
 }
 

@@ -114,6 +114,7 @@ type generation struct {
 	used   int // index positions in use (live and removed slots)
 	index  []uint64
 	tombs  map[int32]int64
+	objs   map[int32]objectionState // the few subjects that object (objections.go)
 }
 
 // slotLayout is the byte layout of a slot for a number of systems.
@@ -296,6 +297,7 @@ func (g *generation) wipe(i int32) {
 	clear(slot[:g.digestAt])
 	slot[g.flagsAt] = 0
 	delete(g.tombs, i)
+	delete(g.objs, i)
 }
 
 // wipeAll overwrites the key material of every slot.
@@ -304,6 +306,7 @@ func (g *generation) wipeAll() {
 		clear(c)
 	}
 	clear(g.tombs)
+	clear(g.objs)
 	g.live = 0
 }
 
@@ -331,6 +334,9 @@ type subjectCache struct {
 	dropped   []*generation
 	removed   []subject // promoted or replaced entries, wiped by wipeEvicted
 	pending   map[store.SubjectHash]struct{}
+	// systems are the systems' names in plan order, to map an objection's
+	// systems to plan indices.
+	systems []string
 }
 
 func newSubjectCache(max, nsys int) *subjectCache {
@@ -345,7 +351,7 @@ func newSubjectCache(max, nsys int) *subjectCache {
 // newGeneration returns an empty generation whose index holds n entries
 // before it grows.
 func (c *subjectCache) newGeneration(n int) *generation {
-	g := &generation{slotLayout: c.layout, tombs: map[int32]int64{}}
+	g := &generation{slotLayout: c.layout, tombs: map[int32]int64{}, objs: map[int32]objectionState{}}
 	g.grow(n)
 	return g
 }
@@ -371,6 +377,9 @@ func (c *subjectCache) get(id []byte) (subject, bool) {
 		if at, ok := from.forgottenAt(); ok {
 			to.g.tombs[to.i] = at
 		}
+		if o, ok := from.g.objs[from.i]; ok {
+			to.g.objs[to.i] = o
+		}
 	}), true
 }
 
@@ -387,6 +396,10 @@ func (c *subjectCache) put(id []byte, e *store.Entry) subject {
 		if !e.ForgottenAt.IsZero() {
 			s.g.tombs[s.i] = e.ForgottenAt.UnixMilli()
 			slot[s.g.flagsAt] |= flagTomb
+		}
+		if e.Objection.Active() {
+			s.g.objs[s.i] = newObjectionState(e.Objection, c.systems)
+			slot[s.g.flagsAt] |= flagObjection
 		}
 	}
 	x := c.digester.digest(id)

@@ -54,6 +54,11 @@ type Topics struct {
 	// PseudoPrefix, followed by a system's name, is that system's output
 	// topic.
 	PseudoPrefix string
+	// Objections is the objection states (input, compacted, keyed by
+	// subject ID), consumed by the forget lane; ObjectionsApplied their
+	// confirmations (output); ObjectionsDeadLetter the objection records
+	// that cannot be processed.
+	Objections, ObjectionsApplied, ObjectionsDeadLetter string
 }
 
 // DefaultTopics returns the topic names of docs/topics-and-schemas.md.
@@ -65,5 +70,9 @@ func DefaultTopics() Topics {
 		OrdersDeadLetter: "orders.raw.dlq",
 		ForgetDeadLetter: "subjects.forget.dlq",
 		PseudoPrefix:     "orders.pseudo.",
+
+		Objections:           "subjects.objections",
+		ObjectionsApplied:    "subjects.objections.applied",
+		ObjectionsDeadLetter: "subjects.objections.dlq",
 	}
 }

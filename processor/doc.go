@@ -9,7 +9,9 @@
 // Orders and forget requests run in two lanes (session.go), each its own
 // consumer group and transactional session: the order lane in the
 // configured group and transactional ID, the forget lane in the same with
-// the suffix ".forgets" (ForgetLaneSuffix). Neither ever waits for
+// the suffix ".forgets" (ForgetLaneSuffix). The forget lane also consumes
+// the objection states (objections.go), for the same reasons: they change
+// the store under the exclusive lock, and may wait for a lost guard. Neither ever waits for
 // the other: an order batch never carries a forget, and a forget that
 // must wait (see "Why no instance can publish with a forgotten key") holds
 // up only other forgets. The lanes share the store and the metrics; the
@@ -71,6 +73,13 @@
 // is idempotent per request ID, so a batch that is aborted and redone
 // confirms with the same status.
 //
+// The batch's objection states follow its forget requests (objections.go):
+// one Store.Object call records them, under the same lock and with the
+// same wait as Forget, and returns the keys of subjects whose applied state
+// objects to a system with erasure notices; then their confirmations and
+// notices are queued in the same transaction. Object is idempotent per
+// request (its result is recorded), so a redone batch confirms the same.
+//
 // Dead letters (deadletter.go) are queued by both lanes: the original
 // record with the reason in headers, cut to fit its topic. An output that
 // the broker refuses as too large marks its input, and the redone batch
@@ -88,6 +97,7 @@
 //	txn.go         an order batch's transaction: begin, hand over, flush, guarded commit, abort
 //	batch.go       a batch's buffers (one per lane) and the contract's bounds
 //	forgets.go     the forget lane's batch: admit, Store.Forget, confirm, commit
+//	objections.go  objection states: admit, Store.Object, confirm, notices; the order path's check
 //	forgetgroup.go before a forget session: seed the lane's group (upgrade), sweep retained keys
 //	notices.go     erasure notices: tombstones from retained keys, settling them
 //	orders.go      the order step: admit, resolve, assign
@@ -103,7 +113,7 @@
 // instances, and every instance caches keys. Three rules make a forget
 // final:
 //
-//   - Store.Forget takes an exclusive lock (a PostgreSQL advisory lock; an
+//   - Store.Forget (and Store.Object) takes an exclusive lock (a PostgreSQL advisory lock; an
 //     RWMutex in the embedded store), and appends each forgotten subject
 //     hash to a forget log with a sequence number.
 //   - Before committing to Kafka, a batch takes the same lock shared
@@ -147,6 +157,56 @@
 // The forget-log position is read once at start, before any key is
 // cached, so every later forget is seen by some guard; if the store's forget
 // log was pruned past it, the guard says so and the whole cache is dropped.
+//
+// # Why a confirmed objection is enforced by every instance
+//
+// An objection must hold for every batch of every instance that commits
+// after its confirmation, although each instance caches subjects with
+// their objection state. It rides on the forget machinery:
+//
+//   - Store.Object takes the exclusive lock that Forget takes, writes the
+//     subject's state next to its key (pz_objections, or the objections
+//     bucket) and appends the subject's hash to the forget log, in one store
+//     transaction. A state that changes nothing (older than the stored one
+//     by effective_at, or not after the subject's tombstone) appends
+//     nothing. Like Forget, Object then checks for lost guards and waits
+//     for them (see above) before it returns.
+//   - Store.Resolve returns a subject's active objection from the read that
+//     returns its key (one more branch of the same statement in
+//     PostgreSQL; one more bucket read in the embedded store), and the
+//     cache keeps it with the key. A batch that used a subject whose state
+//     changed since the previous guard finds the subject in its guard
+//     (Guard.Forgotten lists every subject appended to the log, forgotten
+//     or objecting), evicts it and is aborted and redone: the redo reads
+//     the new state.
+//   - A confirmation is published only after Object committed and
+//     returned.
+//
+// So a batch that sent an event of S to system X under S's previous state
+// either committed before Object(S) could take the lock, and thus before
+// the confirmation exists, or sees S in its guard and aborts. A guard lost
+// during the EndTxn round trip is covered by the wait, as for forgets. The
+// cache needs nothing more: a guard that cannot list every change since
+// the instance's position (Complete false) drops the whole cache. A
+// subject without a key can object (UNKNOWN_SUBJECT): the state is
+// recorded under its hash, and the Resolve that creates its first key
+// reads it in the same statement; a state recorded between that read and
+// the key's creation is caught by the guard like any other.
+//
+// What a batch that raced the objection may still emit: events of S at or
+// after effective_at that it committed before Object took the lock (so
+// before the confirmation), to X. Events dated before effective_at go out
+// to every system whenever they come (a replay, a late event), because
+// processing them was lawful then; the store keeps one state per subject,
+// so "before" is judged against the latest state only (an event dated in an
+// objection period that a later state replaced follows the later state).
+//
+// Forget wins: Forget deletes, in its own transaction, the objection state
+// that took effect at or before its tombstone, and Object does not record
+// a state that took effect at or before the subject's tombstone. Both
+// orders therefore end in the same state, and a replay of the objections
+// topic cannot bring back what a forget removed. A state that took effect
+// after the tombstone is kept for the subject's next key.
 //
 // # A store restored to an older state
 //
@@ -238,10 +298,15 @@
 //   - Configuration cannot route raw data to a marketing system: input,
 //     confirmation, dead-letter and output topics must all differ.
 //
+// Objection states are validated by the same walker before hamba decodes
+// them (bare and registry), and their IDs and system names are bounded,
+// valid UTF-8 without NUL, or the record is dead-lettered.
+//
 // Held by processor/limits_test.go, processor/hostile_test.go,
 // processor/hostile_internal_test.go, schema/registry/hostile_test.go,
 // schema/registry/flood_test.go and the fuzz targets FuzzScan,
-// FuzzValidate, FuzzOrderWriter, FuzzForget and FuzzContract.
+// FuzzValidate, FuzzOrderWriter, FuzzForget, FuzzContract and
+// FuzzObjection.
 //
 // # Exactly once
 //

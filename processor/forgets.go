@@ -39,7 +39,13 @@ func (p *Processor) forgetBatch(ctx context.Context, sess *kgo.GroupTransactSess
 	// The step may wait long (see forgetCallTimeout); shutdown cancels
 	// the wait and the redone batch resumes it.
 	fctx, fcancel := context.WithTimeout(ctx, forgetCallTimeout)
-	err = p.forgets(fctx, b, recs)
+	forgets, objections := p.splitForgetLane(b, recs)
+	err = p.forgets(fctx, b, forgets)
+	if err == nil {
+		// After the forgets: a state and a forget of one subject in one
+		// batch end the same in either order (see objections.go).
+		err = p.objections(fctx, b, objections)
+	}
 	fcancel()
 	if err != nil {
 		return t.abort(err)
@@ -54,10 +60,25 @@ func (p *Processor) forgetBatch(ctx context.Context, sess *kgo.GroupTransactSess
 	}
 	o, err := t.commit(b, "forget-")
 	if o == outcomeCommitted {
+		p.clearTooLarge(p.cfg.Topics.Objections)
 		// The notices are committed: release the keys retained for them.
 		p.settleNotices(ctx, sess.Client(), b)
 	}
 	return o, err
+}
+
+// splitForgetLane sorts the forget lane's records into forget requests and
+// objection states, keeping their order; b.inForgets holds the forget
+// requests.
+func (p *Processor) splitForgetLane(b *batch, recs []*kgo.Record) (forgets, objections []*kgo.Record) {
+	for _, r := range recs {
+		if r.Topic == p.cfg.Topics.Objections {
+			objections = append(objections, r)
+		} else {
+			b.inForgets = append(b.inForgets, r)
+		}
+	}
+	return b.inForgets, objections
 }
 
 // forgets destroys the keys of the batch's forget requests and queues their

@@ -73,7 +73,7 @@ func newEnv(t *testing.T, kind string, opts ...kfake.Opt) *env {
 	if e.plan, err = policy.Compile(schema.OrderEventSchema(), e.pols); err != nil {
 		t.Fatal(err)
 	}
-	e.kc.CreateTopics(t, 3, nil, e.topics.Orders, e.topics.Forget)
+	e.kc.CreateTopics(t, 3, nil, e.topics.Orders, e.topics.Forget, e.topics.Objections)
 	e.kek = storetest.MustKEK(t, 1)
 	e.kr = storetest.MustKeyring(t, e.kek)
 	switch kind {
@@ -125,6 +125,10 @@ func namespaced(kc *kafkatest.Cluster, topics processor.Topics) processor.Topics
 		OrdersDeadLetter: kc.Topic(topics.OrdersDeadLetter),
 		ForgetDeadLetter: kc.Topic(topics.ForgetDeadLetter),
 		PseudoPrefix:     kc.Topic(topics.PseudoPrefix),
+
+		Objections:           kc.Topic(topics.Objections),
+		ObjectionsApplied:    kc.Topic(topics.ObjectionsApplied),
+		ObjectionsDeadLetter: kc.Topic(topics.ObjectionsDeadLetter),
 	}
 }
 
@@ -247,7 +251,7 @@ func (e *env) forgetRecord(t *testing.T, reqID, subject string, at time.Time) *k
 func (e *env) settled(t *testing.T, topics ...string) []*kgo.Record {
 	t.Helper()
 	e.kc.AwaitGroup(t, e.group, 60*time.Second, e.topics.Orders)
-	e.kc.AwaitGroup(t, e.group+processor.ForgetLaneSuffix, 60*time.Second, e.topics.Forget)
+	e.kc.AwaitGroup(t, e.group+processor.ForgetLaneSuffix, 60*time.Second, e.topics.Forget, e.topics.Objections)
 	return e.kc.AwaitStable(t, 30*time.Second, topics...)
 }
 

@@ -6,7 +6,7 @@ import (
 	"github.com/hygiene/pseudonymizer/store"
 )
 
-// KeyStore is what a Processor needs of a key store: the five calls of its
+// KeyStore is what a Processor needs of a key store: the six calls of its
 // two lanes. Every store.KeyStore satisfies it; see store.KeyStore for the
 // contract of each method.
 type KeyStore interface {
@@ -16,6 +16,8 @@ type KeyStore interface {
 	// Guard excludes Forget until released and lists the subjects
 	// forgotten since a position.
 	Guard(ctx context.Context, since store.Position) (store.Guard, error)
+	// Object records the objection states of a forget-lane batch.
+	Object(ctx context.Context, reqs []store.ObjectionRequest) ([]store.ObjectionResult, error)
 	// Forget destroys the keys of a forget batch's subjects.
 	Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store.ForgetResult, error)
 	// Settle releases keys retained for erasure notices once committed.

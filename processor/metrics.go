@@ -28,6 +28,11 @@ type Metrics struct {
 	ErasureNotices  *prometheus.CounterVec
 	RetainedKeys    prometheus.Gauge
 	SettleErrors    prometheus.Counter
+	// ObjectedEvents counts, per system, the events not sent to it because
+	// their subject objects; Objections the objection states confirmed,
+	// by status (APPLIED, UNKNOWN_SUBJECT, SUPERSEDED).
+	ObjectedEvents *prometheus.CounterVec
+	Objections     *prometheus.CounterVec
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -71,6 +76,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "1 when the group is joined and the store reachable."}),
 		ConsumerLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "consumer_lag",
 			Help: "Records between the committed position and the high watermark, by topic and partition."}, []string{"topic", "partition"}),
+		ObjectedEvents: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "objected_events_total",
+			Help: "Order events not sent to a system because the customer objects to it (at or after the objection's effective_at), by system."}, []string{"system"}),
+		Objections: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "objection_states_total",
+			Help: "Objection states confirmed, by status (APPLIED, UNKNOWN_SUBJECT, SUPERSEDED: a newer state or a forget was already recorded)."}, []string{"status"}),
 		ErasureNotices: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "erasure_notices_total",
 			Help: "Erasure notices (tombstones) committed, by system."}, []string{"system"}),
 		RetainedKeys: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "retained_forget_keys",
@@ -82,7 +91,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		reg.MustRegister(m.RecordsIn, m.RecordsOut, m.DeadLetters, m.Suppressed, m.Forgets, m.ForgetLatency,
 			m.BatchDuration, m.CommitDuration, m.Batches, m.StoreRoundTrips, m.StoreLatency, m.CacheHits,
 			m.CacheMisses, m.CachedSubjects, m.Ready, m.GuardLost, m.StoreRewound, m.ConsumerLag,
-			m.ErasureNotices, m.RetainedKeys, m.SettleErrors)
+			m.ErasureNotices, m.RetainedKeys, m.SettleErrors, m.ObjectedEvents, m.Objections)
 	}
 	return m
 }

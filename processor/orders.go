@@ -276,6 +276,19 @@ func (p *Processor) assign(b *batch, resolved []subject) error {
 			return fmt.Errorf("store resolve: no key for a subject that needs one")
 		}
 		b.used[*s.hash()] = struct{}{}
+		if st, ok := s.objection(o.head.OccurredAt); ok {
+			// Its slots of the objected systems stay empty (project).
+			o.objected = true
+			if b.objected == nil {
+				b.objected = make([]int, nsys)
+			}
+			for sys, objects := range st.sys {
+				if objects {
+					b.objected[sys]++
+					b.stats.Objected++
+				}
+			}
+		}
 		if _, ok := s.pseudonyms(); !ok {
 			j, queued := b.deriving[s]
 			if !queued {
@@ -295,7 +308,7 @@ func (p *Processor) assign(b *batch, resolved []subject) error {
 	b.recs = slices.Grow(b.recs, b.emitted*nsys)[:base+b.emitted*nsys]
 	// b.recs does not move any more: hand over what precedes the outputs.
 	b.handOver(base)
-	b.stats.Out += b.emitted * nsys
+	b.stats.Out += b.emitted*nsys - b.stats.Objected
 	return nil
 }
 

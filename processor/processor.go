@@ -71,14 +71,15 @@ type Config struct {
 	// tests. Order lane: "after-resolve" (new keys committed),
 	// "before-commit" (guard held, before EndTxn), "after-commit" (EndTxn
 	// returned, guard still held). Forget lane: "after-forget" (store
-	// forget committed, its wait for lost guards over),
+	// forget committed, its wait for lost guards over), "after-object"
+	// (store objection states committed, likewise),
 	// "forget-before-commit", "forget-after-commit".
 	Failpoint func(name string)
 }
 
-// Processor consumes orders.raw and subjects.forget and produces the
-// pseudonymized copies, confirmations and dead letters, exactly once. See
-// doc.go for the design.
+// Processor consumes orders.raw, subjects.forget and subjects.objections
+// and produces the pseudonymized copies, confirmations and dead letters,
+// exactly once. See doc.go for the design.
 type Processor struct {
 	cfg     Config
 	log     *slog.Logger
@@ -130,9 +131,11 @@ type Processor struct {
 // Stats are running totals, for the demo, tests and benchmarks.
 type Stats struct {
 	Batches, Committed, Aborted, Stale int
-	OrdersIn, ForgetsIn                int
+	OrdersIn, ForgetsIn, ObjectionsIn  int
 	Out, DeadLetters, Suppressed       int
-	StoreCalls                         int
+	// Objected counts outputs not sent because the subject objects.
+	Objected   int
+	StoreCalls int
 }
 
 // New validates cfg and returns a Processor. It connects to nothing.
@@ -191,6 +194,7 @@ func New(cfg Config) (*Processor, error) {
 	if cfg.ProducerBatchMaxBytes > 0 {
 		p.batchMax = int(cfg.ProducerBatchMaxBytes)
 	}
+	p.cache.systems = p.systems
 	for i, sys := range p.systems {
 		p.topics = append(p.topics, cfg.Topics.PseudoPrefix+sys)
 		allowed := map[string]bool{}

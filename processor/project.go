@@ -144,7 +144,15 @@ func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 		} else {
 			w.pk = w.d.Prepare(s.key())
 		}
+		var objecting objectionState
+		if o.objected {
+			objecting, _ = s.objection(o.head.OccurredAt)
+		}
 		for sys, topic := range p.topics {
+			if o.objected && objecting.sys[sys] {
+				b.recs[o.slot+sys] = kgo.Record{} // not handed over (batch.handOver)
+				continue
+			}
 			// The record key, the customer's pseudonym, goes first; the
 			// value repeats it as customer_id.
 			start := len(w.arena)

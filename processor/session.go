@@ -44,13 +44,13 @@ func (p *Processor) Run(ctx context.Context) error {
 	return nil
 }
 
-// lane is one transactional consumer of one input topic: its group, its
+// lane is one transactional consumer of its input topics: its group, its
 // transactional ID and the handler of its poll batches.
 type lane struct {
 	name   string // "orders" or "forgets", in logs
 	group  string
 	txnID  string
-	topic  string
+	topics []string
 	joined *atomic.Bool
 	// prepare, if set, runs before each session's client is created.
 	prepare func(ctx context.Context) error
@@ -61,14 +61,18 @@ type lane struct {
 
 // orderLane consumes orders in the configured group.
 func (p *Processor) orderLane() *lane {
-	return &lane{name: "orders", group: p.cfg.GroupID, txnID: p.cfg.TransactionalID, topic: p.cfg.Topics.Orders,
+	return &lane{name: "orders", group: p.cfg.GroupID, txnID: p.cfg.TransactionalID, topics: []string{p.cfg.Topics.Orders},
 		joined: &p.ordersJoined, process: p.processBatch}
 }
 
-// forgetLane consumes forget requests in a group and a transactional
-// session of their own (see doc.go, "Two lanes").
+// forgetLane consumes forget requests and objection states in a group and
+// a transactional session of their own (see doc.go, "Two lanes").
 func (p *Processor) forgetLane() *lane {
-	return &lane{name: "forgets", group: p.cfg.ForgetGroupID, txnID: p.cfg.ForgetTransactionalID, topic: p.cfg.Topics.Forget,
+	topics := []string{p.cfg.Topics.Forget}
+	if p.cfg.Topics.Objections != "" {
+		topics = append(topics, p.cfg.Topics.Objections)
+	}
+	return &lane{name: "forgets", group: p.cfg.ForgetGroupID, txnID: p.cfg.ForgetTransactionalID, topics: topics,
 		joined: &p.forgetsJoined, prepare: p.prepareForgetLane, process: p.forgetBatch}
 }
 
@@ -119,7 +123,7 @@ func (p *Processor) session(ctx context.Context, l *lane) error {
 	}
 	opts = append(opts,
 		kgo.ConsumerGroup(l.group),
-		kgo.ConsumeTopics(l.topic),
+		kgo.ConsumeTopics(l.topics...),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.TransactionalID(l.txnID),

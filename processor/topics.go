@@ -13,7 +13,9 @@ import (
 // EnsureTopics creates the topics the processor writes (outputs,
 // confirmations, dead letters) when they are missing, with the partition
 // count of the orders topic (or 1) and the broker's default replication.
-// The input topics must exist or be auto-created by the broker.
+// The objections topic, an input, is created too when missing, compacted
+// (cleanup.policy=compact: one state per subject); the other input topics
+// must exist or be auto-created by the broker.
 func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
 	partitions := int32(1)
 	if td, err := adm.ListTopics(ctx, p.cfg.Topics.Orders); err == nil {
@@ -22,9 +24,23 @@ func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
 		}
 	}
 	want := append([]string{p.cfg.Topics.Forgotten, p.cfg.Topics.OrdersDeadLetter, p.cfg.Topics.ForgetDeadLetter}, p.topics...)
+	if p.cfg.Topics.Objections != "" {
+		want = append(want, p.cfg.Topics.ObjectionsApplied, p.cfg.Topics.ObjectionsDeadLetter)
+	}
 	resp, err := adm.CreateTopics(ctx, partitions, -1, nil, want...)
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
+	}
+	if p.cfg.Topics.Objections != "" {
+		// The objection states' input: compacted (one state per subject).
+		compact := "compact"
+		more, err := adm.CreateTopics(ctx, partitions, -1, map[string]*string{"cleanup.policy": &compact}, p.cfg.Topics.Objections)
+		if err != nil {
+			return fmt.Errorf("create topics: %w", err)
+		}
+		for t, r := range more {
+			resp[t] = r
+		}
 	}
 	var created []string
 	for _, r := range resp.Sorted() {

@@ -222,6 +222,12 @@ func (p *Processor) committed(b *batch, now time.Time) {
 	p.m.Batches.WithLabelValues("committed").Inc()
 	p.m.RecordsIn.WithLabelValues(p.cfg.Topics.Orders).Add(float64(b.stats.OrdersIn))
 	p.m.RecordsIn.WithLabelValues(p.cfg.Topics.Forget).Add(float64(b.stats.ForgetsIn))
+	if b.stats.ObjectionsIn > 0 {
+		p.m.RecordsIn.WithLabelValues(p.cfg.Topics.Objections).Add(float64(b.stats.ObjectionsIn))
+	}
+	for _, s := range b.objections {
+		p.m.Objections.WithLabelValues(s).Inc()
+	}
 	p.m.Suppressed.Add(float64(b.stats.Suppressed))
 	for _, f := range b.forgets {
 		p.m.Forgets.WithLabelValues(f.status).Inc()
@@ -231,8 +237,15 @@ func (p *Processor) committed(b *batch, now time.Time) {
 		p.m.DeadLetters.WithLabelValues(d.topic, d.class).Inc()
 	}
 	if b.emitted > 0 {
-		for _, sys := range p.systems {
-			p.m.RecordsOut.WithLabelValues(sys).Add(float64(b.emitted))
+		for i, sys := range p.systems {
+			objected := 0
+			if i < len(b.objected) {
+				objected = b.objected[i]
+			}
+			p.m.RecordsOut.WithLabelValues(sys).Add(float64(b.emitted - objected))
+			if objected > 0 {
+				p.m.ObjectedEvents.WithLabelValues(sys).Add(float64(objected))
+			}
 		}
 	}
 	p.count(func(s *Stats) {
@@ -240,6 +253,8 @@ func (p *Processor) committed(b *batch, now time.Time) {
 		s.Committed++
 		s.OrdersIn += b.stats.OrdersIn
 		s.ForgetsIn += b.stats.ForgetsIn
+		s.ObjectionsIn += b.stats.ObjectionsIn
+		s.Objected += b.stats.Objected
 		s.Out += b.stats.Out
 		s.DeadLetters += b.stats.DeadLetters
 		s.Suppressed += b.stats.Suppressed

@@ -24,6 +24,10 @@ type Wire interface {
 	AppendOutputPrefix(dst []byte, system int) []byte
 	// Confirmation encodes a ForgetConfirmation.
 	Confirmation(c *ForgetConfirmation) ([]byte, error)
+	// Objection decodes an ObjectionState.
+	Objection(ctx context.Context, value []byte) (*ObjectionState, error)
+	// ObjectionConfirmation encodes an ObjectionConfirmation.
+	ObjectionConfirmation(c *ObjectionConfirmation) ([]byte, error)
 }
 
 // Prefetcher is implemented by a Wire that looks schemas up in a remote
@@ -98,4 +102,18 @@ func (BareWire) AppendOutputPrefix(dst []byte, _ int) []byte { return dst }
 // Confirmation encodes bare Avro.
 func (BareWire) Confirmation(c *ForgetConfirmation) ([]byte, error) {
 	return MarshalForgetConfirmation(c)
+}
+
+// Objection decodes a bare ObjectionState.
+func (BareWire) Objection(_ context.Context, value []byte) (*ObjectionState, error) {
+	s, err := UnmarshalObjectionState(value)
+	if err != nil {
+		return nil, &RecordError{Class: ClassDecode, Reason: "not a hygiene.v1.ObjectionState in bare Avro"}
+	}
+	return s, nil
+}
+
+// ObjectionConfirmation encodes bare Avro.
+func (BareWire) ObjectionConfirmation(c *ObjectionConfirmation) ([]byte, error) {
+	return MarshalObjectionConfirmation(c)
 }

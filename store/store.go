@@ -55,6 +55,10 @@ type Entry struct {
 	// the zero time when the subject was never forgotten. Events that
 	// occurred at or before it must be suppressed.
 	ForgottenAt time.Time
+	// Objection is the subject's objection state when it objects to some
+	// system, or nil (no objection, or a withdrawn one). Lookups of the
+	// same subject share it; the caller must not modify it.
+	Objection *Objection
 }
 
 // ForgetRequest asks to destroy the key material of one subject.
@@ -123,6 +127,10 @@ type ForgetResult struct {
 // Implementations must be safe for concurrent use by many goroutines, and the
 // PostgreSQL implementation also by many processes.
 type KeyStore interface {
+	// Objector records objection states (objection.go); Resolve returns
+	// them in Entry.Objection, read in the same statement as the keys.
+	Objector
+
 	// Hash returns the keyed hash that identifies subjectID in the store.
 	Hash(subjectID string) SubjectHash
 
@@ -155,10 +163,10 @@ type KeyStore interface {
 	// keys stay retained.
 	SettleCommitted(ctx context.Context, committed map[int32]int64) (retained int, err error)
 
-	// Guard takes a shared guard that excludes Forget until Release, and
-	// returns the hashes of the subjects forgotten after position since
-	// (the Position of the caller's previous guard), plus the newest
-	// position. The processor holds a guard across its Kafka commit: a
+	// Guard takes a shared guard that excludes Forget and Object until
+	// Release, and returns the hashes of the subjects forgotten (or whose
+	// objection state changed) after position since (the Position of the
+	// caller's previous guard), plus the newest position. The processor holds a guard across its Kafka commit: a
 	// forget can then never complete between the check of its keys and the
 	// commit of outputs derived from them. A since with a zero Tag is not
 	// checked for divergence (see Position).
@@ -213,6 +221,9 @@ type Auditor interface {
 	// ForgetLog calls fn for every forget request completed at or after
 	// since, in order of completion, and stops at fn's first error.
 	ForgetLog(ctx context.Context, since time.Time, fn func(ForgetRecord) error) error
+	// ObjectionLog calls fn for every objection state change carried out
+	// at or after since, in order, and stops at fn's first error.
+	ObjectionLog(ctx context.Context, since time.Time, fn func(ObjectionRecord) error) error
 }
 
 // SubjectState is what a store holds about one subject.
@@ -228,6 +239,10 @@ type SubjectState struct {
 	// Forgotten describes the newest tombstone, or is nil when the subject
 	// was never forgotten.
 	Forgotten *Tombstone
+	// Objection is the subject's newest objection state, also when it was
+	// withdrawn (no systems), or nil when none is recorded (none was ever
+	// set, or a forget removed it).
+	Objection *Objection
 }
 
 // Tombstone is the trace a forget leaves: when it was requested, and by
@@ -272,8 +287,9 @@ type Guard interface {
 	// recreated) since; keys the caller cached may have been destroyed by
 	// forgets the store no longer lists. Complete is then false.
 	Diverged() bool
-	// Forgotten lists the subjects forgotten after the requested sequence
-	// number, oldest first.
+	// Forgotten lists the subjects forgotten, or whose objection state
+	// changed, after the requested sequence number, oldest first: a
+	// caller drops them from its cache either way.
 	Forgotten() []SubjectHash
 	// Complete is false when Forgotten cannot list every subject forgotten
 	// since the requested position (the forget log was pruned past it, it

@@ -93,7 +93,8 @@ func checkTopics(ctx context.Context, kopts []kgo.Opt, cfg config.Config, output
 			strings.Join(cfg.Kafka.Brokers, ","), checkTimeout, err)
 	}
 	inputs := []string{cfg.Topics.Orders, cfg.Topics.Forget}
-	written := append([]string{cfg.Topics.Forgotten, cfg.Topics.OrdersDeadLetter, cfg.Topics.ForgetDeadLetter}, outputs...)
+	written := append([]string{cfg.Topics.Forgotten, cfg.Topics.OrdersDeadLetter, cfg.Topics.ForgetDeadLetter,
+		cfg.Topics.Objections, cfg.Topics.ObjectionsApplied, cfg.Topics.ObjectionsDeadLetter}, outputs...)
 	td, err := adm.ListTopics(cctx, append(slices.Clone(inputs), written...)...)
 	if err != nil {
 		return "", fmt.Errorf("kafka: list topics: %w", err)

@@ -133,7 +133,8 @@ func newDemo(path string, port int, metricsAddr string, verbose bool, stderr io.
 		cfg.Systems, cfg.Topics = own.Systems, own.Topics
 	}
 	for _, t := range []*string{&cfg.Topics.Orders, &cfg.Topics.Forget, &cfg.Topics.Forgotten,
-		&cfg.Topics.OrdersDeadLetter, &cfg.Topics.ForgetDeadLetter, &cfg.Topics.PseudoPrefix} {
+		&cfg.Topics.OrdersDeadLetter, &cfg.Topics.ForgetDeadLetter, &cfg.Topics.PseudoPrefix,
+		&cfg.Topics.Objections, &cfg.Topics.ObjectionsApplied, &cfg.Topics.ObjectionsDeadLetter} {
 		*t = demoTopicPrefix + *t
 	}
 	cluster, err := kfake.NewCluster(kfake.Ports(port), kfake.SeedTopics(3, cfg.Topics.Orders, cfg.Topics.Forget))

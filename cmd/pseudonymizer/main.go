@@ -70,6 +70,8 @@ Usage:
   pseudonymizer forget --config FILE SUBJECT_ID      publish a forget request, await its confirmation
   pseudonymizer status --config FILE SUBJECT_ID      what the key store holds about a subject (read-only)
   pseudonymizer forget-log --config FILE [--since T] the forget requests carried out, as JSON lines (read-only)
+  pseudonymizer objection-log --config FILE [--since T]
+                                                     the objection states recorded, as JSON lines (read-only)
   pseudonymizer tail --config FILE --system NAME     print a system's output topic as JSON lines
   pseudonymizer produce-sample --config FILE [--orders N]
                                                      publish sample orders to the orders topic
@@ -121,6 +123,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runStatus(ctx, rest, stdout, stderr)
 	case "forget-log":
 		return runForgetLog(ctx, rest, stdout, stderr)
+	case "objection-log":
+		return runObjectionLog(ctx, rest, stdout, stderr)
 	case "tail":
 		return runTail(ctx, rest, stdout, stderr)
 	case "produce-sample":

@@ -36,6 +36,8 @@ type subjectReport struct {
 	Pseudonyms map[string]string `json:"pseudonyms,omitempty"`
 	// Forgotten describes the newest forget request, if any.
 	Forgotten *forgottenReport `json:"forgotten,omitempty"`
+	// Objection is the subject's objection state, if one is recorded.
+	Objection *objectionReport `json:"objection,omitempty"`
 }
 
 type forgottenReport struct {
@@ -49,7 +51,8 @@ type forgottenReport struct {
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("status", "status --config FILE [--json] SUBJECT_ID", fmt.Sprintf(`Prints what the key store holds about SUBJECT_ID (a customer_id): active
 (since when, and its current customer pseudonym in each system), forgotten
-(when, and by which request; no key exists) or unknown. Reads only.
+(when, and by which request; no key exists) or unknown, and its objection
+state (the systems it objects to, from when), if any. Reads only.
 Exit status: 0 active, %d forgotten, %d unknown.`, exitForgotten, exitUnknown))
 	path := fs.String("config", "", "configuration file (YAML)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
@@ -110,6 +113,7 @@ Exit status: 0 active, %d forgotten, %d unknown.`, exitForgotten, exitUnknown))
 		}
 	}
 
+	rep.Objection = newObjectionReport(st.Objection)
 	if *asJSON {
 		b, err := json.Marshal(rep)
 		if err != nil {
@@ -160,6 +164,9 @@ func printSubject(w io.Writer, rep *subjectReport, systems []string) {
 			fmt.Fprintf(tw, ", completed %s", ts(*f.CompletedAt))
 		}
 		fmt.Fprintln(tw)
+	}
+	if rep.Objection != nil {
+		fmt.Fprintf(tw, "objects to:\t%s\n", describeObjection(rep.Objection))
 	}
 	if len(rep.Pseudonyms) > 0 {
 		fmt.Fprintf(tw, "customer pseudonym per system (record key and customer_id of its outputs):\n")

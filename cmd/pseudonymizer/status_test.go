@@ -81,6 +81,11 @@ systems:
 			}); err != nil {
 				t.Fatal(err)
 			}
+			if _, err := ks.Object(ctx, []store.ObjectionRequest{
+				{RequestID: "obj-1", SubjectID: "cust-active-7", EffectiveAt: t0.Add(time.Hour), Systems: []string{"meta"}},
+			}); err != nil {
+				t.Fatal(err)
+			}
 			activeKey := append([]byte(nil), entries[0].Key...)
 			hashes := map[string]string{}
 			for _, id := range []string{"cust-active-7", "cust-gone-8", "cust-never-9", "cust-other-1"} {
@@ -109,6 +114,9 @@ systems:
 			d := pseudonym.NewDeriver()
 			if code != 0 || rep.State != "active" || rep.SubjectHash != hashes["cust-active-7"] || rep.KeyCreatedAt == nil {
 				t.Errorf("active: exit %d, %+v", code, rep)
+			}
+			if o := rep.Objection; o == nil || o.RequestID != "obj-1" || len(o.Systems) != 1 || o.Systems[0] != "meta" || !o.EffectiveAt.Equal(t0.Add(time.Hour)) {
+				t.Errorf("active: objection %+v, want obj-1 to meta", rep.Objection)
 			}
 			for _, sys := range []string{"meta", "crm"} {
 				if want := d.String(activeKey, sys, "customer_id", "cust-active-7"); rep.Pseudonyms[sys] != want {
@@ -143,8 +151,20 @@ systems:
 			if err := run(ctx, []string{"status", "--config", cfg, "cust-active-7"}, &out, &bytes.Buffer{}); err != nil {
 				t.Fatalf("status (text): %v", err)
 			}
-			if !strings.Contains(out.String(), "active") || !strings.Contains(out.String(), d.String(activeKey, "crm", "customer_id", "cust-active-7")) {
+			if !strings.Contains(out.String(), "active") || !strings.Contains(out.String(), d.String(activeKey, "crm", "customer_id", "cust-active-7")) ||
+				!strings.Contains(out.String(), "objects to:") || !strings.Contains(out.String(), "request obj-1") {
 				t.Errorf("status (text): %q", out.String())
+			}
+
+			// The objection log: the state, as a JSON line, no raw IDs.
+			out.Reset()
+			if err := run(ctx, []string{"objection-log", "--config", cfg}, &out, &bytes.Buffer{}); err != nil {
+				t.Fatalf("objection-log: %v", err)
+			}
+			var ol objectionLogLine
+			if err := json.Unmarshal(out.Bytes(), &ol); err != nil || ol.RequestID != "obj-1" || ol.Status != "APPLIED" ||
+				ol.SubjectHash != hashes["cust-active-7"] || strings.Contains(out.String(), "cust-active-7") {
+				t.Errorf("objection-log: %q (%v)", out.String(), err)
 			}
 
 			// The forget log: both requests, as JSON lines, no raw IDs.

@@ -39,7 +39,8 @@ func newWire(ctx context.Context, cfg config.Config, plan *policy.Plan, log *slo
 		outputs = append(outputs, registry.Output{System: sys, Topic: cfg.Topics.PseudoPrefix + sys, Schema: plan.OutputSchema(i)})
 	}
 	w, err := registry.New(rctx, cl, outputs, cfg.Topics.Forgotten,
-		registry.WithLogger(log.With("component", "schema-registry")), registry.WithRegisterer(reg))
+		registry.WithLogger(log.With("component", "schema-registry")), registry.WithRegisterer(reg),
+		registry.WithObjectionConfirmations(cfg.Topics.ObjectionsApplied))
 	if err != nil {
 		return nil, fmt.Errorf("schema_registry: %w", err)
 	}

@@ -84,6 +84,12 @@ type Topics struct {
 	OrdersDeadLetter string `yaml:"orders_dead_letter"`
 	ForgetDeadLetter string `yaml:"forget_dead_letter"`
 	PseudoPrefix     string `yaml:"pseudo_prefix"`
+
+	// Objections (issue 28): the objection states (input), their
+	// confirmations and their dead letters.
+	Objections           string `yaml:"objections"`
+	ObjectionsApplied    string `yaml:"objections_applied"`
+	ObjectionsDeadLetter string `yaml:"objections_dead_letter"`
 }
 
 // Store selects the key store: PostgreSQL (shared by many instances) or the

@@ -113,6 +113,11 @@ func TestInvalid(t *testing.T) {
 			"topics.forget and topics.orders_dead_letter"},
 		{"confirmations on the forget topic", minimal + "topics: {forgotten: subjects.forget}\n", "",
 			"topics.forget and topics.forgotten"},
+		{"objection confirmations on the objections topic", minimal + "topics: {objections_applied: subjects.objections}\n", "",
+			"topics.objections and topics.objections_applied"},
+		{"objection dead letters on an output topic", minimal, "PSEUDONYMIZER_TOPICS_OBJECTIONS_DEAD_LETTER=orders.pseudo.meta",
+			"topics.objections_dead_letter and the output topic of systems.meta"},
+		{"no objections topic", minimal + "topics: {objections: \"\"}\n", "", "topics.objections is empty"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var env []string

@@ -63,6 +63,8 @@ func (c *Config) Validate() error {
 		"topics.orders": c.Topics.Orders, "topics.forget": c.Topics.Forget,
 		"topics.forgotten": c.Topics.Forgotten, "topics.orders_dead_letter": c.Topics.OrdersDeadLetter,
 		"topics.forget_dead_letter": c.Topics.ForgetDeadLetter, "topics.pseudo_prefix": c.Topics.PseudoPrefix,
+		"topics.objections": c.Topics.Objections, "topics.objections_applied": c.Topics.ObjectionsApplied,
+		"topics.objections_dead_letter": c.Topics.ObjectionsDeadLetter,
 	} {
 		if v == "" {
 			return fmt.Errorf("config: %s is empty", field)
@@ -102,6 +104,9 @@ func (c *Config) validateTopics() error {
 		{"topics.forgotten", c.Topics.Forgotten},
 		{"topics.orders_dead_letter", c.Topics.OrdersDeadLetter},
 		{"topics.forget_dead_letter", c.Topics.ForgetDeadLetter},
+		{"topics.objections", c.Topics.Objections},
+		{"topics.objections_applied", c.Topics.ObjectionsApplied},
+		{"topics.objections_dead_letter", c.Topics.ObjectionsDeadLetter},
 	}
 	names := make([]string, 0, len(c.Systems))
 	for n := range c.Systems {

@@ -53,6 +53,9 @@ type Option func(*options)
 type options struct {
 	log *slog.Logger
 	reg prometheus.Registerer
+	// objectionsApplied is the topic of objection confirmations
+	// (WithObjectionConfirmations).
+	objectionsApplied string
 }
 
 // WithLogger sets the logger; the default discards.
@@ -82,6 +85,11 @@ type Wire struct {
 	outPre  [][headerLen]byte
 	confID  int
 	confPre [headerLen]byte
+	// objections reads ObjectionStates; objConfPre is the header of
+	// ObjectionConfirmations (objection.go).
+	objections *reader
+	objConfID  int
+	objConfPre [headerLen]byte
 }
 
 var (
@@ -150,6 +158,9 @@ func New(ctx context.Context, cl *sr.Client, outputs []Output, confirmations str
 	}
 	w.confPre = prefix(w.confID)
 	o.log.Info("registered confirmation schema", "subject", subject, "schema_id", w.confID)
+	if err := w.initObjections(ctx, cl, o); err != nil {
+		return nil, err
+	}
 	return w, nil
 }
 

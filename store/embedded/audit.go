@@ -72,6 +72,7 @@ func (s *Store) Subject(ctx context.Context, subjectID string) (store.SubjectSta
 				st.KeyCreatedAt = getTime(c)
 			}
 		}
+		st.Objection = subjectObjection(tx, st.Hash)
 		t := tx.Bucket(bucketTombs).Get(h)
 		if len(t) < 8 {
 			return nil

@@ -42,8 +42,9 @@ const (
 	// schemaVersion is the layout version written to the meta bucket:
 	// 1 the first layout; 2 adds key creation times, the request ID,
 	// subject and requested_at to forget results, and the forget history;
-	// 3 adds the retained keys (bucketRetained).
-	schemaVersion = 3
+	// 3 adds the retained keys (bucketRetained); 4 the objection states,
+	// log and history (objection.go).
+	schemaVersion = 4
 )
 
 // Bucket and meta key names.
@@ -143,7 +144,8 @@ func Open(path string, kr *store.Keyring, opts ...Option) (*Store, error) {
 func (s *Store) init() error {
 	var wrapped []byte
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketTombs, bucketResults, bucketLog, bucketCreated, bucketHistory, bucketRetained} {
+		for _, name := range [][]byte{bucketMeta, bucketKeys, bucketTombs, bucketResults, bucketLog, bucketCreated, bucketHistory, bucketRetained,
+			bucketObjections, bucketObjectionLog, bucketObjectionHistory} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}

@@ -61,6 +61,10 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 				if err := tombs.Put(h[:], append(putTime(nil, at), rh...)); err != nil {
 					return err
 				}
+				// Forget wins: the objection state goes with the key.
+				if err := forgetObjection(tx, h, at); err != nil {
+					return err
+				}
 			}
 			seq++
 			tag, err := store.NewTag()

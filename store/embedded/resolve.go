@@ -16,6 +16,7 @@ import (
 type subjectState struct {
 	wrapped     []byte
 	forgottenAt time.Time
+	objection   *store.Objection // active only
 }
 
 // Resolve returns one Entry per lookup. It reads every subject in one read
@@ -101,10 +102,13 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 	if err := s.kr.FillEntries(entries, stateOf); err != nil {
 		return nil, wrongKEK("resolve", err)
 	}
+	for i := range entries {
+		entries[i].Objection = states[entries[i].Hash].objection
+	}
 	return entries, nil
 }
 
-// readState reads a subject's key and tombstone, copied out of tx.
+// readState reads a subject's key, tombstone and active objection, copied out of tx.
 func readState(tx *bolt.Tx, h store.SubjectHash) subjectState {
 	var st subjectState
 	if w := tx.Bucket(bucketKeys).Get(h[:]); w != nil {
@@ -113,5 +117,6 @@ func readState(tx *bolt.Tx, h store.SubjectHash) subjectState {
 	if t := tx.Bucket(bucketTombs).Get(h[:]); len(t) >= 8 {
 		st.forgottenAt = getTime(t)
 	}
+	st.objection = readObjection(tx, h)
 	return st
 }

@@ -136,3 +136,51 @@ func TestUpgradeFromLayout2(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestUpgradeFromLayout3 opens a file as layout 3 left it (no objection
+// buckets): layout 4 adds them, keys are kept, and objections work.
+func TestUpgradeFromLayout3(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "keys.db")
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	s, err := Open(path, kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	e, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "a", Latest: at}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketObjections, bucketObjectionLog, bucketObjectionHistory} {
+			if err := tx.DeleteBucket(b); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put(metaVersion, putUint(3))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(path, kr)
+	if err != nil {
+		t.Fatalf("open a layout 3 file: %v", err)
+	}
+	defer s.Close()
+	got, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "a", Latest: at}})
+	if err != nil || !bytes.Equal(got[0].Key, e[0].Key) || got[0].Objection != nil {
+		t.Fatalf("Resolve after upgrade: same key %v, objection %+v, %v", err == nil && bytes.Equal(got[0].Key, e[0].Key), got[0].Objection, err)
+	}
+	res, err := s.Object(ctx, []store.ObjectionRequest{{RequestID: "o1", SubjectID: "a", EffectiveAt: at, Systems: []string{"meta"}}})
+	if err != nil || res[0].Status != store.ObjectionApplied {
+		t.Fatalf("Object after upgrade: %+v, %v", res, err)
+	}
+	got, err = s.Resolve(ctx, []store.Lookup{{SubjectID: "a", Latest: at}})
+	if err != nil || !got[0].Objection.Objects("meta", at) || got[0].Objection.Objects("crm", at) {
+		t.Fatalf("Resolve after an objection: %+v, %v", got[0].Objection, err)
+	}
+}

@@ -27,8 +27,8 @@ SELECT request_id, subject_hash, status, requested_at, completed_at
 FROM pz_forget_results WHERE completed_at >= $1
 ORDER BY completed_at, request_hash`
 
-// Subject reports what the store holds about subjectID, in one read-only
-// statement.
+// Subject reports what the store holds about subjectID, in two read-only
+// statements: the key and tombstone, then the objection state.
 func (s *Store) Subject(ctx context.Context, subjectID string) (store.SubjectState, error) {
 	st := store.SubjectState{Hash: s.hasher.Hash(subjectID)}
 	var (
@@ -37,7 +37,12 @@ func (s *Store) Subject(ctx context.Context, subjectID string) (store.SubjectSta
 		requestID                     *string
 	)
 	err := s.with(ctx, func(conn *pgx.Conn) error {
-		return conn.QueryRow(ctx, selectSubject, st.Hash[:]).Scan(&wrapped, &created, &requested, &requestID, &completed)
+		if err := conn.QueryRow(ctx, selectSubject, st.Hash[:]).Scan(&wrapped, &created, &requested, &requestID, &completed); err != nil {
+			return err
+		}
+		var err error
+		st.Objection, err = objectionState(ctx, conn, st.Hash[:])
+		return err
 	})
 	if err != nil {
 		return store.SubjectState{}, wrapErr("subject", err)

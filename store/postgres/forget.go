@@ -201,6 +201,9 @@ func (s *Store) Forget(ctx context.Context, reqs []store.ForgetRequest) ([]store
 			}
 			if len(tombHashes) > 0 {
 				b.Queue(upsertTombs, tombHashes, tombAt, tombReqs)
+				// Forget wins: the objection states up to the tombstone go
+				// with the key (objection.go).
+				b.Queue(deleteObjectionsUpTo, tombHashes, tombAt)
 			}
 			b.Queue(insertLog, logSeqs, logHashes, logTags)
 			b.Queue(insertResults, resHashes, resStatus, resAt, resIDs, resSubjects, resRequested)

@@ -379,6 +379,60 @@ UPDATE pz_meta SET value = '3' WHERE name = 'schema_version'`); err != nil {
 	}
 }
 
+// TestUpgradeFromSchema5 opens a database as schema version 5 left it (no
+// objection tables): migration 6 adds them, keys and tombstones are kept,
+// and objections work, also for a subject forgotten before the upgrade.
+func TestUpgradeFromSchema5(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.MustTempSchemaDSN(t)
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	s, err := postgres.Open(ctx, dsn, kr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	e, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "a", Latest: at}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Forget(ctx, []store.ForgetRequest{{RequestID: "r1", SubjectID: "b", RequestedAt: at}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, `
+DROP TABLE pz_objections;
+DROP TABLE pz_objection_log;
+UPDATE pz_meta SET value = '5' WHERE name = 'schema_version'`); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close(ctx)
+
+	s, err = postgres.Open(ctx, dsn, kr)
+	if err != nil {
+		t.Fatalf("open a version 5 schema: %v", err)
+	}
+	defer s.Close()
+	got, err := s.Resolve(ctx, []store.Lookup{{SubjectID: "a", Latest: at}, {SubjectID: "b", Latest: at}})
+	if err != nil || !bytes.Equal(got[0].Key, e[0].Key) || got[0].Objection != nil || got[1].Key != nil {
+		t.Fatalf("Resolve after upgrade: %+v, %v", got, err)
+	}
+	res, err := s.Object(ctx, []store.ObjectionRequest{
+		{RequestID: "o1", SubjectID: "a", EffectiveAt: at, Systems: []string{"meta"}},
+		{RequestID: "o2", SubjectID: "b", EffectiveAt: at, Systems: []string{"*"}}, // not after b's tombstone
+	})
+	if err != nil || res[0].Status != store.ObjectionApplied || res[0].Superseded || !res[1].Superseded {
+		t.Fatalf("Object after upgrade: %+v, %v", res, err)
+	}
+	got, err = s.Resolve(ctx, []store.Lookup{{SubjectID: "a", Latest: at}})
+	if err != nil || !got[0].Objection.Objects("meta", at) || got[0].Objection.Objects("crm", at) {
+		t.Fatalf("Resolve after an objection: %+v, %v", got[0].Objection, err)
+	}
+}
+
 // TestResolveLargeBatch: a batch large enough that its 2,500 new keys are
 // created in two shards on two connections resolves like small ones: new
 // subjects get keys, the same subjects resolved again get the same keys,

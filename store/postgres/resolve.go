@@ -14,12 +14,15 @@ import (
 	"github.com/hygiene/pseudonymizer/store"
 )
 
-// selectState reads the keys and tombstones of a set of subjects in one
-// statement.
+// selectState reads the keys, tombstones and active objections of a set of
+// subjects in one statement. A row with systems is an objection (its time
+// is the effective time), one with a time and no systems a tombstone.
 const selectState = `
-SELECT subject_hash, wrapped_key, NULL::timestamptz FROM pz_subject_keys WHERE subject_hash = ANY($1::bytea[])
+SELECT subject_hash, wrapped_key, NULL::timestamptz, NULL::text[] FROM pz_subject_keys WHERE subject_hash = ANY($1::bytea[])
 UNION ALL
-SELECT subject_hash, NULL::bytea, requested_at FROM pz_tombstones WHERE subject_hash = ANY($1::bytea[])`
+SELECT subject_hash, NULL::bytea, requested_at, NULL::text[] FROM pz_tombstones WHERE subject_hash = ANY($1::bytea[])
+UNION ALL
+SELECT subject_hash, NULL::bytea, effective_at, systems FROM pz_objections WHERE subject_hash = ANY($1::bytea[]) AND cardinality(systems) > 0`
 
 // insertKeys creates keys for the subjects that still need one: no key yet,
 // and no tombstone at or after the newest event that asks.
@@ -54,6 +57,7 @@ const lockShared = "SELECT pg_advisory_xact_lock_shared($1::int4, $2::int4)"
 type subjectState struct {
 	wrapped     []byte
 	forgottenAt time.Time
+	objection   *store.Objection // active only
 }
 
 // Resolve returns one Entry per lookup. It reads every subject in one
@@ -93,6 +97,9 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 	}
 	if err := s.kr.FillEntries(entries, stateOf); err != nil {
 		return nil, wrongKEK("resolve", err)
+	}
+	for i := range entries {
+		entries[i].Objection = states[entries[i].Hash].objection
 	}
 	return entries, nil
 }
@@ -256,15 +263,18 @@ func scanStates(rows pgx.Rows, states map[store.SubjectHash]subjectState) error 
 	for rows.Next() {
 		var hb, wrapped []byte
 		var at *time.Time
-		if err := rows.Scan(&hb, &wrapped, &at); err != nil {
+		var systems []string
+		if err := rows.Scan(&hb, &wrapped, &at, &systems); err != nil {
 			return err
 		}
 		h := store.SubjectHash(hb)
 		st := states[h]
-		if wrapped != nil {
+		switch {
+		case wrapped != nil:
 			st.wrapped = wrapped
-		}
-		if at != nil {
+		case systems != nil && at != nil:
+			st.objection = &store.Objection{EffectiveAt: at.UTC(), Systems: systems}
+		case at != nil:
 			st.forgottenAt = at.UTC()
 		}
 		states[h] = st

@@ -93,6 +93,30 @@ CREATE TABLE IF NOT EXISTS pz_forget_retained (
 	retained_at      timestamptz NOT NULL DEFAULT now()
 );
 `,
+	// 6: objection states (store.Objection), one row per subject with a
+	// recorded state (also a withdrawn one, so that an older state cannot
+	// come back), and the objection log, the evidence for objection-log
+	// and the record of carried-out requests (idempotence).
+	`
+CREATE TABLE IF NOT EXISTS pz_objections (
+	subject_hash bytea PRIMARY KEY CHECK (octet_length(subject_hash) = 32),
+	effective_at timestamptz NOT NULL,
+	systems      text[] NOT NULL,
+	request_id   text NOT NULL,
+	recorded_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS pz_objection_log (
+	request_hash bytea PRIMARY KEY,
+	request_id   text NOT NULL,
+	subject_hash bytea NOT NULL CHECK (octet_length(subject_hash) = 32),
+	effective_at timestamptz NOT NULL,
+	systems      text[] NOT NULL,
+	status       smallint NOT NULL,
+	superseded   boolean NOT NULL,
+	applied_at   timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pz_objection_log_applied_at ON pz_objection_log (applied_at);
+`,
 }
 
 const metaDDL = `CREATE TABLE IF NOT EXISTS pz_meta (

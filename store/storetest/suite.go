@@ -71,6 +71,13 @@ func Run(t *testing.T, open Opener, opts ...Option) {
 		{"MetaIsACompareAndSwapRegister", s.testMetaSwap},
 		{"MetaBeforeOpen", s.testMetaBeforeOpen},
 		{"DataKeyCreatedOnce", s.testDataKeyCreatedOnce},
+		{"ObjectionStates", s.testObjectionStates},
+		{"ObjectionLatestEffectiveWins", s.testObjectionLatestWins},
+		{"ObjectionIdempotent", s.testObjectionIdempotent},
+		{"ObjectionForgetWins", s.testObjectionForgetWins},
+		{"ObjectionGuard", s.testObjectionGuard},
+		{"ObjectionWithKey", s.testObjectionWithKey},
+		{"ObjectionLog", s.testObjectionLog},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
