@@ -107,6 +107,9 @@ func New(cfg Config) (*Server, error) {
 	si := newSchemaInfo(cfg.Plan)
 	systems := cfg.Plan.Systems()
 	s := &Server{cfg: cfg, si: si, m: cfg.Metrics, log: cfg.Logger, now: cfg.Now}
+	if err := CheckTokens(cfg.Plan, cfg.Tokens); err != nil {
+		return nil, err
+	}
 	for _, t := range cfg.Tokens {
 		c := &caller{name: t.Name, systems: make([]bool, len(systems)), bucket: newBucket(t.Rate)}
 		h, err := decodeHex32(t.SHA256)
@@ -139,6 +142,22 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// CheckTokens checks that every system a token names is configured.
+func CheckTokens(plan *policy.Plan, toks []Token) error {
+	configured := map[string]bool{}
+	for _, s := range plan.Systems() {
+		configured[s] = true
+	}
+	for _, t := range toks {
+		for _, name := range t.Systems {
+			if !configured[name] {
+				return fmt.Errorf("lookup: token %s: system %q is not configured", t.Name, name)
+			}
+		}
+	}
+	return nil
+}
+
 // Run serves lookups (the batcher) until ctx is canceled. Handlers of
 // requests still waiting then answer 503. Call it once.
 func (s *Server) Run(ctx context.Context) {
@@ -154,10 +173,12 @@ func (s *Server) Run(ctx context.Context) {
 // requests in flight finish (5s at most) and returns.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, tlsCfg *tls.Config) error {
 	bctx, stop := context.WithCancel(context.WithoutCancel(ctx))
-	defer stop()
 	var wg sync.WaitGroup
 	wg.Go(func() { s.Run(bctx) })
-	defer wg.Wait()
+	defer func() {
+		stop()
+		wg.Wait()
+	}()
 	if tlsCfg != nil {
 		ln = tls.NewListener(ln, tlsCfg)
 	}

@@ -32,7 +32,7 @@ func newLookupService(cfg config.Config, plan *policy.Plan, st store.KeyStore, r
 	if lc.Listen == "" {
 		return nil, nil
 	}
-	toks, err := lookup.LoadTokens(lc.TokensFile)
+	toks, tlsCfg, err := checkLookup(lc, plan)
 	if err != nil {
 		return nil, err
 	}
@@ -47,13 +47,26 @@ func newLookupService(cfg config.Config, plan *policy.Plan, st store.KeyStore, r
 	if err != nil {
 		return nil, fmt.Errorf("lookup.tokens_file: %w", err)
 	}
-	l := &lookupService{cfg: lc, srv: srv, log: log}
+	return &lookupService{cfg: lc, srv: srv, tls: tlsCfg, log: log}, nil
+}
+
+// checkLookup loads the tokens file (checking its mode and its systems)
+// and the TLS files; run and run --check-config call it.
+func checkLookup(lc config.Lookup, plan *policy.Plan) ([]lookup.Token, *tls.Config, error) {
+	toks, err := lookup.LoadTokens(lc.TokensFile)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := lookup.CheckTokens(plan, toks); err != nil {
+		return nil, nil, fmt.Errorf("lookup.tokens_file: %w", err)
+	}
+	var tlsCfg *tls.Config
 	if lc.TLS.CertFile != "" {
-		if l.tls, err = lookup.TLSConfig(lc.TLS.CertFile, lc.TLS.KeyFile, lc.TLS.ClientCAFile); err != nil {
-			return nil, err
+		if tlsCfg, err = lookup.TLSConfig(lc.TLS.CertFile, lc.TLS.KeyFile, lc.TLS.ClientCAFile); err != nil {
+			return nil, nil, err
 		}
 	}
-	return l, nil
+	return toks, tlsCfg, nil
 }
 
 // listen binds lookup.listen (once); a nil l does nothing.
