@@ -258,4 +258,3 @@ func mustJSON(t *testing.T, v any) []byte {
 	}
 	return b
 }
-
