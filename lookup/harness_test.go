@@ -79,7 +79,7 @@ type world struct {
 }
 
 // openStore opens a key store of kind (embedded or postgres).
-func openStore(t *testing.T, kind string) store.KeyStore {
+func openStore(t testing.TB, kind string) store.KeyStore {
 	t.Helper()
 	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
 	switch kind {
@@ -105,7 +105,7 @@ func openStore(t *testing.T, kind string) store.KeyStore {
 
 // newWorld builds a world; with stream false it runs no Kafka and no
 // processor (API-only tests).
-func newWorld(t *testing.T, kind string, notices, stream bool, tweak ...func(*lookup.Config)) *world {
+func newWorld(t testing.TB, kind string, notices, stream bool, tweak ...func(*lookup.Config)) *world {
 	t.Helper()
 	w := &world{pols: testPolicies(notices)}
 	var err error
@@ -142,7 +142,7 @@ func (s *served) URL() string { return s.ts.URL + lookup.Path }
 
 // mustServe runs a Server (its batcher and an httptest server) until the
 // test ends.
-func mustServe(t *testing.T, cfg lookup.Config) *served {
+func mustServe(t testing.TB, cfg lookup.Config) *served {
 	t.Helper()
 	srv, err := lookup.New(cfg)
 	if err != nil {
@@ -160,9 +160,16 @@ func mustServe(t *testing.T, cfg lookup.Config) *served {
 	return &served{Server: srv, ts: ts}
 }
 
-func (w *world) startStream(t *testing.T) {
+func (w *world) startStream(t testing.TB) {
 	t.Helper()
-	w.kc = kafkatest.New(t)
+	w.setupKafka(t, kafkatest.New(t))
+	w.startProcessor(t)
+}
+
+// setupKafka creates the world's topics in kc.
+func (w *world) setupKafka(t testing.TB, kc *kafkatest.Cluster) {
+	t.Helper()
+	w.kc = kc
 	w.topics = processor.Topics{}
 	d := processor.DefaultTopics()
 	w.topics = processor.Topics{
@@ -172,6 +179,12 @@ func (w *world) startStream(t *testing.T) {
 	}
 	w.group = w.kc.Group("pseudonymizer")
 	w.kc.CreateTopics(t, 3, nil, w.topics.Orders, w.topics.Forget)
+}
+
+// startProcessor runs a processor on the world's topics and store until
+// the test ends.
+func (w *world) startProcessor(t testing.TB) {
+	t.Helper()
 	p, err := processor.New(processor.Config{
 		Topics:             w.topics,
 		Policies:           w.pols,
@@ -293,7 +306,7 @@ func indexOf(list []string, s string) int {
 }
 
 // post sends a lookup request with token (none if empty).
-func post(t *testing.T, url, token string, body any) (int, []byte, http.Header) {
+func post(t testing.TB, url, token string, body any) (int, []byte, http.Header) {
 	t.Helper()
 	var b []byte
 	switch x := body.(type) {
