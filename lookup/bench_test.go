@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -62,11 +63,29 @@ func attackCtx(ctx context.Context, url string, rate int, dur time.Duration, bod
 	stop := context.AfterFunc(ctx, func() { atk.Stop() })
 	defer stop()
 	var m vegeta.Metrics
+	cpu0 := cpuTime()
 	for res := range atk.Attack(targeter, vegeta.Rate{Freq: rate, Per: time.Second}, dur, "lookup") {
 		m.Add(res)
 	}
 	m.Close()
+	if m.Requests > 0 {
+		lastCPUPerLookup = (cpuTime() - cpu0) / time.Duration(m.Requests)
+	}
 	return &m
+}
+
+// lastCPUPerLookup is the process CPU time (API and vegeta together) per
+// request of the last attack: on a machine shared with other work, the
+// figure that does not depend on how much CPU the benchmark was given.
+var lastCPUPerLookup time.Duration
+
+// cpuTime returns the process's user and system CPU time so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func report(b *testing.B, m *vegeta.Metrics) {
@@ -74,6 +93,7 @@ func report(b *testing.B, m *vegeta.Metrics) {
 	b.ReportMetric(float64(m.Latencies.P50.Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(m.Latencies.P99.Microseconds())/1000, "p99-ms")
 	b.ReportMetric(m.Success*100, "%-ok")
+	b.ReportMetric(float64(lastCPUPerLookup.Nanoseconds())/1000, "cpu-µs/lookup")
 	if m.Success < 0.999 {
 		b.Logf("status codes %v, errors %v", m.StatusCodes, m.Errors)
 	}
@@ -143,10 +163,10 @@ func BenchmarkLookupNewCustomerAlone(b *testing.B) {
 }
 
 // BenchmarkOrdersUnderLookups: the time the processor takes for 200,000
-// orders (20,000 customers, PostgreSQL, kfake over TCP), idle and while
+// orders (PSEUDONYMIZER_LOOKUP_BENCH_ORDERS) (20,000 customers, PostgreSQL, kfake over TCP), idle and while
 // the API serves 1,000 lookups/s of the same customers.
 func BenchmarkOrdersUnderLookups(b *testing.B) {
-	const n, customers = 200_000, 20_000
+	n, customers := benchEnv("PSEUDONYMIZER_LOOKUP_BENCH_ORDERS", 200_000), 20_000
 	for _, load := range []int{0, 1000} {
 		b.Run(fmt.Sprintf("lookups=%d", load), func(b *testing.B) {
 			for b.Loop() {
