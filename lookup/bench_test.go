@@ -169,7 +169,7 @@ func BenchmarkOrdersUnderLookups(b *testing.B) {
 	n, customers := benchEnv("PSEUDONYMIZER_LOOKUP_BENCH_ORDERS", 200_000), 20_000
 	for _, load := range []int{0, 1000} {
 		b.Run(fmt.Sprintf("lookups=%d", load), func(b *testing.B) {
-			for b.Loop() {
+			for range b.N {
 				b.StopTimer()
 				w := newWorld(b, "postgres", false, false)
 				w.setupKafka(b, kafkatest.NewFake(b))
