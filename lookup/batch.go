@@ -143,7 +143,8 @@ func (c *cache) wipeRetired() {
 }
 
 // batcher serves calls in batches, one batch at a time, on one goroutine:
-// the calls that queued while the previous batch ran form the next one.
+// the calls that queued while the previous batch ran, or arrived within
+// the window since it started, form the next one.
 type batcher struct {
 	plan      *policy.Plan
 	systems   []string
@@ -153,6 +154,7 @@ type batcher struct {
 	in        chan *call
 	stopped   chan struct{}
 	maxBatch  int
+	window    time.Duration
 	timeout   time.Duration
 	cache     *cache
 	pos       store.Position
@@ -171,6 +173,7 @@ var errUnavailable = errors.New("lookup: the key store is unavailable")
 
 func (b *batcher) run(ctx context.Context) {
 	defer close(b.stopped)
+	var last time.Time // when the previous batch started
 	for {
 		var calls []*call
 		select {
@@ -182,6 +185,21 @@ func (b *batcher) run(ctx context.Context) {
 			b.d.Reset()
 			return
 		}
+		// At most one batch per window: under load, the calls of a window
+		// share one guard and one Resolve; an idle API answers at once.
+		if wait := b.window - time.Since(last); wait > 0 {
+			timer := time.NewTimer(wait)
+		gather:
+			for len(calls) < b.maxBatch {
+				select {
+				case c := <-b.in:
+					calls = append(calls, c)
+				case <-timer.C:
+					break gather
+				}
+			}
+			timer.Stop()
+		}
 	more:
 		for len(calls) < b.maxBatch {
 			select {
@@ -191,6 +209,7 @@ func (b *batcher) run(ctx context.Context) {
 				break more
 			}
 		}
+		last = time.Now()
 		b.serve(ctx, calls)
 	}
 }

@@ -46,6 +46,12 @@ type Config struct {
 	CacheSubjects int
 	// MaxBatch bounds the lookups served under one guard (default 1024).
 	MaxBatch int
+	// Window is the least time between the starts of two batches
+	// (default 2ms): under load, the lookups of a window share one store
+	// guard and at most one Resolve; a lookup that finds the API idle is
+	// served at once. Negative: no window (every batch is what queued
+	// while the previous one ran).
+	Window time.Duration
 	// StoreTimeout bounds each store call (default 5s).
 	StoreTimeout time.Duration
 	// WriteTimeout bounds the writing of a response, and so how long a
@@ -85,6 +91,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxBatch <= 0 {
 		cfg.MaxBatch = 1024
+	}
+	if cfg.Window == 0 {
+		cfg.Window = 2 * time.Millisecond
 	}
 	if cfg.StoreTimeout <= 0 {
 		cfg.StoreTimeout = 5 * time.Second
@@ -136,7 +145,7 @@ func New(cfg Config) (*Server, error) {
 	s.b = &batcher{
 		plan: cfg.Plan, systems: systems, sysFields: sysFields, st: cfg.Store, screen: cfg.Screener,
 		in: make(chan *call, 4*cfg.MaxBatch), stopped: make(chan struct{}), maxBatch: cfg.MaxBatch,
-		timeout: cfg.StoreTimeout, cache: newCache(cfg.CacheSubjects), d: pseudonym.NewDeriver(),
+		window: cfg.Window, timeout: cfg.StoreTimeout, cache: newCache(cfg.CacheSubjects), d: pseudonym.NewDeriver(),
 		log: cfg.Logger, m: cfg.Metrics,
 	}
 	return s, nil
