@@ -240,10 +240,7 @@ func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 // ServeHTTP serves POST /v1/pseudonyms.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	code, c, systems, release := s.handle(w, r)
-	if release != nil {
-		release()
-	}
+	code, c, systems := s.handle(w, r)
 	token := "-"
 	if c != nil {
 		token = c.name
@@ -259,16 +256,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // handle answers one request and returns its status, caller (if
-// authenticated), requested systems (if known) and the answer's release.
-func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *caller, systems []int, release func()) {
+// authenticated) and requested systems (if known).
+func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *caller, systems []int) {
 	h := w.Header()
 	h.Set("Cache-Control", "no-store")
 	if r.URL.Path != Path {
-		return s.fail(w, http.StatusNotFound, "not found; the lookup endpoint is POST "+Path), nil, nil, nil
+		return s.fail(w, http.StatusNotFound, "not found; the lookup endpoint is POST "+Path), nil, nil
 	}
 	if r.Method != http.MethodPost {
 		h.Set("Allow", http.MethodPost)
-		return s.fail(w, http.StatusMethodNotAllowed, "use POST"), nil, nil, nil
+		return s.fail(w, http.StatusMethodNotAllowed, "use POST"), nil, nil
 	}
 	token, ok := bearer(r.Header.Get("Authorization"))
 	if ok {
@@ -276,15 +273,15 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *ca
 	}
 	if c == nil {
 		h.Set("WWW-Authenticate", `Bearer realm="pseudonymizer lookup"`)
-		return s.fail(w, http.StatusUnauthorized, "a valid bearer token is required"), nil, nil, nil
+		return s.fail(w, http.StatusUnauthorized, "a valid bearer token is required"), nil, nil
 	}
 	if ok, wait := c.bucket.take(s.now()); !ok {
 		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		return s.fail(w, http.StatusTooManyRequests, "over this token's rate"), c, nil, nil
+		return s.fail(w, http.StatusTooManyRequests, "over this token's rate"), c, nil
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
 	if err != nil {
-		return s.fail(w, http.StatusBadRequest, "the request body could not be read"), c, nil, nil
+		return s.fail(w, http.StatusBadRequest, "the request body could not be read"), c, nil
 	}
 	req, err := s.si.decodeRequest(body, s.now())
 	if err != nil {
@@ -292,12 +289,12 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *ca
 		if !errors.As(err, &be) {
 			be = &BadRequestError{Msg: "malformed request"}
 		}
-		return s.fail(w, http.StatusBadRequest, be.Msg), c, nil, nil
+		return s.fail(w, http.StatusBadRequest, be.Msg), c, nil
 	}
 	clear(body)
 	for i, sys := range req.Systems {
 		if !c.systems[sys] {
-			return s.fail(w, http.StatusForbidden, fmt.Sprintf("systems[%d] is not allowed for this token", i)), c, req.Systems, nil
+			return s.fail(w, http.StatusForbidden, fmt.Sprintf("systems[%d] is not allowed for this token", i)), c, req.Systems
 		}
 	}
 	cl := &call{req: req, done: make(chan answer, 1)}
@@ -305,7 +302,7 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *ca
 	case s.b.in <- cl:
 	case <-s.b.stopped:
 		h.Set("Retry-After", "1")
-		return s.fail(w, http.StatusServiceUnavailable, "the lookup API is shutting down"), c, req.Systems, nil
+		return s.fail(w, http.StatusServiceUnavailable, "the lookup API is shutting down"), c, req.Systems
 	}
 	var a answer
 	select {
@@ -315,14 +312,17 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *ca
 		case a = <-cl.done: // answered just before the batcher stopped
 		default:
 			h.Set("Retry-After", "1")
-			return s.fail(w, http.StatusServiceUnavailable, "the lookup API is shutting down"), c, req.Systems, nil
+			return s.fail(w, http.StatusServiceUnavailable, "the lookup API is shutting down"), c, req.Systems
 		}
 	}
+	// The batch holds the store guard until every answer is released:
+	// release even if writing panics.
+	defer a.release()
 	if a.status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", "1")
 	}
 	s.write(w, a.status, a.body)
-	return a.status, c, req.Systems, a.release
+	return a.status, c, req.Systems
 }
 
 // write writes a JSON response within the write timeout.
