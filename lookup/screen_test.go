@@ -12,7 +12,9 @@ import (
 // screenFunc is a Screener from a function.
 type screenFunc func(ctx context.Context, asks []lookup.Ask) ([]string, error)
 
-func (f screenFunc) Screen(ctx context.Context, asks []lookup.Ask) ([]string, error) { return f(ctx, asks) }
+func (f screenFunc) Screen(ctx context.Context, asks []lookup.Ask) ([]string, error) {
+	return f(ctx, asks)
+}
 
 // TestScreener: the objections hook refuses an answer with 410 and its
 // status, sees the systems asked for and the subject's hash (never the raw
