@@ -142,7 +142,7 @@ func TestThankYouPageInChromium(t *testing.T) {
 	resp.Body.Close()
 	bctx, bcancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer bcancel()
-	cmd := exec.CommandContext(bctx, browser, "--headless=new", "--no-sandbox", "--disable-gpu",
+	cmd := exec.CommandContext(bctx, browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
 		"--no-first-run", "--user-data-dir="+t.TempDir(), "--dump-dom", pageURL)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
