@@ -152,6 +152,12 @@
 // stalled transaction before PostgreSQL drops its lock (and the next
 // Forget then waits for the lost guard as above).
 //
+// The lookup API (package lookup) answers with pseudonyms derived from the
+// same keys, outside any Kafka transaction. It takes the store Guard as a
+// batch does, after its Resolve, and holds it until its responses are
+// written: the rules above then hold with "the response is written" for
+// "the batch committed" (the proof is in lookup's doc.go).
+//
 // The cache needs no time-to-live for correctness: it is invalidated through
 // the guard, and it is bounded (processing.cache_subjects) for memory only.
 // The forget-log position is read once at start, before any key is

@@ -30,6 +30,11 @@ func checkConfig(ctx context.Context, cfg config.Config, log *slog.Logger, stdou
 	if err != nil {
 		return err
 	}
+	if cfg.Lookup.Listen != "" {
+		if _, _, err := checkLookup(cfg.Lookup, plan); err != nil {
+			return err
+		}
+	}
 	kr, kmsState, err := loadKeys(ctx, cfg, keysReadOnly)
 	if err != nil {
 		return err

@@ -76,6 +76,8 @@ Usage:
   pseudonymizer produce-sample --config FILE [--orders N]
                                                      publish sample orders to the orders topic
   pseudonymizer rewrap --config FILE                 re-wrap stored keys with the active KEK
+  pseudonymizer lookup-token --name NAME --systems a,b [--rate N]
+                                                     a fresh lookup API token and its tokens-file entry
   pseudonymizer healthcheck [--url URL]              exit 0 when the service's /readyz answers 200
   pseudonymizer version                              print the version
   pseudonymizer help COMMAND                         a command's flags
@@ -129,6 +131,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runTail(ctx, rest, stdout, stderr)
 	case "produce-sample":
 		return runProduceSample(ctx, rest, stdout, stderr)
+	case "lookup-token":
+		return lookupToken(ctx, rest, stdout, stderr)
 	case "healthcheck":
 		return runHealthcheck(ctx, rest, stdout, stderr)
 	case "version", "--version", "-version":

@@ -69,6 +69,7 @@ type service struct {
 	kopts   []kgo.Opt
 	stderr  io.Writer
 	ln      net.Listener // bound by listen
+	lookup  *lookupService
 }
 
 // newService checks everything that can be checked before consuming: the
@@ -134,7 +135,12 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		st.Close()
 		return nil, err
 	}
-	return &service{cfg: cfg, log: log, store: st, proc: proc, reg: reg, metrics: metrics, kopts: kopts, stderr: os.Stderr}, nil
+	lk, err := newLookupService(cfg, plan, st, reg, log)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	return &service{cfg: cfg, log: log, store: st, proc: proc, reg: reg, metrics: metrics, kopts: kopts, stderr: os.Stderr, lookup: lk}, nil
 }
 
 func (s *service) close() {
@@ -167,8 +173,18 @@ func (s *service) run(ctx context.Context) error {
 	if _, err := s.listen(); err != nil {
 		return err
 	}
+	if err := s.lookup.listen(); err != nil {
+		return err
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	if s.lookup != nil {
+		lctx, stopLookup := context.WithCancel(ctx)
+		// Stopped before the processor's shutdown wait: requests in flight
+		// are answered (the batcher runs until the server has shut down).
+		defer stopLookup()
+		wg.Go(func() { s.lookup.serve(lctx) })
+	}
 	if ln := s.ln; ln != nil {
 		srv := &http.Server{Handler: s.handler(), ReadHeaderTimeout: 5 * time.Second}
 		wg.Go(func() {

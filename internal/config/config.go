@@ -23,6 +23,7 @@ type Config struct {
 	Store          Store                    `yaml:"store"`
 	Keys           Keys                     `yaml:"keys"`
 	HTTP           HTTP                     `yaml:"http"`
+	Lookup         Lookup                   `yaml:"lookup"`
 	Log            Log                      `yaml:"log"`
 	Processing     Processing               `yaml:"processing"`
 	SchemaRegistry SchemaRegistry           `yaml:"schema_registry"`

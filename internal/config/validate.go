@@ -73,6 +73,9 @@ func (c *Config) Validate() error {
 	if err := c.validateTopics(); err != nil {
 		return err
 	}
+	if err := c.validateLookup(); err != nil {
+		return err
+	}
 	switch strings.ToUpper(c.Kafka.SASL.Mechanism) {
 	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
 	default:

@@ -71,6 +71,7 @@ type system struct {
 	headers []string
 	root    op
 	out     avro.Schema
+	pseudo  []Field // the pseudonymized paths, in policy order
 }
 
 // Systems returns the system names in the order of the policies given to
@@ -180,13 +181,18 @@ func compileSystem(in *node, pol Policy) (system, error) {
 		return system{}, fmt.Errorf("more than %d paths", maxPaths)
 	}
 	root := &tnode{}
+	var pseudo []Field
 	for _, list := range []struct {
 		paths []string
 		mark  int
 	}{{pol.Keep, markKeep}, {pol.Pseudonymize, markPseudo}} {
 		for _, path := range list.paths {
-			if err := addPath(root, in, path, list.mark); err != nil {
+			n, err := addPath(root, in, path, list.mark)
+			if err != nil {
 				return system{}, err
+			}
+			if list.mark == markPseudo {
+				pseudo = append(pseudo, Field{Path: path, Kind: fieldKind(n)})
 			}
 		}
 	}
@@ -208,7 +214,7 @@ func compileSystem(in *node, pol Policy) (system, error) {
 	if err != nil {
 		return system{}, err
 	}
-	return system{name: pol.System, headers: slices.Clone(pol.Headers), root: o, out: out}, nil
+	return system{name: pol.System, headers: slices.Clone(pol.Headers), root: o, out: out, pseudo: pseudo}, nil
 }
 
 // parsePath splits a dotted path into segments.
@@ -232,11 +238,12 @@ func parsePath(path string) ([]string, error) {
 	return segs, nil
 }
 
-// addPath checks path against the input schema and adds it to the trie.
-func addPath(root *tnode, in *node, path string, mark int) error {
+// addPath checks path against the input schema and adds it to the trie;
+// it returns the path's schema node.
+func addPath(root *tnode, in *node, path string, mark int) (*node, error) {
 	segs, err := parsePath(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	n := in
 	t := root
@@ -246,18 +253,18 @@ func addPath(root *tnode, in *node, path string, mark int) error {
 		case kRecord:
 			j := slices.Index(n.names, seg)
 			if j < 0 {
-				return fmt.Errorf("path %q: unknown field", path)
+				return nil, fmt.Errorf("path %q: unknown field", path)
 			}
 			n = n.sub[j]
 		case kMap:
 			if v := through(n.elem); v.kind == kRecord || v.kind == kMap {
-				return fmt.Errorf("path %q: cannot select inside map values", path)
+				return nil, fmt.Errorf("path %q: cannot select inside map values", path)
 			}
 			n = n.elem
 		case kUnion:
-			return fmt.Errorf("path %q: cannot select inside a union of several types", path)
+			return nil, fmt.Errorf("path %q: cannot select inside a union of several types", path)
 		default:
-			return fmt.Errorf("path %q: unknown field", path)
+			return nil, fmt.Errorf("path %q: unknown field", path)
 		}
 		c := t.child(seg)
 		if c == nil {
@@ -265,23 +272,23 @@ func addPath(root *tnode, in *node, path string, mark int) error {
 			t.kids = append(t.kids, tchild{seg, c})
 		}
 		if c.mark != markNone && i+1 < len(segs) {
-			return fmt.Errorf("path %q: overlaps %q", path, c.path)
+			return nil, fmt.Errorf("path %q: overlaps %q", path, c.path)
 		}
 		t = c
 	}
 	switch {
 	case t.mark == mark:
-		return fmt.Errorf("path %q: listed twice", path)
+		return nil, fmt.Errorf("path %q: listed twice", path)
 	case t.mark != markNone:
-		return fmt.Errorf("path %q: both kept and pseudonymized", path)
+		return nil, fmt.Errorf("path %q: both kept and pseudonymized", path)
 	case len(t.kids) > 0:
-		return fmt.Errorf("path %q: overlaps a longer path", path)
+		return nil, fmt.Errorf("path %q: overlaps a longer path", path)
 	}
 	if mark == markPseudo && !pseudonymizable(n) {
-		return fmt.Errorf("path %q: only string, int and long fields (or nullable ones) can be pseudonymized", path)
+		return nil, fmt.Errorf("path %q: only string, int and long fields (or nullable ones) can be pseudonymized", path)
 	}
 	t.mark, t.path = mark, path
-	return nil
+	return n, nil
 }
 
 // through skips arrays and unions of null and one other type, which paths
