@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -42,6 +43,19 @@ type Policy struct {
 	// the subject's customer pseudonym in this system (see
 	// processor/notices.go). It does not change the system's schema.
 	ErasureNotices bool `yaml:"erasure_notices"`
+	// Generalize maps kept paths (each listed in Keep) to the transform
+	// applied to their values: a timestamp truncated, an amount rounded, a
+	// string cut to a prefix (see Generalization).
+	Generalize map[string]Generalization `yaml:"generalize"`
+	// TimeUnit is the precision (ParseUnit) of the times the service adds
+	// for a system that keeps no occurred_at: its record timestamps and its
+	// erasure notices' requested_at are truncated to it. Empty means
+	// DefaultTimeUnit. A system that keeps occurred_at gets those times at
+	// occurred_at's precision instead, and must leave TimeUnit empty.
+	TimeUnit string `yaml:"time_unit"`
+	// DropRequestedAt leaves the requested_at header off the system's
+	// erasure notices.
+	DropRequestedAt bool `yaml:"drop_requested_at"`
 }
 
 // Field names the top-level input fields a Plan relies on.
@@ -71,6 +85,11 @@ type system struct {
 	headers []string
 	root    op
 	out     avro.Schema
+	pol     Policy
+	// unit is the precision of the times the service adds (RecordTime,
+	// TimeUnit); fromEvent means they derive from occurred_at.
+	unit      time.Duration
+	fromEvent bool
 }
 
 // Systems returns the system names in the order of the policies given to
@@ -159,6 +178,8 @@ type tnode struct {
 	mark int
 	path string
 	kids []tchild
+	in   *node // the marked value's input schema
+	gen  *gen  // a kept value's generalization
 }
 
 type tchild struct {
@@ -193,6 +214,10 @@ func compileSystem(in *node, pol Policy) (system, error) {
 	if c := root.child(FieldCustomerID); c == nil || c.mark != markPseudo {
 		return system{}, errors.New("no pseudonymized subject: customer_id must be in pseudonymize")
 	}
+	unit, fromEvent, err := compileGeneralize(root, pol)
+	if err != nil {
+		return system{}, err
+	}
 	seenH := map[string]bool{}
 	for _, h := range pol.Headers {
 		if h == "" || !utf8.ValidString(h) || strings.ContainsFunc(h, unicode.IsControl) {
@@ -208,7 +233,8 @@ func compileSystem(in *node, pol Policy) (system, error) {
 	if err != nil {
 		return system{}, err
 	}
-	return system{name: pol.System, headers: slices.Clone(pol.Headers), root: o, out: out}, nil
+	return system{name: pol.System, headers: slices.Clone(pol.Headers), root: o, out: out, pol: clonePolicy(pol),
+		unit: unit, fromEvent: fromEvent}, nil
 }
 
 // parsePath splits a dotted path into segments.
@@ -280,7 +306,7 @@ func addPath(root *tnode, in *node, path string, mark int) error {
 	if mark == markPseudo && !pseudonymizable(n) {
 		return fmt.Errorf("path %q: only string, int and long fields (or nullable ones) can be pseudonymized", path)
 	}
-	t.mark, t.path = mark, path
+	t.mark, t.path, t.in = mark, path, n
 	return nil
 }
 
