@@ -31,6 +31,7 @@ func (p *Processor) forgetBatch(ctx context.Context, sess *kgo.GroupTransactSess
 	defer func() { p.m.BatchDuration.Observe(time.Since(start).Seconds()) }()
 	b := &p.fb
 	b.reset()
+	b.start = p.cfg.Now()
 	t, err := p.beginTxn(ctx, sess, p.cfg.Topics.Forget)
 	if err != nil {
 		return outcomeAborted, err

@@ -13,7 +13,11 @@ import (
 // EnsureTopics creates the topics the processor writes (outputs,
 // confirmations, dead letters) when they are missing, with the partition
 // count of the orders topic (or 1) and the broker's default replication.
-// The input topics must exist or be auto-created by the broker.
+// The input topics must exist or be auto-created by the broker. They are
+// created with message.timestamp.type CreateTime, so that the broker keeps
+// the record timestamps the processor sets deliberately (RecordTime)
+// instead of stamping its own append time, which would be the same to the
+// millisecond on every system's topic.
 func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
 	partitions := int32(1)
 	if td, err := adm.ListTopics(ctx, p.cfg.Topics.Orders); err == nil {
@@ -22,7 +26,8 @@ func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
 		}
 	}
 	want := append([]string{p.cfg.Topics.Forgotten, p.cfg.Topics.OrdersDeadLetter, p.cfg.Topics.ForgetDeadLetter}, p.topics...)
-	resp, err := adm.CreateTopics(ctx, partitions, -1, nil, want...)
+	createTime := "CreateTime"
+	resp, err := adm.CreateTopics(ctx, partitions, -1, map[string]*string{"message.timestamp.type": &createTime}, want...)
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
 	}
