@@ -71,6 +71,8 @@ Usage:
   pseudonymizer status --config FILE SUBJECT_ID      what the key store holds about a subject (read-only)
   pseudonymizer forget-log --config FILE [--since T] the forget requests carried out, as JSON lines (read-only)
   pseudonymizer tail --config FILE --system NAME     print a system's output topic as JSON lines
+  pseudonymizer linkability --config FILE [--sample N] [--file EVENTS.avro | --sample-data]
+                                                     how far each pair of systems can join their records
   pseudonymizer produce-sample --config FILE [--orders N]
                                                      publish sample orders to the orders topic
   pseudonymizer rewrap --config FILE                 re-wrap stored keys with the active KEK
@@ -123,6 +125,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runForgetLog(ctx, rest, stdout, stderr)
 	case "tail":
 		return runTail(ctx, rest, stdout, stderr)
+	case "linkability":
+		return runLinkability(ctx, rest, stdout, stderr)
 	case "produce-sample":
 		return runProduceSample(ctx, rest, stdout, stderr)
 	case "healthcheck":

@@ -179,3 +179,34 @@ func TestObserve(t *testing.T) {
 		t.Errorf("pairs %+v, want one sharing %+v", pairs, want)
 	}
 }
+
+// TestConfigWarnings: a millisecond timestamp or an exact amount that two
+// systems share is warned about; generalized in one of them, it is not.
+func TestConfigWarnings(t *testing.T) {
+	pols := []policy.Policy{
+		{System: "a", Keep: []string{"occurred_at", "total_minor", "items.unit_price_minor", "currency"}, Pseudonymize: []string{"customer_id"}},
+		{System: "b", Keep: []string{"occurred_at", "total_minor", "items.unit_price_minor", "currency"}, Pseudonymize: []string{"customer_id"},
+			Generalize: map[string]policy.Generalization{"total_minor": {Round: 100}}},
+		{System: "c", Keep: []string{"occurred_at", "items.quantity"}, Pseudonymize: []string{"customer_id"},
+			Generalize: map[string]policy.Generalization{"occurred_at": {Truncate: "1h"}}},
+	}
+	plan, err := policy.Compile(schema.OrderEventSchema(), pols)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := ConfigWarnings(plan)
+	want := []string{
+		"systems a and b both receive timestamp occurred_at to the millisecond: a join on it links most of their customers; generalize it in at least one of them (generalize: {occurred_at: {truncate: 1h}})",
+		"systems a and b both receive amount items.unit_price_minor exactly: a join on it links most of their customers; generalize it in at least one of them (generalize: {items.unit_price_minor: {round: 1000}})",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("warnings:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	examples, err := policy.Compile(schema.OrderEventSchema(), policy.Examples())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := ConfigWarnings(examples); len(w) != 0 {
+		t.Errorf("the example policies draw warnings:\n%s", strings.Join(w, "\n"))
+	}
+}
