@@ -31,7 +31,6 @@ func (p *Processor) forgetBatch(ctx context.Context, sess *kgo.GroupTransactSess
 	defer func() { p.m.BatchDuration.Observe(time.Since(start).Seconds()) }()
 	b := &p.fb
 	b.reset()
-	b.start = p.cfg.Now()
 	t, err := p.beginTxn(ctx, sess, p.cfg.Topics.Forget)
 	if err != nil {
 		return outcomeAborted, err
@@ -66,6 +65,7 @@ func (p *Processor) forgetBatch(ctx context.Context, sess *kgo.GroupTransactSess
 // no order batch that used a destroyed key can still commit (see doc.go),
 // so the confirmations follow every such batch.
 func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) error {
+	b.start = p.cfg.Now()
 	if len(recs) == 0 {
 		return nil
 	}
