@@ -380,3 +380,30 @@ func Write(w io.Writer, pairs []Pair) {
 		}
 	}
 }
+
+// CheckPrecision returns an error naming the first field of s's records
+// whose value is finer than s.Generalize declares (a received timestamp
+// that is not a whole unit, an amount that is not a multiple): the join
+// compares at the declared precision, which holds only if the values
+// respect it.
+func CheckPrecision(s *System) error {
+	for _, r := range s.Records {
+		for path, g := range s.Generalize {
+			v, ok := r.Fields[path]
+			if !ok {
+				continue
+			}
+			if t, isTime := v.(time.Time); isTime {
+				v = t.UTC()
+			}
+			got, err := generalize(g, v)
+			if err != nil {
+				return fmt.Errorf("linkability: %s: field %s: %w", s.Name, path, err)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(v) {
+				return fmt.Errorf("linkability: %s: field %s of event %s is finer than %s", s.Name, path, r.Event, Describe(g))
+			}
+		}
+	}
+	return nil
+}

@@ -210,3 +210,19 @@ func TestConfigWarnings(t *testing.T) {
 		t.Errorf("the example policies draw warnings:\n%s", strings.Join(w, "\n"))
 	}
 }
+
+func TestCheckPrecision(t *testing.T) {
+	a, _ := handSystems()
+	if err := CheckPrecision(&a); err != nil {
+		t.Fatal(err)
+	}
+	a.Records[3].Fields["t"] = a.Records[3].Fields["t"].(time.Time).Add(time.Millisecond)
+	if err := CheckPrecision(&a); err == nil || !strings.Contains(err.Error(), "field t of event e4 is finer than truncated to 1h") {
+		t.Errorf("error %v, want one naming t of e4", err)
+	}
+	s := System{Name: "s", Generalize: map[string]policy.Generalization{"p": {Round: 100}},
+		Records: []Record{{Event: "x", Fields: map[string]any{"p": []any{int64(200), int64(250)}}}}}
+	if err := CheckPrecision(&s); err == nil {
+		t.Error("a list item off the multiple passed")
+	}
+}

@@ -34,25 +34,16 @@ type Header struct {
 // report (pseudonyms never match across systems) and no stored key is
 // read. Events that are not valid records are skipped and counted.
 func Observe(plan *policy.Plan, events []Event) ([]System, int, error) {
-	n := len(plan.Systems())
-	systems := make([]System, n)
-	pseudo := make([]map[string]bool, n)
-	for i, name := range plan.Systems() {
-		pol := plan.Policy(i)
-		g := map[string]policy.Generalization{}
-		for path, x := range pol.Generalize {
-			g[path] = x
-		}
-		if u := plan.TimeUnit(i); u > time.Millisecond {
-			g[FieldTimestamp] = policy.Generalization{Truncate: policy.FormatUnit(u)}
-		}
-		systems[i] = System{Name: name, Generalize: g}
-		pseudo[i] = map[string]bool{}
-		for _, p := range pol.Pseudonymize {
-			pseudo[i][p] = true
-		}
+	systems := make([]System, len(plan.Systems()))
+	for i := range systems {
+		systems[i] = For(plan, i)
 	}
 	keys := map[string][]byte{}
+	defer func() {
+		for _, k := range keys {
+			clear(k)
+		}
+	}()
 	d := pseudonym.NewDeriver()
 	skipped := 0
 	var out []byte
@@ -76,31 +67,57 @@ func Observe(plan *policy.Plan, events []Event) ([]System, int, error) {
 			if out, err = plan.Project(out[:0], i, e.Value, key, d); err != nil {
 				return nil, 0, fmt.Errorf("linkability: project for %s: %w", systems[i].Name, err)
 			}
-			var v any
-			if err := avro.Unmarshal(plan.OutputSchema(i), out, &v); err != nil {
-				return nil, 0, fmt.Errorf("linkability: decode %s's record: %w", systems[i].Name, err)
-			}
-			fields := map[string]any{}
-			flatten(plan.OutputSchema(i), v, "", func(path string, x any) {
-				if !pseudo[i][path] {
-					fields[path] = x
-				}
-			})
-			fields[FieldTimestamp] = plan.RecordTime(i, h.OccurredAt, occurred).UTC()
-			for _, name := range plan.Headers(i) {
-				for _, hd := range e.Headers {
-					if hd.Key == name {
-						fields[HeaderPrefix+name] = string(hd.Value)
-					}
-				}
+			fields, err := Fields(plan, i, out, plan.RecordTime(i, h.OccurredAt, occurred), e.Headers)
+			if err != nil {
+				return nil, 0, err
 			}
 			systems[i].Records = append(systems[i].Records, Record{Event: strconv.Itoa(ev), Customer: customer, Fields: fields})
 		}
 	}
-	for k := range keys {
-		clear(keys[k])
-	}
 	return systems, skipped, nil
+}
+
+// For returns system i of plan without records: its name and the
+// precision of its generalized fields and of its record timestamps.
+func For(plan *policy.Plan, i int) System {
+	pol := plan.Policy(i)
+	g := map[string]policy.Generalization{}
+	for path, x := range pol.Generalize {
+		g[path] = x
+	}
+	if u := plan.TimeUnit(i); u > time.Millisecond {
+		g[FieldTimestamp] = policy.Generalization{Truncate: policy.FormatUnit(u)}
+	}
+	return System{Name: plan.Systems()[i], Generalize: g}
+}
+
+// Fields returns what system i receives in one output record: the leaves
+// of its value (bare Avro of OutputSchema(i)) without the pseudonymized
+// ones, the record timestamp ts and the headers its policy allows.
+func Fields(plan *policy.Plan, i int, value []byte, ts time.Time, headers []Header) (map[string]any, error) {
+	var v any
+	if err := avro.Unmarshal(plan.OutputSchema(i), value, &v); err != nil {
+		return nil, fmt.Errorf("linkability: decode %s's record: %w", plan.Systems()[i], err)
+	}
+	pseudo := map[string]bool{}
+	for _, p := range plan.Policy(i).Pseudonymize {
+		pseudo[p] = true
+	}
+	fields := map[string]any{}
+	flatten(plan.OutputSchema(i), v, "", func(path string, x any) {
+		if !pseudo[path] {
+			fields[path] = x
+		}
+	})
+	fields[FieldTimestamp] = ts.UTC()
+	for _, name := range plan.Headers(i) {
+		for _, h := range headers {
+			if h.Key == name {
+				fields[HeaderPrefix+name] = string(h.Value)
+			}
+		}
+	}
+	return fields, nil
 }
 
 // flatten calls put with each leaf of a value decoded by hamba/avro with
