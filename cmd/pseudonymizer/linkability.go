@@ -95,12 +95,13 @@ func runLinkability(ctx context.Context, args []string, stdout, stderr io.Writer
 	return nil
 }
 
-// sampleEvents returns n events of the demo's generator.
+// sampleEvents returns n events of the demo's generator, as the demo
+// makes them: the customers in turn, one event a second, ending now.
 func sampleEvents(n, customers int) ([]linkability.Event, error) {
 	g := sample.New(42, customers, time.Now().Add(-time.Duration(n)*time.Second))
 	out := make([]linkability.Event, 0, n)
-	for range n {
-		v, err := schema.MarshalOrderEvent(g.Next())
+	for i := range n {
+		v, err := schema.MarshalOrderEvent(g.ForCustomer(i % customers))
 		if err != nil {
 			return nil, fmt.Errorf("encode sample event: %w", err)
 		}

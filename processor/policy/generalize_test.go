@@ -354,3 +354,34 @@ func TestGeneralizeZeroAllocs(t *testing.T) {
 		t.Errorf("Scan+ProjectHead with generalizations: %v allocs, want 0", n)
 	}
 }
+
+// FuzzGeneralize is FuzzScan for a plan with generalizations: whatever
+// Scan accepts, Project and ProjectHead project alike, and hamba decodes
+// the output with the system's schema.
+func FuzzGeneralize(f *testing.F) {
+	r := rand.New(rand.NewPCG(15, 16))
+	for seeds := 0; seeds < 8; {
+		e := randEvent(r)
+		b := must(schema.MarshalOrderEvent(e))
+		if len(b) > 1500 {
+			continue
+		}
+		seeds++
+		f.Add(b)
+		f.Add(encodeEvent(r, e))
+		f.Add(b[:len(b)-1])
+	}
+	p := mustCompile(genPolicy)
+	d := pseudonym.NewDeriver()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !checkAccepted(t, p, d, b) {
+			return
+		}
+		out := must(p.Project(nil, 0, b, []byte("key"), d))
+		h := must(p.Scan(b))
+		k := d.Prepare([]byte("key"))
+		if head := must(p.ProjectHead(nil, 0, b, &h, &k, nil, d)); !bytes.Equal(out, head) {
+			t.Fatalf("ProjectHead differs from Project for %x", b)
+		}
+	})
+}

@@ -3,8 +3,11 @@
 //
 // A Plan validates each input record once (Scan) and then writes, for each
 // system, that system's output record (Project): kept fields are copied
-// verbatim, pseudonymized ones are replaced by pseudonyms and everything
-// else is dropped. Neither step decodes into Go values, uses reflection or
+// verbatim or generalized (generalize.go: timestamps truncated, integers
+// rounded, strings cut to a prefix), pseudonymized ones are replaced by
+// pseudonyms and everything else is dropped. RecordTime and NoticeTime
+// give the times the processor adds to a system's records, at that
+// system's precision. Neither step decodes into Go values, uses reflection or
 // allocates in steady state. Output schemas are derived from the input
 // schema and the policies (OutputSchema).
 //
