@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/hamba/avro/v2"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/internal/linkability"
 	"github.com/hygiene/pseudonymizer/processor/policy"
@@ -49,6 +50,8 @@ func TestExamplesUnlinkable(t *testing.T) {
 	for i := range customers * perCustomer {
 		ev := gen.ForCustomer(i % customers)
 		r := e.orderRecord(t, ev)
+		// A header unique per event, which no example policy lets through.
+		r.Headers = []kgo.RecordHeader{{Key: "traceparent", Value: []byte(fmt.Sprintf("00-%032x-%016x-01", i, i))}}
 		e.produce(t, r)
 	}
 	e.start(t, "pz-link")
