@@ -16,6 +16,10 @@ import (
 // steps (forgets, orders, dead letters) append their records to recs; the
 // transaction (txn) hands them to the Kafka client in recs order.
 type batch struct {
+	// start is when the batch's step began: the time, at each system's
+	// precision, of its records that carry no event time (notices, and
+	// orders of systems that keep no occurred_at).
+	start     time.Time
 	inForgets []*kgo.Record
 	inOrders  []*kgo.Record
 	recs      []kgo.Record

@@ -51,7 +51,11 @@
 //     per cached key, in parallel, in the assign step; the prepared HMAC
 //     key is not cached: an event takes it from that derivation if its
 //     subject's pseudonyms were derived in the same batch, and prepares it
-//     (two SHA-256 compressions) otherwise.
+//     (two SHA-256 compressions) otherwise. Each output record's timestamp
+//     is set deliberately, never left to the produce clock: the event's
+//     occurred_at at the system's precision, or the batch's start
+//     truncated to the system's time unit (policy.Plan.RecordTime), so two
+//     systems' records share no time finer than their policies allow.
 //  2. Commit (txn.go): take the store Guard (after assign, before project:
 //     if a subject the batch used was forgotten meanwhile, the batch is
 //     aborted before it produced anything and redone), project, hand over

@@ -87,6 +87,7 @@ func (p *Processor) splitForgetLane(b *batch, recs []*kgo.Record) (forgets, obje
 // no order batch that used a destroyed key can still commit (see doc.go),
 // so the confirmations follow every such batch.
 func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) error {
+	b.start = p.cfg.Now()
 	if len(recs) == 0 {
 		return nil
 	}

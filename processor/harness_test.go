@@ -25,13 +25,17 @@ import (
 	"github.com/hygiene/pseudonymizer/store/storetest"
 )
 
-// testPolicies are docs/configuration.md's example systems plus a CRM that may see a
+// testPolicies are two systems that keep exact times and amounts plus a CRM that may see a
 // trace header and pseudonymizes no event ID.
 func testPolicies() []policy.Policy {
 	return []policy.Policy{
 		{System: "crm", Keep: []string{"event_type", "occurred_at", "total_minor", "shipping_address.city"}, Pseudonymize: []string{"order_id", "customer_id"}, Headers: []string{"traceparent"}},
-		policy.Example("google-analytics"),
-		policy.Example("meta"),
+		// The example systems before they were generalized: the tests
+		// match outputs to inputs by the exact occurred_at.
+		{System: "google-analytics", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "items", "attributes.utm_source"},
+			Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
+		{System: "meta", Keep: []string{"event_type", "occurred_at", "currency", "total_minor", "shipping_address.country"},
+			Pseudonymize: []string{"event_id", "order_id", "customer_id"}},
 	}
 }
 

@@ -18,7 +18,11 @@ import (
 // A system with erasure_notices on receives, for each subject with a key
 // that is forgotten, a tombstone on its output topic: a record with a null
 // value, keyed by the subject's customer pseudonym in that system (the key
-// of every record it got for the subject), with the header requested_at.
+// of every record it got for the subject), with the header requested_at
+// truncated to the system's time unit (policy.Plan.NoticeTime; left off
+// with drop_requested_at) and the batch's start, truncated likewise, as
+// its record timestamp: two systems' notices share no time finer than
+// their policies allow.
 // It is queued in the transaction of the confirmation, so it is committed
 // with it, exactly once in effect.
 //
@@ -45,7 +49,8 @@ import (
 // confirmation carries too.
 
 // HeaderRequestedAt is the header of an erasure notice: the forget
-// request's requested_at, RFC 3339 in UTC with milliseconds.
+// request's requested_at truncated to the system's time unit, RFC 3339 in
+// UTC with milliseconds.
 const HeaderRequestedAt = "requested_at"
 
 // requestedAtLayout formats HeaderRequestedAt.
@@ -88,13 +93,19 @@ func (p *Processor) queueNotices(b *batch, reqs []store.ForgetRequest, results [
 		}
 		derived = true
 		pk := p.fd.Prepare(res.Key)
-		at := []byte(req.RequestedAt.UTC().Format(requestedAtLayout))
 		for _, sys := range p.notices {
-			key := p.cfg.Plan.SubjectPseudonymKey(make([]byte, 0, pseudonym.Size), sys, &pk, []byte(req.SubjectID), p.fd)
+			plan := p.cfg.Plan
+			key := plan.SubjectPseudonymKey(make([]byte, 0, pseudonym.Size), sys, &pk, []byte(req.SubjectID), p.fd)
+			var hdrs []kgo.RecordHeader
+			if !plan.DropRequestedAt(sys) {
+				at := plan.NoticeTime(sys, req.RequestedAt).UTC().Format(requestedAtLayout)
+				hdrs = []kgo.RecordHeader{{Key: HeaderRequestedAt, Value: []byte(at)}}
+			}
 			b.add(kgo.Record{
-				Topic:   p.topics[sys],
-				Key:     key,
-				Headers: []kgo.RecordHeader{{Key: HeaderRequestedAt, Value: at}},
+				Topic:     p.topics[sys],
+				Key:       key,
+				Headers:   hdrs,
+				Timestamp: plan.NoticeTime(sys, b.start),
 			})
 			if b.notices == nil {
 				b.notices = map[int]int{}

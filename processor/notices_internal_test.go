@@ -75,7 +75,7 @@ func TestNoticesWipeRetainedKeys(t *testing.T) {
 		}
 	}
 	if len(notices) != 1 || notices[0].Topic != p.topics[0] || !bytes.Equal(notices[0].Key, want) ||
-		string(notices[0].Headers[0].Value) != "2026-12-03T10:04:05.123Z" {
+		string(notices[0].Headers[0].Value) != "2026-12-03T00:00:00.000Z" { // crm's occurred_at is truncated to 1d
 		t.Fatalf("notices %+v, want one on %s keyed by crm's customer pseudonym", notices, p.topics[0])
 	}
 	if len(b.settle) != 1 || b.settle[0].Partition != 2 || b.settle[0].Offset != 40 {

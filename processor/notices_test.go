@@ -88,8 +88,8 @@ func (e *env) checkNotices(t *testing.T, w *noticeWorld, at time.Time, confirm *
 			lastOld[sys] = r.Offset
 		}
 	}
-	wantAt := at.UTC().Format("2006-01-02T15:04:05.000Z07:00")
-	for _, sys := range e.plan.Systems() {
+	for i, sys := range e.plan.Systems() {
+		wantAt := e.plan.NoticeTime(i, at).UTC().Format("2006-01-02T15:04:05.000Z07:00")
 		if !noticeSystems[sys] {
 			if len(tombs[sys]) != 0 {
 				t.Errorf("%s (notices off): %d tombstones, want none", sys, len(tombs[sys]))

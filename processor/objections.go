@@ -48,8 +48,9 @@ const (
 )
 
 // HeaderObjectedAt is the header of an erasure notice sent because the
-// subject objected to the system: the objection's effective_at, RFC 3339
-// in UTC with milliseconds.
+// subject objected to the system: the objection's effective_at truncated
+// to the system's time unit, RFC 3339 in UTC with milliseconds; left out
+// with drop_requested_at, like requested_at.
 const HeaderObjectedAt = "objected_at"
 
 // flagObjection is the slot flag (cache.go) of a subject with an active
@@ -177,7 +178,7 @@ func (p *Processor) queueObjectionNotices(b *batch, req *store.ObjectionRequest,
 	o := store.Objection{EffectiveAt: req.EffectiveAt, Systems: req.Systems}
 	var pk pseudonym.Key
 	derived := false
-	at := []byte(req.EffectiveAt.UTC().Format(requestedAtLayout))
+	plan := p.cfg.Plan
 	for _, sys := range p.notices {
 		if !o.All() && !slices.Contains(o.Systems, p.systems[sys]) {
 			continue
@@ -186,7 +187,14 @@ func (p *Processor) queueObjectionNotices(b *batch, req *store.ObjectionRequest,
 			pk, derived = p.fd.Prepare(key), true
 		}
 		nk := p.cfg.Plan.SubjectPseudonymKey(make([]byte, 0, pseudonym.Size), sys, &pk, []byte(req.SubjectID), p.fd)
-		b.add(kgo.Record{Topic: p.topics[sys], Key: nk, Headers: []kgo.RecordHeader{{Key: HeaderObjectedAt, Value: at}}})
+		// The header and the record time at the system's time unit, as a
+		// forget's notice (notices.go): never finer than the policy allows.
+		var hdrs []kgo.RecordHeader
+		if !plan.DropRequestedAt(sys) {
+			at := plan.NoticeTime(sys, req.EffectiveAt).UTC().Format(requestedAtLayout)
+			hdrs = []kgo.RecordHeader{{Key: HeaderObjectedAt, Value: []byte(at)}}
+		}
+		b.add(kgo.Record{Topic: p.topics[sys], Key: nk, Headers: hdrs, Timestamp: plan.NoticeTime(sys, b.start)})
 		if b.notices == nil {
 			b.notices = map[int]int{}
 		}

@@ -21,6 +21,7 @@ import (
 // (project.go: fill the slots, in parallel), runs under the store guard
 // (txn.guarded).
 func (p *Processor) orders(ctx context.Context, b *batch, recs []*kgo.Record) error {
+	b.start = p.cfg.Now()
 	if err := p.admit(ctx, b, recs); err != nil {
 		return err
 	}

@@ -168,10 +168,11 @@ func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 				return fmt.Errorf("project for system %s: %w", p.systems[sys], err)
 			}
 			b.recs[o.slot+sys] = kgo.Record{
-				Topic:   topic,
-				Key:     key,
-				Value:   w.arena[vstart:len(w.arena):len(w.arena)],
-				Headers: w.allowedHeaders(p.headers[sys], o.rec.Headers),
+				Topic:     topic,
+				Key:       key,
+				Value:     w.arena[vstart:len(w.arena):len(w.arena)],
+				Headers:   w.allowedHeaders(p.headers[sys], o.rec.Headers),
+				Timestamp: plan.RecordTime(sys, o.head.OccurredAt, b.start),
 			}
 		}
 	}

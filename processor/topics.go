@@ -15,7 +15,11 @@ import (
 // count of the orders topic (or 1) and the broker's default replication.
 // The objections topic, an input, is created too when missing, compacted
 // (cleanup.policy=compact: one state per subject); the other input topics
-// must exist or be auto-created by the broker.
+// must exist or be auto-created by the broker. The topics created here get
+// message.timestamp.type CreateTime, so that the broker keeps the record
+// timestamps the processor sets deliberately (RecordTime) instead of
+// stamping its own append time, which would be the same to the millisecond
+// on every system's topic.
 func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
 	partitions := int32(1)
 	if td, err := adm.ListTopics(ctx, p.cfg.Topics.Orders); err == nil {
@@ -27,7 +31,8 @@ func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
 	if p.cfg.Topics.Objections != "" {
 		want = append(want, p.cfg.Topics.ObjectionsApplied, p.cfg.Topics.ObjectionsDeadLetter)
 	}
-	resp, err := adm.CreateTopics(ctx, partitions, -1, nil, want...)
+	createTime := "CreateTime"
+	resp, err := adm.CreateTopics(ctx, partitions, -1, map[string]*string{"message.timestamp.type": &createTime}, want...)
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/internal/config"
+	"github.com/hygiene/pseudonymizer/internal/linkability"
 )
 
 // checkTimeout bounds each network check of --check-config.
@@ -34,6 +35,9 @@ func checkConfig(ctx context.Context, cfg config.Config, log *slog.Logger, stdou
 		if _, _, err := checkLookup(cfg.Lookup, plan); err != nil {
 			return err
 		}
+	}
+	for _, w := range linkability.ConfigWarnings(plan) {
+		fmt.Fprintln(stdout, "warning:", w)
 	}
 	kr, kmsState, err := loadKeys(ctx, cfg, keysReadOnly)
 	if err != nil {

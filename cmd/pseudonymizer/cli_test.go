@@ -39,7 +39,7 @@ const testKEK = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\n"
 // TestHelp: every command's --help prints its usage to stdout and exits 0;
 // `help COMMAND` prints the same.
 func TestHelp(t *testing.T) {
-	for _, cmd := range []string{"run", "demo", "schema", "forget", "tail", "produce-sample", "rewrap", "healthcheck"} {
+	for _, cmd := range []string{"run", "demo", "schema", "forget", "tail", "linkability", "produce-sample", "rewrap", "healthcheck"} {
 		t.Run(cmd, func(t *testing.T) {
 			for _, args := range [][]string{{cmd, "--help"}, {cmd, "-h"}, {"help", cmd}} {
 				var out, errb bytes.Buffer

@@ -73,6 +73,8 @@ Usage:
   pseudonymizer objection-log --config FILE [--since T]
                                                      the objection states recorded, as JSON lines (read-only)
   pseudonymizer tail --config FILE --system NAME     print a system's output topic as JSON lines
+  pseudonymizer linkability --config FILE [--sample N] [--file EVENTS.avro | --sample-data]
+                                                     how far each pair of systems can join their records
   pseudonymizer produce-sample --config FILE [--orders N]
                                                      publish sample orders to the orders topic
   pseudonymizer rewrap --config FILE                 re-wrap stored keys with the active KEK
@@ -129,6 +131,8 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runObjectionLog(ctx, rest, stdout, stderr)
 	case "tail":
 		return runTail(ctx, rest, stdout, stderr)
+	case "linkability":
+		return runLinkability(ctx, rest, stdout, stderr)
 	case "produce-sample":
 		return runProduceSample(ctx, rest, stdout, stderr)
 	case "lookup-token":

@@ -24,6 +24,7 @@ import (
 	"github.com/twmb/franz-go/plugin/kprom"
 
 	"github.com/hygiene/pseudonymizer/internal/config"
+	"github.com/hygiene/pseudonymizer/internal/linkability"
 	"github.com/hygiene/pseudonymizer/processor"
 	"github.com/hygiene/pseudonymizer/store"
 )
@@ -78,6 +79,9 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 	pols, plan, err := compilePlan(&cfg)
 	if err != nil {
 		return nil, err
+	}
+	for _, w := range linkability.ConfigWarnings(plan) {
+		log.Warn("policies: " + w)
 	}
 	kr, _, err := loadKeys(ctx, cfg, keysCreate)
 	if err != nil {

@@ -234,6 +234,9 @@ func expect(e *schema.OrderEvent, pol Policy, key []byte, d *pseudonym.Deriver) 
 func project(v any, path string, pol Policy, key []byte, d *pseudonym.Deriver) any {
 	for _, k := range pol.Keep {
 		if k == path {
+			if g, ok := pol.Generalize[path]; ok {
+				return must(GeneralizeValue(g, v))
+			}
 			return v
 		}
 	}

@@ -3,8 +3,11 @@
 //
 // A Plan validates each input record once (Scan) and then writes, for each
 // system, that system's output record (Project): kept fields are copied
-// verbatim, pseudonymized ones are replaced by pseudonyms and everything
-// else is dropped. Neither step decodes into Go values, uses reflection or
+// verbatim or generalized (generalize.go: timestamps truncated, integers
+// rounded, strings cut to a prefix), pseudonymized ones are replaced by
+// pseudonyms and everything else is dropped. RecordTime and NoticeTime
+// give the times the processor adds to a system's records, at that
+// system's precision. Neither step decodes into Go values, uses reflection or
 // allocates in steady state. Output schemas are derived from the input
 // schema and the policies (OutputSchema).
 //
@@ -19,6 +22,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -42,6 +46,19 @@ type Policy struct {
 	// the subject's customer pseudonym in this system (see
 	// processor/notices.go). It does not change the system's schema.
 	ErasureNotices bool `yaml:"erasure_notices"`
+	// Generalize maps kept paths (each listed in Keep) to the transform
+	// applied to their values: a timestamp truncated, an amount rounded, a
+	// string cut to a prefix (see Generalization).
+	Generalize map[string]Generalization `yaml:"generalize"`
+	// TimeUnit is the precision (ParseUnit) of the times the service adds
+	// for a system that keeps no occurred_at: its record timestamps and its
+	// erasure notices' requested_at are truncated to it. Empty means
+	// DefaultTimeUnit. A system that keeps occurred_at gets those times at
+	// occurred_at's precision instead, and must leave TimeUnit empty.
+	TimeUnit string `yaml:"time_unit"`
+	// DropRequestedAt leaves the requested_at header off the system's
+	// erasure notices.
+	DropRequestedAt bool `yaml:"drop_requested_at"`
 }
 
 // Field names the top-level input fields a Plan relies on.
@@ -72,6 +89,11 @@ type system struct {
 	root    op
 	out     avro.Schema
 	pseudo  []Field // the pseudonymized paths, in policy order
+	pol     Policy
+	// unit is the precision of the times the service adds (RecordTime,
+	// TimeUnit); fromEvent means they derive from occurred_at.
+	unit      time.Duration
+	fromEvent bool
 }
 
 // Systems returns the system names in the order of the policies given to
@@ -160,6 +182,8 @@ type tnode struct {
 	mark int
 	path string
 	kids []tchild
+	in   *node // the marked value's input schema
+	gen  *gen  // a kept value's generalization
 }
 
 type tchild struct {
@@ -199,6 +223,10 @@ func compileSystem(in *node, pol Policy) (system, error) {
 	if c := root.child(FieldCustomerID); c == nil || c.mark != markPseudo {
 		return system{}, errors.New("no pseudonymized subject: customer_id must be in pseudonymize")
 	}
+	unit, fromEvent, err := compileGeneralize(root, pol)
+	if err != nil {
+		return system{}, err
+	}
 	seenH := map[string]bool{}
 	for _, h := range pol.Headers {
 		if h == "" || !utf8.ValidString(h) || strings.ContainsFunc(h, unicode.IsControl) {
@@ -214,7 +242,8 @@ func compileSystem(in *node, pol Policy) (system, error) {
 	if err != nil {
 		return system{}, err
 	}
-	return system{name: pol.System, headers: slices.Clone(pol.Headers), root: o, out: out, pseudo: pseudo}, nil
+	return system{name: pol.System, headers: slices.Clone(pol.Headers), root: o, out: out, pseudo: pseudo, pol: clonePolicy(pol),
+		unit: unit, fromEvent: fromEvent}, nil
 }
 
 // parsePath splits a dotted path into segments.
@@ -287,7 +316,7 @@ func addPath(root *tnode, in *node, path string, mark int) (*node, error) {
 	if mark == markPseudo && !pseudonymizable(n) {
 		return nil, fmt.Errorf("path %q: only string, int and long fields (or nullable ones) can be pseudonymized", path)
 	}
-	t.mark, t.path = mark, path
+	t.mark, t.path, t.in = mark, path, n
 	return n, nil
 }
 

@@ -162,6 +162,8 @@ func (w *projector) project(dst []byte, o *op) ([]byte, error) {
 			}
 		}
 		return w.pseudo(dst, n, o.path)
+	case actGen:
+		return w.generalize(dst, o)
 	}
 	if err := w.enter(); err != nil {
 		return dst, err

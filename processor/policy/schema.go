@@ -168,6 +168,7 @@ const (
 	actUnion             // project the non-null branch of a nullable union
 	actArray             // project every item
 	actMap               // keep only some keys
+	actGen               // copy a value generalized (generalize.go)
 )
 
 // op is the compiled projection of one input value for one system.
@@ -178,6 +179,7 @@ type op struct {
 	sub  []op    // actRecord: one per input field; actUnion: one per branch
 	elem *op     // actArray: the items' projection
 	keys []keyOp // actMap: the selected keys
+	gen  *gen    // actGen: the transform
 }
 
 type keyOp struct {
@@ -200,6 +202,9 @@ func (b *builder) build(n *node, t *tnode) (op, avro.Schema, error) {
 	switch {
 	case t.mark == markKeep:
 		s, err := b.rename(n.schema)
+		if t.gen != nil {
+			return op{act: actGen, in: n, gen: t.gen}, s, err
+		}
 		return op{act: actKeep, in: n}, s, err
 	case t.mark == markPseudo:
 		o := op{act: actPseudo, in: n, path: t.path}
@@ -232,8 +237,8 @@ func (b *builder) build(n *node, t *tnode) (op, avro.Schema, error) {
 			switch {
 			case co.act == actPseudo:
 				opts = append(opts, avro.WithDoc("Pseudonym (UUID) of the input value, specific to this system and subject."))
-			case f.Doc() != "":
-				opts = append(opts, avro.WithDoc(f.Doc()))
+			case f.Doc() != "" || hasGen(c):
+				opts = append(opts, avro.WithDoc(genDoc(f.Doc(), c)))
 			}
 			if def, ok := keepDefault(f, co.act, cs); ok {
 				opts = append(opts, avro.WithDefault(def))
