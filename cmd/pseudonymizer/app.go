@@ -25,10 +25,14 @@ import (
 	"github.com/hygiene/pseudonymizer/store/postgres"
 )
 
+// errMissingConfig is a usage error: exit status 2, as for any missing
+// argument.
+var errMissingConfig = &exitError{code: 2, err: errors.New("--config FILE is required")}
+
 // loadConfig loads the file and the environment.
 func loadConfig(path string) (config.Config, error) {
 	if path == "" {
-		return config.Config{}, errors.New("--config FILE is required")
+		return config.Config{}, errMissingConfig
 	}
 	return config.Load(path, os.Environ())
 }
@@ -37,7 +41,7 @@ func loadConfig(path string) (config.Config, error) {
 // commands that never connect need.
 func loadSchemaConfig(path string) (config.Config, error) {
 	if path == "" {
-		return config.Config{}, errors.New("--config FILE is required")
+		return config.Config{}, errMissingConfig
 	}
 	return config.Read(path, os.Environ())
 }

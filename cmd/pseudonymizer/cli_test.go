@@ -87,6 +87,14 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("%v: error %v, stderr %q; want %q and the usage", tc.args, err, errb.String(), tc.want)
 		}
 	}
+	// A missing --config is a missing argument too.
+	for _, args := range [][]string{{"run"}, {"status", "cust-1"}, {"forget-log"}, {"tail", "--system", "meta"}} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), args, &out, &errb)
+		if got := exitCode(err); got != 2 || !strings.Contains(err.Error(), "--config") {
+			t.Errorf("%v: exit %d (%v), want 2 naming --config", args, got, err)
+		}
+	}
 	var out, errb bytes.Buffer
 	if err := run(context.Background(), nil, &out, &errb); exitCode(err) != 2 || !strings.Contains(errb.String(), "Usage:") {
 		t.Errorf("no arguments: %v, stderr %q", err, errb.String())
