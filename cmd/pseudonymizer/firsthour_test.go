@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// metricValue returns the value of the first sample of the series whose
+// exposition line starts with series (name and labels, as printed), or -1.
+func metricValue(t *testing.T, httpAddr, series string) float64 {
+	t.Helper()
+	code, body := httpGet("http://" + httpAddr + "/metrics")
+	if code != 200 {
+		return -1
+	}
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(series) + ` (\S+)$`)
+	m := re.FindStringSubmatch(body)
+	if m == nil {
+		return -1
+	}
+	v, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatalf("metric %s: %v", series, err)
+	}
+	return v
+}
+
+// TestSampleOrdersAfterForget: sample orders published after a customer was
+// forgotten are new orders, pseudonymized with a new key, not suppressed as
+// the forgotten customer's past (they were dated an hour back).
+func TestSampleOrdersAfterForget(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.SeedTopics(1, "orders.raw", "subjects.forget"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	dir := t.TempDir()
+	writeFile(t, dir, "kek.b64", testKEK)
+	cfg, addr := serviceConfig(t, dir, cluster.ListenAddrs(), "")
+	_, stop := startRun(t, cfg, addr)
+	defer func() { _ = stop() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	if err := run(ctx, []string{"forget", "--config", cfg, "--timeout", "30s", "cust-100000"}, &out, &errb); err != nil {
+		t.Fatalf("forget: %v", err)
+	}
+	if err := run(ctx, []string{"produce-sample", "--config", cfg, "--orders", "3", "--customers", "1"}, &out, &errb); err != nil {
+		t.Fatalf("produce-sample: %v", err)
+	}
+	waitFor(t, 30*time.Second, "the three orders consumed", func() bool {
+		return metricValue(t, addr, `pseudonymizer_records_in_total{topic="orders.raw"}`) == 3
+	})
+	if got := metricValue(t, addr, "pseudonymizer_suppressed_events_total"); got != 0 {
+		t.Errorf("%v of the forgotten customer's new sample orders suppressed, want none", got)
+	}
+	out.Reset()
+	err = run(ctx, []string{"status", "--config", cfg, "cust-100000", "--json"}, &out, &errb)
+	if exitCodeOf(err) != 0 || !strings.Contains(out.String(), `"state":"active"`) {
+		t.Errorf("status after new orders: %v, %s; want active (a new key)", err, out.String())
+	}
+}
+
+// TestMissingKEKFileSaysHowToCreateOne: a missing keys.kek_file fails with
+// the one-liner that creates a KEK.
+func TestMissingKEKFileSaysHowToCreateOne(t *testing.T) {
+	cfg := writeFile(t, t.TempDir(), "config.yaml", "kafka: {brokers: ['127.0.0.1:1']}\nstore: {path: keys.db}\nkeys: {kek_file: kek.b64}\n"+validSystems)
+	var out, errb bytes.Buffer
+	err := run(context.Background(), []string{"run", "--config", cfg, "--check-config"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "keys.kek_file") || !strings.Contains(err.Error(), "head -c 32 /dev/urandom | base64 >") {
+		t.Errorf("error %v: want keys.kek_file and the command that creates a KEK", err)
+	}
+}
+
+// TestReadOnlyToolsWhileRunning: with the embedded store, status and
+// forget-log answer while `run` holds the store file (through its admin
+// socket, mode 0600) exactly as they answer once it stopped; rewrap refuses
+// with a message that says to stop the service.
+func TestReadOnlyToolsWhileRunning(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.SeedTopics(1, "orders.raw", "subjects.forget"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	dir := t.TempDir()
+	writeFile(t, dir, "kek.b64", testKEK)
+	cfg, addr := serviceConfig(t, dir, cluster.ListenAddrs(), "")
+	_, stop := startRun(t, cfg, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := func(args ...string) (string, error) {
+		var out, errb bytes.Buffer
+		err := run(ctx, args, &out, &errb)
+		return out.String(), err
+	}
+	if _, err := cmd("produce-sample", "--config", cfg, "--orders", "2", "--customers", "1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the orders consumed", func() bool {
+		return metricValue(t, addr, `pseudonymizer_records_in_total{topic="orders.raw"}`) == 2
+	})
+	out, err := cmd("status", "--config", cfg, "--json", "cust-100000")
+	if err != nil || !strings.Contains(out, `"state":"active"`) || !strings.Contains(out, `"meta":`) {
+		t.Fatalf("status while running: %v, %s", err, out)
+	}
+	if _, err := cmd("forget", "--config", cfg, "--timeout", "30s", "cust-100000"); err != nil {
+		t.Fatal(err)
+	}
+	running, err := cmd("status", "--config", cfg, "--json", "cust-100000")
+	if exitCodeOf(err) != exitForgotten || !strings.Contains(running, `"state":"forgotten"`) {
+		t.Fatalf("status after forget while running: %v, %s", err, running)
+	}
+	logRunning, err := cmd("forget-log", "--config", cfg)
+	if err != nil || !strings.Contains(logRunning, `"status":"FORGOTTEN"`) {
+		t.Fatalf("forget-log while running: %v, %s", err, logRunning)
+	}
+	if strings.Contains(running+logRunning, "cust-100000") {
+		t.Error("a raw subject ID in the output")
+	}
+	fi, err := os.Stat(filepath.Join(dir, "keys.db.sock"))
+	if err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {
+		t.Errorf("admin socket: %v, %v; want a socket of mode 0600", fi, err)
+	}
+	if _, err := cmd("rewrap", "--config", cfg); err == nil || !strings.Contains(err.Error(), "stop it") {
+		t.Errorf("rewrap while running: %v; want a refusal that says to stop the service", err)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "keys.db.sock")); !os.IsNotExist(err) {
+		t.Errorf("admin socket left behind: %v", err)
+	}
+	stopped, err := cmd("status", "--config", cfg, "--json", "cust-100000")
+	if exitCodeOf(err) != exitForgotten || stopped != running {
+		t.Errorf("status once stopped: %v, %s; while running it said %s", err, stopped, running)
+	}
+	if logStopped, err := cmd("forget-log", "--config", cfg); err != nil || logStopped != logRunning {
+		t.Errorf("forget-log once stopped: %v, %s; while running it said %s", err, logStopped, logRunning)
+	}
+	if out, err := cmd("rewrap", "--config", cfg); err != nil {
+		t.Errorf("rewrap once stopped: %v, %s", err, out)
+	}
+}
