@@ -2,6 +2,7 @@ package processor
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"sync"
@@ -122,9 +123,12 @@ type Processor struct {
 
 	ordersJoined  atomic.Bool
 	forgetsJoined atomic.Bool
-	storeOK       atomic.Bool
-	stats         Stats
-	statsMu       sync.Mutex
+	// fencedID is the transactional ID another producer fenced this
+	// instance's session of, until a session of that lane commits again.
+	ordersFenced, forgetsFenced atomic.Pointer[string]
+	storeOK                     atomic.Bool
+	stats                       Stats
+	statsMu                     sync.Mutex
 }
 
 // Stats are running totals, for the demo, tests and benchmarks.
@@ -217,9 +221,15 @@ func (p *Processor) Stats() Stats {
 	return p.stats
 }
 
-// Ready reports nil when both lanes have joined their groups and the store
-// answered its last call.
+// Ready reports nil when both lanes have joined their groups, neither was
+// fenced by another producer with its transactional ID since its last
+// commit, and the store answered its last call.
 func (p *Processor) Ready() error {
+	for _, f := range []*atomic.Pointer[string]{&p.ordersFenced, &p.forgetsFenced} {
+		if id := f.Load(); id != nil {
+			return fmt.Errorf("not ready: fenced: another producer uses transactional ID %s (two instances with one configuration on one host?); give every instance its own kafka.transactional_id", *id)
+		}
+	}
 	switch {
 	case !p.ordersJoined.Load():
 		return errors.New("not ready: consumer group not joined")

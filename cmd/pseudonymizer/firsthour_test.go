@@ -150,3 +150,45 @@ func TestReadOnlyToolsWhileRunning(t *testing.T) {
 		t.Errorf("rewrap once stopped: %v, %s", err, out)
 	}
 }
+
+// TestFencedInstanceNotReady: two instances with one transactional ID (one
+// config on one host) fence each other; the fenced one must not report
+// ready, and must say in one log line what to set.
+func TestFencedInstanceNotReady(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.SeedTopics(2, "orders.raw", "subjects.forget"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	var addrs []string
+	var logs []*lockedBuffer
+	var cfg string
+	for range 2 {
+		dir := t.TempDir()
+		writeFile(t, dir, "kek.b64", testKEK)
+		var addr string
+		cfg, addr = serviceConfig(t, dir, cluster.ListenAddrs(), "")
+		l, _ := startRun(t, cfg, addr)
+		addrs, logs = append(addrs, addr), append(logs, l)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs of the first instance:\n%s", logs[0].String())
+		}
+	})
+	waitFor(t, 45*time.Second, "an instance that reports the fencing", func() bool {
+		if err := run(ctx, []string{"produce-sample", "--config", cfg, "--orders", "20", "--customers", "8"}, &out, &errb); err != nil {
+			t.Fatal(err)
+		}
+		for i, addr := range addrs {
+			code, body := httpGet("http://" + addr + "/readyz")
+			if code != 200 && strings.Contains(body, "kafka.transactional_id") && strings.Contains(logs[i].String(), "kafka.transactional_id") {
+				return true
+			}
+		}
+		return false
+	})
+}
