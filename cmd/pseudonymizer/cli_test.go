@@ -342,9 +342,13 @@ func TestProduceSampleAndTail(t *testing.T) {
 				t.Fatalf("produce-sample: %v", err)
 			}
 			out.Reset()
+			waitFor(t, 30*time.Second, "the five orders pseudonymized", func() bool {
+				return metricValue(t, addr, `pseudonymizer_records_out_total{system="meta"}`) == 5
+			})
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			if err := run(ctx, []string{"tail", "--config", cfg, "--system", "meta", "-n", "5"}, &out, &errb); err != nil {
+			// Without -n: everything there is, then exit.
+			if err := run(ctx, []string{"tail", "--config", cfg, "--system", "meta"}, &out, &errb); err != nil {
 				t.Fatalf("tail: %v", err)
 			}
 			if err := stop(); err != nil {
@@ -460,29 +464,36 @@ func TestTailFromEnd(t *testing.T) {
 	produce() // offset 0, before tail starts
 	out := &lockedBuffer{}
 	done := make(chan error, 1)
+	tctx, stopTail := context.WithCancel(ctx)
+	defer stopTail()
 	go func() {
-		done <- run(ctx, []string{"tail", "--config", cfg, "--system", "meta", "--from-end", "-n", "1"}, out, &bytes.Buffer{})
+		done <- run(tctx, []string{"tail", "--config", cfg, "--system", "meta", "--from-end"}, out, &bytes.Buffer{})
 	}()
-	// Keep producing until tail has printed its one record: it cannot know
-	// when tail has found the end.
+	// Keep producing until tail has printed a record, then stop it as
+	// Ctrl-C would: it cannot know when tail has found the end.
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for waiting := true; waiting; {
 		select {
 		case err := <-done:
-			if err != nil {
-				t.Fatalf("tail: %v", err)
-			}
-			waiting = false
+			t.Fatalf("tail --from-end returned before Ctrl-C: %v", err)
 		case <-tick.C:
+			if strings.Contains(out.String(), "\n") {
+				waiting = false
+				break
+			}
 			produce()
 		}
+	}
+	stopTail()
+	if err := <-done; err != nil {
+		t.Fatalf("tail: %v", err)
 	}
 	var line struct {
 		Offset int64
 		Error  string
 	}
-	if err := json.Unmarshal([]byte(out.String()), &line); err != nil {
+	if err := json.Unmarshal([]byte(strings.SplitN(out.String(), "\n", 2)[0]), &line); err != nil {
 		t.Fatalf("output %q: %v", out.String(), err)
 	}
 	if line.Offset == 0 {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // metricValue returns the value of the first sample of the series whose
@@ -191,4 +193,69 @@ func TestFencedInstanceNotReady(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// TestTailLastN: as Unix tail, -n N prints the last N records and exits at
+// the end of the topic, also when the topic holds fewer; without -n it
+// prints all and exits. Transactions put markers between the records.
+func TestTailLastN(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.SeedTopics(2, "orders.pseudo.meta"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	cfg := writeFile(t, t.TempDir(), "config.yaml", "kafka: {brokers: ["+strings.Join(cluster.ListenAddrs(), ",")+"]}\n"+validSystems)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...), kgo.TransactionalID("tail-test"), kgo.RecordPartitioner(kgo.RoundRobinPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	t0 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	for txn := range 7 {
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			k := txn*3 + i
+			cl.Produce(ctx, &kgo.Record{Topic: "orders.pseudo.meta", Key: []byte(fmt.Sprintf("k%02d", k)), Value: []byte{0xff}, Timestamp: t0.Add(time.Duration(k) * time.Second)}, nil)
+		}
+		if err := cl.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		args  []string
+		first int
+		lines int
+	}{
+		{[]string{"-n", "3"}, 18, 3},
+		{[]string{"-n", "40"}, -1, 21},
+		{nil, -1, 21},
+	} {
+		tctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		var out bytes.Buffer
+		err := run(tctx, append([]string{"tail", "--config", cfg, "--system", "meta"}, tc.args...), &out, &bytes.Buffer{})
+		blocked := tctx.Err() != nil
+		cancel()
+		if err != nil || blocked {
+			t.Fatalf("tail %v: %v (blocked at the end: %v)", tc.args, err, blocked)
+		}
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if len(lines) != tc.lines {
+			t.Errorf("tail %v: %d lines, want %d", tc.args, len(lines), tc.lines)
+			continue
+		}
+		if tc.first >= 0 {
+			for i, line := range lines {
+				if want := fmt.Sprintf(`"key":"k%02d"`, tc.first+i); !strings.Contains(line, want) {
+					t.Errorf("tail %v: line %d is %s, want %s", tc.args, i, line, want)
+				}
+			}
+		}
+	}
 }
