@@ -123,12 +123,16 @@ type Processor struct {
 
 	ordersJoined  atomic.Bool
 	forgetsJoined atomic.Bool
-	// fencedID is the transactional ID another producer fenced this
-	// instance's session of, until a session of that lane commits again.
+	// ordersFenced and forgetsFenced hold the lane's transactional ID
+	// while another producer with it has fenced the lane, until a session
+	// of that lane commits again.
 	ordersFenced, forgetsFenced atomic.Pointer[string]
 	storeOK                     atomic.Bool
-	stats                       Stats
-	statsMu                     sync.Mutex
+	// storeDownSince is when a store call first failed (Unix ns), 0 while
+	// the store answers: its recovery is logged.
+	storeDownSince atomic.Int64
+	stats          Stats
+	statsMu        sync.Mutex
 }
 
 // Stats are running totals, for the demo, tests and benchmarks.
@@ -243,6 +247,11 @@ func (p *Processor) Ready() error {
 
 func (p *Processor) setStoreOK(ok bool) {
 	p.storeOK.Store(ok)
+	if !ok {
+		p.storeDownSince.CompareAndSwap(0, time.Now().UnixNano())
+	} else if since := p.storeDownSince.Swap(0); since != 0 {
+		p.log.Info("key store answers again", "unavailable_for", time.Since(time.Unix(0, since)).Round(time.Millisecond).String())
+	}
 	p.updateReady()
 }
 

@@ -138,6 +138,16 @@ func checkStore(ctx context.Context, c config.Store, kr *store.Keyring) (initial
 	return ok, nil
 }
 
+// storeKind names the configured key store for logs and --check-config:
+// "postgres" (the DSN may hold a password: it is not shown) or "embedded
+// <path>".
+func storeKind(c config.Store) string {
+	if c.Postgres != "" {
+		return "postgres"
+	}
+	return "embedded " + c.Path
+}
+
 // openStore opens the configured key store.
 func openStore(ctx context.Context, c config.Store, kr *store.Keyring) (store.KeyStore, error) {
 	if c.Postgres != "" {

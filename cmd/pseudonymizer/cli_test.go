@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net"
@@ -226,8 +227,11 @@ func TestIdleStartStopLogs(t *testing.T) {
 				t.Errorf("Kafka client info line: %s", line)
 			}
 		}
+		if rec["msg"] == "pseudonymizer started" && !strings.HasPrefix(fmt.Sprint(rec["store"]), "embedded ") {
+			t.Errorf("the start-up line does not name the store kind: %s", line)
+		}
 	}
-	if info > 5 {
+	if info > 6 {
 		t.Errorf("%d info lines for an idle start and stop:\n%s", info, logs.String())
 	}
 }
@@ -278,7 +282,7 @@ func TestCheckConfigReadOnly(t *testing.T) {
 	if err := run(context.Background(), []string{"run", "--config", cfg, "--check-config"}, &out, &errb); err != nil {
 		t.Fatalf("check-config: %v\n%s", err, errb.String())
 	}
-	for _, want := range []string{"configuration ok", "empty", "orders.pseudo.meta", "will be created"} {
+	for _, want := range []string{"configuration ok", "key store (embedded ", "empty", "orders.pseudo.meta", "will be created"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output %q lacks %q", out.String(), want)
 		}
@@ -422,7 +426,7 @@ func TestCheckConfigPostgresReadOnly(t *testing.T) {
 	if err := run(context.Background(), []string{"run", "--config", cfg, "--check-config"}, &out, &errb); err != nil {
 		t.Fatalf("check-config: %v", err)
 	}
-	if !strings.Contains(out.String(), "key store empty") {
+	if !strings.Contains(out.String(), "key store (postgres) empty") {
 		t.Errorf("output %q does not report the empty store", out.String())
 	}
 	ctx := context.Background()

@@ -199,7 +199,7 @@ func (s *service) run(ctx context.Context) error {
 		s.ensureTopics(ctx)
 	}
 	s.log.Info("pseudonymizer started", "version", version(), "systems", len(s.proc.OutputTopics()),
-		"group", s.cfg.Kafka.GroupID, "transactional_id", s.cfg.TxnID())
+		"group", s.cfg.Kafka.GroupID, "transactional_id", s.cfg.TxnID(), "store", storeKind(s.cfg.Store))
 	lagCtx, stopLag := context.WithCancel(ctx)
 	defer stopLag()
 	wg.Go(func() {
