@@ -259,3 +259,28 @@ func TestTailLastN(t *testing.T) {
 		}
 	}
 }
+
+// TestFlagsAfterArguments: flags may follow the positional arguments;
+// after "--" everything is an argument.
+func TestFlagsAfterArguments(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		pos  []string
+		json bool
+	}{
+		{[]string{"--json", "cust-1"}, []string{"cust-1"}, true},
+		{[]string{"cust-1", "--json"}, []string{"cust-1"}, true},
+		{[]string{"cust-1", "--json", "cust-2"}, []string{"cust-1", "cust-2"}, true},
+		{[]string{"--", "--json"}, []string{"--json"}, false},
+		{[]string{"cust-1", "--", "--json"}, []string{"cust-1", "--json"}, false},
+	} {
+		fs := newFlags("status", "", "")
+		asJSON := fs.Bool("json", false, "")
+		if err := fs.parse(tc.args, &bytes.Buffer{}, &bytes.Buffer{}); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if strings.Join(fs.Args(), " ") != strings.Join(tc.pos, " ") || fs.NArg() != len(tc.pos) || *asJSON != tc.json {
+			t.Errorf("%v: arguments %q, --json %v; want %q, %v", tc.args, fs.Args(), *asJSON, tc.pos, tc.json)
+		}
+	}
+}

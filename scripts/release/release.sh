@@ -13,7 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-platforms="linux/amd64 linux/arm64"
+# RELEASE_PLATFORMS narrows the set (for a quicker local check only).
+platforms="${RELEASE_PLATFORMS:-linux/amd64 linux/arm64}"
 
 die() { echo "release: $*" >&2; exit 1; }
 
