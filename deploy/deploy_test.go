@@ -559,3 +559,39 @@ func checkUpSelector(t *testing.T, groups []struct {
 	}
 	t.Errorf("no alert on up{app_kubernetes_io_name=%q}: up{job=\"pseudonymizer\"} alone misses an annotation-driven scrape job", name)
 }
+
+// TestRelease checks the release tooling (docs/releasing.md): reproducible
+// build flags for both platforms, the tag only after the binaries built,
+// and an image holding dist/'s checksummed binaries.
+func TestRelease(t *testing.T) {
+	script := string(mustRead(t, "scripts/release/release.sh"))
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-buildvcs=true", "-buildid=", "-X main.Version=$version", "-mod=readonly",
+		"linux/amd64 linux/arm64", "sha256sum", "git status --porcelain", "refs/tags/$version"} {
+		if !strings.Contains(script, want) {
+			t.Errorf("release.sh lacks %q", want)
+		}
+	}
+	mk := string(mustRead(t, "Makefile"))
+	i := strings.Index(mk, "\nrelease:")
+	if i < 0 {
+		t.Fatal("no release target in the Makefile")
+	}
+	recipe := mk[i:]
+	if end := strings.Index(recipe[1:], "\n\n"); end >= 0 {
+		recipe = recipe[:end+1]
+	}
+	check, dist, tag, image := strings.Index(recipe, "release-check"), strings.Index(recipe, "$(MAKE) dist"), strings.Index(recipe, "git tag -a"), strings.Index(recipe, "$(MAKE) image")
+	if check < 0 || dist < 0 || tag < 0 || image < 0 || !(check < dist && dist < tag && tag < image) {
+		t.Errorf("release target: want release-check, dist, git tag, image in that order:\n%s", recipe)
+	}
+	df := string(mustRead(t, "Dockerfile.release"))
+	if !strings.Contains(df, "COPY dist/pseudonymizer-${VERSION}-${TARGETOS}-${TARGETARCH} ") {
+		t.Error("Dockerfile.release does not copy dist/'s binary")
+	}
+	if got, want := df[strings.Index(df, "ENTRYPOINT"):], string(mustRead(t, "Dockerfile"))[strings.Index(string(mustRead(t, "Dockerfile")), "ENTRYPOINT"):]; got != want {
+		t.Errorf("Dockerfile.release's entry point differs from Dockerfile's:\n%s\nvs\n%s", got, want)
+	}
+	if ignore := string(mustRead(t, ".gitignore")); !strings.Contains(ignore, "/dist/") {
+		t.Error(".gitignore lacks /dist/: a release build would make the tree unclean")
+	}
+}
