@@ -14,6 +14,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
 )
 
 // metricValue returns the value of the first sample of the series whose
@@ -282,5 +284,44 @@ func TestFlagsAfterArguments(t *testing.T) {
 		if strings.Join(fs.Args(), " ") != strings.Join(tc.pos, " ") || fs.NArg() != len(tc.pos) || *asJSON != tc.json {
 			t.Errorf("%v: arguments %q, --json %v; want %q, %v", tc.args, fs.Args(), *asJSON, tc.pos, tc.json)
 		}
+	}
+}
+
+// TestReadOnlyToolsWhileRunningPostgres: with PostgreSQL, status,
+// forget-log and rewrap all work while `run` runs, as docs/command-line.md
+// says.
+func TestReadOnlyToolsWhileRunningPostgres(t *testing.T) {
+	dsn := pgtest.MustTempSchemaDSN(t)
+	cluster, err := kfake.NewCluster(kfake.SeedTopics(1, "orders.raw", "subjects.forget"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	dir := t.TempDir()
+	writeFile(t, dir, "kek.b64", testKEK)
+	addr := freeAddr(t)
+	cfg := writeFile(t, dir, "config.yaml", "kafka: {brokers: ["+strings.Join(cluster.ListenAddrs(), ",")+"], transactional_id: cli-test, session_timeout: 6s}\n"+
+		"store: {postgres: '"+dsn+"'}\nkeys: {kek_file: kek.b64}\n"+
+		"http: {listen: '"+addr+"'}\nlog: {level: info, format: json}\n"+validSystems)
+	_, stop := startRun(t, cfg, addr)
+	defer func() { _ = stop() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := func(args ...string) (string, error) {
+		var out, errb bytes.Buffer
+		err := run(ctx, args, &out, &errb)
+		return out.String(), err
+	}
+	if _, err := cmd("forget", "--config", cfg, "--timeout", "30s", "cust-100000"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := cmd("status", "--config", cfg, "cust-100000", "--json"); exitCodeOf(err) != exitForgotten || !strings.Contains(out, `"state":"forgotten"`) {
+		t.Errorf("status while running: %v, %s", err, out)
+	}
+	if out, err := cmd("forget-log", "--config", cfg); err != nil || !strings.Contains(out, `"request_id"`) {
+		t.Errorf("forget-log while running: %v, %s", err, out)
+	}
+	if out, err := cmd("rewrap", "--config", cfg); err != nil || !strings.Contains(out, "done:") {
+		t.Errorf("rewrap while running: %v, %s", err, out)
 	}
 }
