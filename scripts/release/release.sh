@@ -66,21 +66,24 @@ cmd_dist() {
 }
 
 cmd_reproducible() {
-	local version=$1 tmp a b
+	local version=$1 tmp rev
 	semver "$version"
+	# The commit is fixed once: a commit made meanwhile must not reach
+	# the second build.
+	rev="$(git rev-parse HEAD)"
 	tmp="$(mktemp -d)"
 	trap 'rm -rf "$tmp"' RETURN
 	# Two clones at different paths, two empty build caches: nothing of
 	# one build can reach the other.
 	for d in a b; do
 		git clone -q --no-local . "$tmp/$d/src"
-		git -C "$tmp/$d/src" checkout -q "$(git rev-parse HEAD)"
+		git -C "$tmp/$d/src" checkout -q "$rev"
 		(cd "$tmp/$d/src" && GOCACHE="$tmp/$d/cache" scripts/release/release.sh dist "$version" "$tmp/$d/dist" >/dev/null)
 	done
 	if ! diff "$tmp/a/dist/SHA256SUMS" "$tmp/b/dist/SHA256SUMS"; then
-		die "two builds of $(git rev-parse --short HEAD) differ"
+		die "two builds of $rev differ"
 	fi
-	echo "reproducible: two builds of $(git rev-parse --short HEAD) are byte-identical"
+	echo "reproducible: two builds of $rev are byte-identical"
 	cat "$tmp/a/dist/SHA256SUMS"
 }
 
