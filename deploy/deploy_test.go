@@ -7,12 +7,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/hygiene/pseudonymizer/internal/config"
 	"github.com/hygiene/pseudonymizer/processor"
+	"github.com/hygiene/pseudonymizer/store"
 )
 
 func mustRead(t *testing.T, path string) []byte {
@@ -212,14 +215,15 @@ func TestKubernetes(t *testing.T) {
 			Template struct {
 				Spec struct {
 					TerminationGracePeriodSeconds int `json:"terminationGracePeriodSeconds"`
-					Containers                    []struct {
-						Env []struct {
-							Name      string
-							Value     string
-							ValueFrom map[string]map[string]string `json:"valueFrom"`
+					Containers                    []podContainer
+					InitContainers                []podContainer `json:"initContainers"`
+					Volumes                       []struct {
+						Name   string
+						Secret *struct {
+							SecretName  string `json:"secretName"`
+							DefaultMode int    `json:"defaultMode"`
 						}
-						LivenessProbe  struct{ HTTPGet struct{ Path string } } `json:"livenessProbe"`
-						ReadinessProbe struct{ HTTPGet struct{ Path string } } `json:"readinessProbe"`
+						EmptyDir *struct{ Medium string } `json:"emptyDir"`
 					}
 				}
 			}
@@ -257,9 +261,64 @@ func TestKubernetes(t *testing.T) {
 	if env["PSEUDONYMIZER_KAFKA_TRANSACTIONAL_ID"] != "$(POD_NAME)" || env["POD_NAME"] != "field:metadata.name" {
 		t.Errorf("transactional ID not the pod name: %v", env)
 	}
-	if env["PSEUDONYMIZER_KEK"] != "secret" {
-		t.Error("the KEK does not come from the Secret")
+	// The KEK: a file of mode 0400 (the service's file-mode check), never
+	// an environment variable; from the Secret through a memory volume.
+	if _, ok := env["PSEUDONYMIZER_KEK"]; ok {
+		t.Error("the KEK comes through the environment, bypassing the KEK file's mode check")
 	}
+	kekFile := env["PSEUDONYMIZER_KEYS_KEK_FILE"]
+	volumes := map[string]string{} // name -> kind
+	for _, v := range pod.Volumes {
+		switch {
+		case v.Secret != nil:
+			volumes[v.Name] = "secret"
+			if v.Secret.SecretName == "pseudonymizer" && v.Secret.DefaultMode != 0o400 {
+				t.Errorf("the Secret volume has defaultMode %#o, want 0400", v.Secret.DefaultMode)
+			}
+		case v.EmptyDir != nil && v.EmptyDir.Medium == "Memory":
+			volumes[v.Name] = "memory"
+		}
+	}
+	mountOf := func(c podContainer, path string) string {
+		for _, m := range c.VolumeMounts {
+			if strings.HasPrefix(path, m.MountPath+"/") {
+				return m.Name
+			}
+		}
+		return ""
+	}
+	if kekFile == "" || volumes[mountOf(ctr, kekFile)] != "memory" {
+		t.Errorf("keys.kek_file %q is not on a memory volume", kekFile)
+	}
+	var copied bool
+	for _, ic := range pod.InitContainers {
+		cmd := strings.Join(ic.Command, " ")
+		copied = copied || strings.Contains(cmd, "-m 0400") && len(ic.Command) > 0 && volumes[mountOf(ic, ic.Command[len(ic.Command)-1])] == "memory" &&
+			volumes[mountOf(ic, ic.Command[len(ic.Command)-2])] == "secret"
+	}
+	if !copied {
+		t.Error("no init container copies the KEK from the Secret to the memory volume with mode 0400")
+	}
+
+	// Images: pinned, with a pull policy.
+	for _, c := range append(append([]podContainer{}, pod.Containers...), pod.InitContainers...) {
+		if c.ImagePullPolicy == "" {
+			t.Errorf("container %s: no imagePullPolicy", c.Name)
+		}
+		if tag := c.Image[strings.LastIndex(c.Image, ":")+1:]; !strings.Contains(c.Image, ":") || tag == "latest" {
+			t.Errorf("container %s: image %s is not pinned to a version", c.Name, c.Image)
+		}
+	}
+
+	// Memory: the request covers the resident size of a full cache.
+	checkMemory(t, ctr.Resources.Requests["memory"], kinds["ConfigMap"]["data"].(map[string]any)["config.yaml"].(string))
+
+	// The Secret's placeholder KEK fails with the clear message promised.
+	sec, _ := kinds["Secret"]["stringData"].(map[string]any)
+	if _, err := store.ParseKEK(fmt.Sprint(sec["kek"])); err == nil || !strings.Contains(err.Error(), "placeholder") {
+		t.Errorf("the Secret's placeholder KEK gives %v, want an error that names the placeholder", err)
+	}
+
 	cfgText := kinds["ConfigMap"]["data"].(map[string]any)["config.yaml"].(string)
 	p := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(p, []byte(cfgText), 0o600); err != nil {
@@ -267,6 +326,95 @@ func TestKubernetes(t *testing.T) {
 	}
 	if _, err := config.Load(p, append(environ, "PSEUDONYMIZER_KAFKA_TRANSACTION_TIMEOUT=10s")); err != nil {
 		t.Errorf("the ConfigMap's configuration with the pod's environment: %v", err)
+	}
+}
+
+// podContainer is what the tests read of a container of the StatefulSet.
+type podContainer struct {
+	Name            string
+	Image           string
+	ImagePullPolicy string `json:"imagePullPolicy"`
+	Command         []string
+	Env             []struct {
+		Name      string
+		Value     string
+		ValueFrom map[string]map[string]string `json:"valueFrom"`
+	}
+	VolumeMounts []struct {
+		Name      string
+		MountPath string `json:"mountPath"`
+	} `json:"volumeMounts"`
+	Resources struct {
+		Requests map[string]string
+	}
+	LivenessProbe  struct{ HTTPGet struct{ Path string } } `json:"livenessProbe"`
+	ReadinessProbe struct{ HTTPGet struct{ Path string } } `json:"readinessProbe"`
+}
+
+// podLabels returns the StatefulSet's pod labels.
+func podLabels(t *testing.T) map[string]string {
+	t.Helper()
+	for _, d := range mustYAMLDocs(t, "deploy/kubernetes/statefulset.yaml") {
+		var sts struct {
+			Spec struct {
+				Template struct {
+					Metadata struct{ Labels map[string]string }
+				}
+			}
+		}
+		b, _ := yaml.Marshal(d)
+		if err := yaml.Unmarshal(b, &sts); err != nil {
+			t.Fatal(err)
+		}
+		return sts.Spec.Template.Metadata.Labels
+	}
+	return nil
+}
+
+// The memory model of docs/configuration.md, "Memory": resident ≈
+// memoryBaseMiB + 2 × heap bytes per cached subject × cache_subjects.
+const memoryBaseMiB = 40
+
+// checkMemory checks that request (a Kubernetes quantity in Mi or Gi)
+// covers the model's resident size for the configuration cfgText, and that
+// the StatefulSet's comment and docs/configuration.md state the same
+// per-subject number as the code's measurement.
+func checkMemory(t *testing.T, request, cfgText string) {
+	t.Helper()
+	doc := string(mustRead(t, "docs/configuration.md"))
+	m := regexp.MustCompile(`resident ≈ (\d+) MiB \+ 2 × (\d+) B × ` + "`processing.cache_subjects`").FindStringSubmatch(doc)
+	if m == nil {
+		t.Fatal("docs/configuration.md does not state the memory formula")
+	}
+	base, _ := strconv.Atoi(m[1])
+	perSubject, _ := strconv.Atoi(m[2])
+	if base != memoryBaseMiB {
+		t.Errorf("docs/configuration.md: base %d MiB, the test's model %d", base, memoryBaseMiB)
+	}
+	sts := string(mustRead(t, "deploy/kubernetes/statefulset.yaml"))
+	if !strings.Contains(sts, fmt.Sprintf("resident ≈ %d MiB + 2 × %d B × processing.cache_subjects", base, perSubject)) {
+		t.Errorf("statefulset.yaml does not state docs/configuration.md's formula (%d MiB + 2 × %d B per subject)", base, perSubject)
+	}
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(cfgText), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Read(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := int64(base)<<20 + 2*int64(perSubject)*int64(cfg.Processing.CacheSubjects)
+	var got int64
+	switch {
+	case strings.HasSuffix(request, "Mi"):
+		n, _ := strconv.ParseInt(strings.TrimSuffix(request, "Mi"), 10, 64)
+		got = n << 20
+	case strings.HasSuffix(request, "Gi"):
+		n, _ := strconv.ParseInt(strings.TrimSuffix(request, "Gi"), 10, 64)
+		got = n << 30
+	}
+	if got < want {
+		t.Errorf("memory request %s is below the resident size of a full cache, %d MiB", request, want>>20)
 	}
 }
 
@@ -330,6 +478,8 @@ func TestMonitoringUsesRealMetrics(t *testing.T) {
 			exprs = append(exprs, r.Expr)
 		}
 	}
+	checkLagAggregation(t, "alerts.yaml", exprs)
+	checkUpSelector(t, rules.Groups)
 	all := strings.Join(exprs, "\n")
 	for _, want := range []string{"guard_lost_total", "consumer_lag", "forget_latency_seconds", "dead_letters_total", "pseudonymizer_ready"} {
 		if !strings.Contains(all, want) {
@@ -349,9 +499,99 @@ func TestMonitoringUsesRealMetrics(t *testing.T) {
 	if len(d.Panels) == 0 {
 		t.Fatal("dashboard has no panels")
 	}
+	var dashExprs []string
 	for _, p := range d.Panels {
 		for _, tg := range p.Targets {
 			check("dashboard "+p.Title, tg.Expr)
+			dashExprs = append(dashExprs, tg.Expr)
 		}
+	}
+	checkLagAggregation(t, "the dashboard", dashExprs)
+}
+
+// checkLagAggregation: every instance reports the whole group's lag (see
+// cmd/pseudonymizer/lag.go), so a query must take one report per partition
+// (max by (topic, partition)) before it adds partitions up; a sum over
+// instances counts the lag once per instance.
+func checkLagAggregation(t *testing.T, file string, exprs []string) {
+	t.Helper()
+	n := 0
+	for _, e := range exprs {
+		for i := strings.Index(e, "pseudonymizer_consumer_lag"); i >= 0; i = indexFrom(e, "pseudonymizer_consumer_lag", i+1) {
+			n++
+			if !strings.HasSuffix(strings.TrimRight(e[:i], " "), "max by (topic, partition) (") {
+				t.Errorf("%s: %q aggregates pseudonymizer_consumer_lag across instances otherwise than by max by (topic, partition)", file, e)
+			}
+		}
+	}
+	if n == 0 {
+		t.Errorf("%s: no query of pseudonymizer_consumer_lag", file)
+	}
+}
+
+func indexFrom(s, sub string, from int) int {
+	if from > len(s) {
+		return -1
+	}
+	if i := strings.Index(s[from:], sub); i >= 0 {
+		return from + i
+	}
+	return -1
+}
+
+// checkUpSelector: the scrape-failure alert matches the pods as the usual
+// annotation-driven scrape job labels them (pod labels through a labelmap;
+// its job is not "pseudonymizer").
+func checkUpSelector(t *testing.T, groups []struct {
+	Rules []struct{ Alert, Expr string }
+}) {
+	t.Helper()
+	name := podLabels(t)["app.kubernetes.io/name"]
+	if name == "" {
+		t.Fatal("the StatefulSet's pods have no label app.kubernetes.io/name")
+	}
+	for _, g := range groups {
+		for _, r := range g.Rules {
+			if strings.Contains(r.Expr, "up{") && strings.Contains(r.Expr, `up{app_kubernetes_io_name="`+name+`"}`) {
+				return
+			}
+		}
+	}
+	t.Errorf("no alert on up{app_kubernetes_io_name=%q}: up{job=\"pseudonymizer\"} alone misses an annotation-driven scrape job", name)
+}
+
+// TestRelease checks the release tooling (docs/releasing.md): reproducible
+// build flags for both platforms, the tag only after the binaries built,
+// and an image holding dist/'s checksummed binaries.
+func TestRelease(t *testing.T) {
+	script := string(mustRead(t, "scripts/release/release.sh"))
+	for _, want := range []string{"CGO_ENABLED=0", "-trimpath", "-buildvcs=true", "-buildid=", "-X main.Version=$version", "-mod=readonly",
+		"linux/amd64 linux/arm64", "sha256sum", "git status --porcelain", "refs/tags/$version"} {
+		if !strings.Contains(script, want) {
+			t.Errorf("release.sh lacks %q", want)
+		}
+	}
+	mk := string(mustRead(t, "Makefile"))
+	i := strings.Index(mk, "\nrelease:")
+	if i < 0 {
+		t.Fatal("no release target in the Makefile")
+	}
+	recipe := mk[i:]
+	if end := strings.Index(recipe[1:], "\n\n"); end >= 0 {
+		recipe = recipe[:end+1]
+	}
+	check, dist, tag, image := strings.Index(recipe, "release-check"), strings.Index(recipe, "$(MAKE) dist"), strings.Index(recipe, "git tag -a"), strings.Index(recipe, "$(MAKE) image")
+	if check < 0 || dist < 0 || tag < 0 || image < 0 || !(check < dist && dist < tag && tag < image) {
+		t.Errorf("release target: want release-check, dist, git tag, image in that order:\n%s", recipe)
+	}
+	df := string(mustRead(t, "Dockerfile.release"))
+	if !strings.Contains(df, "COPY dist/pseudonymizer-${VERSION}-${TARGETOS}-${TARGETARCH} ") {
+		t.Error("Dockerfile.release does not copy dist/'s binary")
+	}
+	if got, want := df[strings.Index(df, "ENTRYPOINT"):], string(mustRead(t, "Dockerfile"))[strings.Index(string(mustRead(t, "Dockerfile")), "ENTRYPOINT"):]; got != want {
+		t.Errorf("Dockerfile.release's entry point differs from Dockerfile's:\n%s\nvs\n%s", got, want)
+	}
+	if ignore := string(mustRead(t, ".gitignore")); !strings.Contains(ignore, "/dist/") {
+		t.Error(".gitignore lacks /dist/: a release build would make the tree unclean")
 	}
 }

@@ -2,6 +2,7 @@ package processor
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"sync"
@@ -123,9 +124,16 @@ type Processor struct {
 
 	ordersJoined  atomic.Bool
 	forgetsJoined atomic.Bool
-	storeOK       atomic.Bool
-	stats         Stats
-	statsMu       sync.Mutex
+	// ordersFenced and forgetsFenced hold the lane's transactional ID
+	// while another producer with it has fenced the lane, until a session
+	// of that lane commits again.
+	ordersFenced, forgetsFenced atomic.Pointer[string]
+	storeOK                     atomic.Bool
+	// storeDownSince is when a store call first failed (Unix ns), 0 while
+	// the store answers: its recovery is logged.
+	storeDownSince atomic.Int64
+	stats          Stats
+	statsMu        sync.Mutex
 }
 
 // Stats are running totals, for the demo, tests and benchmarks.
@@ -221,9 +229,15 @@ func (p *Processor) Stats() Stats {
 	return p.stats
 }
 
-// Ready reports nil when both lanes have joined their groups and the store
-// answered its last call.
+// Ready reports nil when both lanes have joined their groups, neither was
+// fenced by another producer with its transactional ID since its last
+// commit, and the store answered its last call.
 func (p *Processor) Ready() error {
+	for _, f := range []*atomic.Pointer[string]{&p.ordersFenced, &p.forgetsFenced} {
+		if id := f.Load(); id != nil {
+			return fmt.Errorf("not ready: fenced: another producer uses transactional ID %s (two instances with one configuration on one host?); give every instance its own kafka.transactional_id", *id)
+		}
+	}
 	switch {
 	case !p.ordersJoined.Load():
 		return errors.New("not ready: consumer group not joined")
@@ -237,6 +251,11 @@ func (p *Processor) Ready() error {
 
 func (p *Processor) setStoreOK(ok bool) {
 	p.storeOK.Store(ok)
+	if !ok {
+		p.storeDownSince.CompareAndSwap(0, time.Now().UnixNano())
+	} else if since := p.storeDownSince.Swap(0); since != 0 {
+		p.log.Info("key store answers again", "unavailable_for", time.Since(time.Unix(0, since)).Round(time.Millisecond).String())
+	}
 	p.updateReady()
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/hygiene/pseudonymizer/store"
@@ -52,6 +53,9 @@ type lane struct {
 	txnID  string
 	topics []string
 	joined *atomic.Bool
+	// fenced holds the transactional ID while another producer with it
+	// fenced this lane (see fencedBy).
+	fenced *atomic.Pointer[string]
 	// prepare, if set, runs before each session's client is created.
 	prepare func(ctx context.Context) error
 	// process runs one poll batch in one transaction; ctx is the
@@ -62,7 +66,7 @@ type lane struct {
 // orderLane consumes orders in the configured group.
 func (p *Processor) orderLane() *lane {
 	return &lane{name: "orders", group: p.cfg.GroupID, txnID: p.cfg.TransactionalID, topics: []string{p.cfg.Topics.Orders},
-		joined: &p.ordersJoined, process: p.processBatch}
+		joined: &p.ordersJoined, fenced: &p.ordersFenced, process: p.processBatch}
 }
 
 // forgetLane consumes forget requests and objection states in a group and
@@ -73,7 +77,7 @@ func (p *Processor) forgetLane() *lane {
 		topics = append(topics, p.cfg.Topics.Objections)
 	}
 	return &lane{name: "forgets", group: p.cfg.ForgetGroupID, txnID: p.cfg.ForgetTransactionalID, topics: topics,
-		joined: &p.forgetsJoined, prepare: p.prepareForgetLane, process: p.forgetBatch}
+		joined: &p.forgetsJoined, fenced: &p.forgetsFenced, prepare: p.prepareForgetLane, process: p.forgetBatch}
 }
 
 // batchContext bounds one batch's transaction. The batch runs to its end
@@ -91,7 +95,18 @@ func (p *Processor) runLane(ctx context.Context, l *lane) {
 		if err == nil {
 			return
 		}
-		p.log.Error("kafka session failed, starting a new one", "lane", l.name, "err", err)
+		if fencedBy(err) {
+			// Two live producers with one transactional ID fence each
+			// other for as long as both run: say once what to change,
+			// and stay unready until a session commits again.
+			if l.fenced.Swap(&l.txnID) == nil {
+				p.log.Error("fenced: another instance uses this transactional ID (two instances with one configuration on one host?): give every instance its own kafka.transactional_id (or PSEUDONYMIZER_KAFKA_TRANSACTIONAL_ID); not ready until this instance commits again",
+					"lane", l.name, "transactional_id", l.txnID)
+			}
+			p.updateReady()
+		} else {
+			p.log.Error("kafka session failed, starting a new one", "lane", l.name, "err", err)
+		}
 		if !bo.sleep(ctx) {
 			return
 		}
@@ -173,6 +188,10 @@ func (p *Processor) session(ctx context.Context, l *lane) error {
 			return err
 		case outcome == outcomeCommitted:
 			bo.reset()
+			if l.fenced.Swap(nil) != nil {
+				p.log.Info("no longer fenced: this instance committed again", "lane", l.name)
+				p.updateReady()
+			}
 		case outcome == outcomeStale:
 			// A forget raced with this batch; retry at once.
 		default:
@@ -220,6 +239,12 @@ func (p *Processor) closeSession(sess *kgo.GroupTransactSession, shuttingDown bo
 	case <-time.After(leaveTimeout):
 		p.log.Warn("leaving the consumer group takes long (a rebalance is in progress); not waiting any longer", "waited", leaveTimeout)
 	}
+}
+
+// fencedBy reports whether err means that another producer with the
+// session's transactional ID fenced it.
+func fencedBy(err error) bool {
+	return errors.Is(err, kerr.ProducerFenced)
 }
 
 // backoff is capped exponential backoff with "equal jitter": each wait is

@@ -69,6 +69,11 @@ func ParseKEK(text string) (*KEK, error) {
 			break
 		}
 	}
+	if strings.HasPrefix(text, "REPLACE") {
+		// deploy/kubernetes/secret.yaml's placeholder.
+		clear(key)
+		return nil, errors.New("kek: still the placeholder, not a KEK: create a KEK with (umask 077; head -c 32 /dev/urandom | base64 > kek.b64) and put that into the Secret")
+	}
 	if err != nil {
 		return nil, errors.New("kek: not valid base64")
 	}

@@ -25,10 +25,14 @@ import (
 	"github.com/hygiene/pseudonymizer/store/postgres"
 )
 
+// errMissingConfig is a usage error: exit status 2, as for any missing
+// argument.
+var errMissingConfig = &exitError{code: 2, err: errors.New("--config FILE is required")}
+
 // loadConfig loads the file and the environment.
 func loadConfig(path string) (config.Config, error) {
 	if path == "" {
-		return config.Config{}, errors.New("--config FILE is required")
+		return config.Config{}, errMissingConfig
 	}
 	return config.Load(path, os.Environ())
 }
@@ -37,7 +41,7 @@ func loadConfig(path string) (config.Config, error) {
 // commands that never connect need.
 func loadSchemaConfig(path string) (config.Config, error) {
 	if path == "" {
-		return config.Config{}, errors.New("--config FILE is required")
+		return config.Config{}, errMissingConfig
 	}
 	return config.Read(path, os.Environ())
 }
@@ -132,6 +136,16 @@ func checkStore(ctx context.Context, c config.Store, kr *store.Keyring) (initial
 		return false, fmt.Errorf("store.path: %w", err)
 	}
 	return ok, nil
+}
+
+// storeKind names the configured key store for logs and --check-config:
+// "postgres" (the DSN may hold a password: it is not shown) or "embedded
+// <path>".
+func storeKind(c config.Store) string {
+	if c.Postgres != "" {
+		return "postgres"
+	}
+	return "embedded " + c.Path
 }
 
 // openStore opens the configured key store.

@@ -80,8 +80,8 @@ func checkConfig(ctx context.Context, cfg config.Config, log *slog.Logger, stdou
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "configuration ok: %d systems; key store %s; brokers %s answer; %s\n",
-		len(outputs), storeState, strings.Join(cfg.Kafka.Brokers, ","), topics)
+	fmt.Fprintf(stdout, "configuration ok: %d systems; key store (%s) %s; brokers %s answer; %s\n",
+		len(outputs), storeKind(cfg.Store), storeState, strings.Join(cfg.Kafka.Brokers, ","), topics)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math"
 	"net"
@@ -86,6 +87,14 @@ func TestUsageErrors(t *testing.T) {
 		}
 		if !strings.Contains(err.Error()+errb.String(), tc.want) || !strings.Contains(errb.String(), tc.usage) {
 			t.Errorf("%v: error %v, stderr %q; want %q and the usage", tc.args, err, errb.String(), tc.want)
+		}
+	}
+	// A missing --config is a missing argument too.
+	for _, args := range [][]string{{"run"}, {"status", "cust-1"}, {"forget-log"}, {"tail", "--system", "meta"}} {
+		var out, errb bytes.Buffer
+		err := run(context.Background(), args, &out, &errb)
+		if got := exitCode(err); got != 2 || !strings.Contains(err.Error(), "--config") {
+			t.Errorf("%v: exit %d (%v), want 2 naming --config", args, got, err)
 		}
 	}
 	var out, errb bytes.Buffer
@@ -207,8 +216,11 @@ func TestIdleStartStopLogs(t *testing.T) {
 				t.Errorf("Kafka client info line: %s", line)
 			}
 		}
+		if rec["msg"] == "pseudonymizer started" && !strings.HasPrefix(fmt.Sprint(rec["store"]), "embedded ") {
+			t.Errorf("the start-up line does not name the store kind: %s", line)
+		}
 	}
-	if info > 5 {
+	if info > 6 {
 		t.Errorf("%d info lines for an idle start and stop:\n%s", info, logs.String())
 	}
 }
@@ -259,7 +271,7 @@ func TestCheckConfigReadOnly(t *testing.T) {
 	if err := run(context.Background(), []string{"run", "--config", cfg, "--check-config"}, &out, &errb); err != nil {
 		t.Fatalf("check-config: %v\n%s", err, errb.String())
 	}
-	for _, want := range []string{"configuration ok", "empty", "orders.pseudo.meta", "will be created"} {
+	for _, want := range []string{"configuration ok", "key store (embedded ", "empty", "orders.pseudo.meta", "will be created"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output %q lacks %q", out.String(), want)
 		}
@@ -323,9 +335,13 @@ func TestProduceSampleAndTail(t *testing.T) {
 				t.Fatalf("produce-sample: %v", err)
 			}
 			out.Reset()
+			kafkatest.WaitFor(t, 30*time.Second, "the five orders pseudonymized", func() bool {
+				return metricValue(t, addr, `pseudonymizer_records_out_total{system="meta"}`) == 5
+			})
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			if err := run(ctx, []string{"tail", "--config", cfg, "--system", "meta", "-n", "5"}, &out, &errb); err != nil {
+			// Without -n: everything there is, then exit.
+			if err := run(ctx, []string{"tail", "--config", cfg, "--system", "meta"}, &out, &errb); err != nil {
 				t.Fatalf("tail: %v", err)
 			}
 			if err := stop(); err != nil {
@@ -399,7 +415,7 @@ func TestCheckConfigPostgresReadOnly(t *testing.T) {
 	if err := run(context.Background(), []string{"run", "--config", cfg, "--check-config"}, &out, &errb); err != nil {
 		t.Fatalf("check-config: %v", err)
 	}
-	if !strings.Contains(out.String(), "key store empty") {
+	if !strings.Contains(out.String(), "key store (postgres) empty") {
 		t.Errorf("output %q does not report the empty store", out.String())
 	}
 	ctx := context.Background()
@@ -441,29 +457,36 @@ func TestTailFromEnd(t *testing.T) {
 	produce() // offset 0, before tail starts
 	out := &lockedBuffer{}
 	done := make(chan error, 1)
+	tctx, stopTail := context.WithCancel(ctx)
+	defer stopTail()
 	go func() {
-		done <- run(ctx, []string{"tail", "--config", cfg, "--system", "meta", "--from-end", "-n", "1"}, out, &bytes.Buffer{})
+		done <- run(tctx, []string{"tail", "--config", cfg, "--system", "meta", "--from-end"}, out, &bytes.Buffer{})
 	}()
-	// Keep producing until tail has printed its one record: it cannot know
-	// when tail has found the end.
+	// Keep producing until tail has printed a record, then stop it as
+	// Ctrl-C would: it cannot know when tail has found the end.
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for waiting := true; waiting; {
 		select {
 		case err := <-done:
-			if err != nil {
-				t.Fatalf("tail: %v", err)
-			}
-			waiting = false
+			t.Fatalf("tail --from-end returned before Ctrl-C: %v", err)
 		case <-tick.C:
+			if strings.Contains(out.String(), "\n") {
+				waiting = false
+				break
+			}
 			produce()
 		}
+	}
+	stopTail()
+	if err := <-done; err != nil {
+		t.Fatalf("tail: %v", err)
 	}
 	var line struct {
 		Offset int64
 		Error  string
 	}
-	if err := json.Unmarshal([]byte(out.String()), &line); err != nil {
+	if err := json.Unmarshal([]byte(strings.SplitN(out.String(), "\n", 2)[0]), &line); err != nil {
 		t.Fatalf("output %q: %v", out.String(), err)
 	}
 	if line.Offset == 0 {

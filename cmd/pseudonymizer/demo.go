@@ -42,6 +42,12 @@ const demoTopicPrefix = "demo."
 
 // runDemo is `pseudonymizer demo`: the real service against an embedded
 // broker and the embedded key store, with a narrated run.
+// demoMetricsAddr is the demo service's default HTTP address with
+// --keep-running: one port above http.listen's default, so that a user's own
+// `pseudonymizer run` (examples/config.yaml, or the default) can run next to
+// the demo on the same host.
+const demoMetricsAddr = "127.0.0.1:9465"
+
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", "demo [--orders N] [--customers N] [--config FILE] [-v] [--keep-running] [--broker-only]",
 		"Starts an embedded Kafka-protocol broker (franz-go's kfake: in memory, on\n"+
@@ -56,7 +62,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	keep := fs.Bool("keep-running", false, "keep the broker and the service running until Ctrl-C")
 	brokerOnly := fs.Bool("broker-only", false, "only start a local broker (with the input topics) until Ctrl-C")
 	port := fs.Int("port", 9092, "broker port with --keep-running or --broker-only (0: any free port)")
-	metrics := fs.String("metrics-addr", "127.0.0.1:9464", "with --keep-running: address of the service's /metrics, /healthz, /readyz (port 0: any free port; empty: none)")
+	metrics := fs.String("metrics-addr", demoMetricsAddr, "with --keep-running: address of the demo service's /metrics, /healthz, /readyz (port 0: any free port; empty: none); not 9464, which your own `run` takes by default")
 	path := fs.String("config", "", "optional configuration file: its systems and topic names (prefixed with demo.) replace the demo's")
 	verbose := fs.Bool("v", false, "show the service's logs")
 	if err := fs.parse(args, stdout, stderr); err != nil {
@@ -341,7 +347,8 @@ func (d *demo) run(ctx context.Context, w io.Writer, nOrders, nCustomers int, ke
 		fmt.Fprintf(w, "Produce OrderEvents (bare Avro, schema/order_event.avsc) to %s and read %s<system>, e.g.\n", d.cfg.Topics.Orders, d.cfg.Topics.PseudoPrefix)
 		fmt.Fprintf(w, "  kcat -b %s -C -t %s%s -e\n", d.cfg.Kafka.Brokers[0], d.cfg.Topics.PseudoPrefix, systems[0])
 		fmt.Fprintf(w, "Your own `pseudonymizer run` may share this broker: the demo's service keeps to its %s* topics,\n", demoTopicPrefix)
-		fmt.Fprintf(w, "its own group and its own key store.\nPress Ctrl-C to stop.\n")
+		fmt.Fprintf(w, "its own group and its own key store (its HTTP endpoint is not your service's 127.0.0.1:9464;\n")
+		fmt.Fprintf(w, "change either with --metrics-addr here or http.listen / PSEUDONYMIZER_HTTP_LISTEN there).\nPress Ctrl-C to stop.\n")
 		select {
 		case <-ctx.Done():
 		case err := <-d.done:

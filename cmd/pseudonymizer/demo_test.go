@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -12,6 +13,8 @@ import (
 	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/hygiene/pseudonymizer/internal/config"
 )
 
 // startDemo runs `pseudonymizer demo args...` until the test ends and
@@ -120,5 +123,27 @@ func TestDemoMetricsPortTaken(t *testing.T) {
 	err = run(ctx, []string{"demo", "--keep-running", "--port", "0", "--metrics-addr", ln.Addr().String()}, &out, &errb)
 	if err == nil || !strings.Contains(err.Error(), "http.listen") || !strings.Contains(err.Error(), "address already in use") {
 		t.Fatalf("error %v, want the listen error", err)
+	}
+}
+
+// TestDemoPortLeavesRunsPort: `demo --keep-running` and the user's own `run`
+// (examples/config.yaml, or the default http.listen) can run on one host:
+// their HTTP addresses differ.
+func TestDemoPortLeavesRunsPort(t *testing.T) {
+	example, err := config.Read(filepath.Join("..", "..", "examples", "config.yaml"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, addr := range map[string]string{"examples/config.yaml": example.HTTP.Listen, "the default": config.Default().HTTP.Listen} {
+		if addr == demoMetricsAddr {
+			t.Errorf("the demo's --metrics-addr default %s is the http.listen of %s", demoMetricsAddr, name)
+		}
+	}
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"demo", "--help"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `default "`+demoMetricsAddr+`"`) {
+		t.Errorf("demo --help does not show the default %s:\n%s", demoMetricsAddr, out.String())
 	}
 }

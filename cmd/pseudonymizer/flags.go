@@ -17,6 +17,43 @@ type flags struct {
 	*flag.FlagSet
 	synopsis string // after "pseudonymizer "
 	about    string
+	args     []string // the positional arguments, wherever they stood
+}
+
+// Args returns the positional arguments.
+func (f *flags) Args() []string { return f.args }
+
+// NArg returns the number of positional arguments.
+func (f *flags) NArg() int { return len(f.args) }
+
+// Arg returns the i-th positional argument, or "" if there is none.
+func (f *flags) Arg(i int) string {
+	if i < 0 || i >= len(f.args) {
+		return ""
+	}
+	return f.args[i]
+}
+
+// parseInterspersed parses args, accepting flags after positional
+// arguments too (`forget SUBJECT --timeout 5s`), as most Go CLIs do;
+// everything after "--" is positional.
+func (f *flags) parseInterspersed(args []string) error {
+	f.args = nil
+	for {
+		if err := f.FlagSet.Parse(args); err != nil {
+			return err
+		}
+		rest := f.FlagSet.Args()
+		if len(rest) == 0 {
+			return nil
+		}
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			f.args = append(f.args, rest...)
+			return nil
+		}
+		f.args = append(f.args, rest[0])
+		args = rest[1:]
+	}
 }
 
 // newFlags returns the flag set of subcommand name; synopsis is its usage
@@ -45,7 +82,7 @@ func (f *flags) usage(w io.Writer) {
 // errHelped; a bad flag prints the usage to stderr and returns an error
 // with exit status 2.
 func (f *flags) parse(args []string, stdout, stderr io.Writer) error {
-	err := f.Parse(args)
+	err := f.parseInterspersed(args)
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		f.usage(stdout)

@@ -55,8 +55,8 @@ func runForget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer cancel()
 	conf, err := forgetWith(wctx, kopts, cfg.Topics, req, codec)
 	if err != nil {
-		if wctx.Err() != nil && ctx.Err() == nil {
-			return &exitError{code: 3, err: fmt.Errorf("no confirmation for request %s within %s (is `pseudonymizer run` running?)", req.RequestID, *timeout)}
+		if errors.Is(err, errUnconfirmed) && ctx.Err() == nil {
+			return &exitError{code: 3, err: fmt.Errorf("no confirmation for request %s within %s (is `pseudonymizer run` running?); the request is published and stays queued: the service carries it out when it runs (check with `pseudonymizer status` or `pseudonymizer forget-log`), no need to send it again", req.RequestID, *timeout)}
 		}
 		return err
 	}
@@ -64,6 +64,10 @@ func runForget(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		conf.CompletedAt.UTC().Format(time.RFC3339Nano), conf.RequestedAt.UTC().Format(time.RFC3339Nano), conf.Systems)
 	return nil
 }
+
+// errUnconfirmed reports a forget request that was published but whose
+// confirmation did not arrive in time: it stays queued.
+var errUnconfirmed = errors.New("published, not yet confirmed")
 
 // forget publishes req and waits on the confirmations topic for the
 // confirmation of req.RequestID, in bare Avro.
@@ -111,7 +115,7 @@ func forgetWith(ctx context.Context, kopts []kgo.Opt, topics config.Topics, req 
 	for {
 		fetches := cons.PollFetches(ctx)
 		if err := ctx.Err(); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", errUnconfirmed, err)
 		}
 		for _, r := range fetches.Records() {
 			c, err := codec.Confirmation(ctx, r.Value)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"strings"
 	"time"
 
 	"github.com/hygiene/pseudonymizer/internal/config"
@@ -102,10 +104,28 @@ func activeFileKEK(k config.Keys) (*store.KEK, error) {
 		return kek, nil
 	}
 	kek, err := store.ReadKEKFile(k.KEKFile, k.AllowReadableKEKFiles)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("config: keys.kek_file: %w; to create a new KEK (for a new key store only: "+
+			"a store's keys need the KEK they were wrapped with), run: %s", err, newKEKCommand(k.KEKFile))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("config: keys.kek_file: %w", err)
 	}
 	return kek, nil
+}
+
+// newKEKCommand is the shell one-liner that creates a new KEK file at
+// path, mode 0600.
+func newKEKCommand(path string) string {
+	return "(umask 077; head -c 32 /dev/urandom | base64 > " + shellQuote(path) + ")"
+}
+
+// shellQuote quotes s for a POSIX shell unless it needs no quoting.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-/+=:@") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // kmsDataKey returns the data key of the active KMS key. When the store

@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/hygiene/pseudonymizer/internal/config"
+	"github.com/hygiene/pseudonymizer/internal/kafkatest"
 	"github.com/hygiene/pseudonymizer/store"
 	"github.com/hygiene/pseudonymizer/store/kmstest"
 	"github.com/hygiene/pseudonymizer/store/postgres/pgtest"
@@ -252,6 +253,9 @@ func TestKMSKeyLifecycle(t *testing.T) {
 			srv.MustDisable(t, k1)
 			t.Setenv("AWS_ENDPOINT_URL_KMS", "http://"+freeAddr(t))
 			e.mustRun("produce-sample", "--config", cfg1, "--orders", "4", "--customers", "2", "--seed", "3")
+			kafkatest.WaitFor(t, 30*time.Second, "the four orders pseudonymized", func() bool {
+				return metricValue(t, http1, `pseudonymizer_records_out_total{system="meta"}`) >= 4
+			})
 			out = e.mustRun("tail", "--config", cfg1, "--system", "meta", "-n", "4")
 			if n := len(strings.Split(strings.TrimSpace(out), "\n")); n != 4 || strings.Contains(out, `"error"`) {
 				t.Errorf("outputs while the KMS key is disabled: %d lines, want 4:\n%s", n, out)

@@ -148,7 +148,8 @@ func TestForgetCommandTimesOut(t *testing.T) {
 	kc.CreateTopics(t, 1, nil, kc.Topic(d.Forget), kc.Topic(d.Forgotten))
 	cfg := writeFile(t, t.TempDir(), "config.yaml", kafkaYAML(kc)+validSystems)
 	var out, errb bytes.Buffer
-	err := run(context.Background(), []string{"forget", "--config", cfg, "--timeout", "1s", "cust-1"}, &out, &errb)
+	// A flag after the subject is accepted, as most Go CLIs accept it.
+	err := run(context.Background(), []string{"forget", "--config", cfg, "cust-1", "--timeout", "1s"}, &out, &errb)
 	if err == nil {
 		t.Fatal("forget without a service succeeded")
 	}
@@ -157,6 +158,9 @@ func TestForgetCommandTimesOut(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "no confirmation") || strings.Contains(err.Error(), "cust-1") {
 		t.Errorf("message %q should say no confirmation arrived and not echo the subject", err.Error())
+	}
+	if !strings.Contains(err.Error(), "stays queued") {
+		t.Errorf("message %q should say the request stays queued and is carried out later", err.Error())
 	}
 }
 

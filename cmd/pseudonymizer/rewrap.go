@@ -15,9 +15,11 @@ import (
 // re-wrap every stored key with the active KEK, in batches. With
 // keys.kek_url it first has the KMS re-encrypt the data key, so that it is
 // wrapped by the KMS key's current version. Pseudonyms do not change: the subject
-// keys themselves stay the same. Safe to run while the service runs.
+// keys themselves stay the same. With PostgreSQL it is safe to run while the
+// service runs; the embedded store can be re-wrapped only while it is
+// stopped (one process at a time may open its file).
 func runRewrap(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("rewrap", "rewrap --config FILE [--batch N]", "Re-wraps every stored subject key with the active KEK, in batches; with\nkeys.kek_url it first has the KMS re-encrypt the data key.\nPseudonyms do not change. Safe while the service runs.")
+	fs := newFlags("rewrap", "rewrap --config FILE [--batch N]", "Re-wraps every stored subject key with the active KEK, in batches; with\nkeys.kek_url it first has the KMS re-encrypt the data key.\nPseudonyms do not change. With PostgreSQL it runs next to the service;\nthe embedded store (store.path) must be re-wrapped with the service stopped.")
 	path := fs.String("config", "", "configuration file (YAML)")
 	batch := fs.Int("batch", 1000, "keys re-wrapped per store transaction")
 	if err := fs.parse(args, stdout, stderr); err != nil {
@@ -29,6 +31,12 @@ func runRewrap(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	cfg, err := loadConfig(*path)
 	if err != nil {
 		return err
+	}
+	if cfg.Store.Postgres == "" {
+		if c, ok := dialAdmin(ctx, cfg.Store.Path); ok {
+			c.close()
+			return errEmbeddedInUse(cfg.Store)
+		}
 	}
 	kr, _, err := loadKeys(ctx, cfg, keysCreate)
 	if err != nil {

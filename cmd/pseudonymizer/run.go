@@ -203,12 +203,23 @@ func (s *service) run(ctx context.Context) error {
 		}()
 		s.log.Info("serving /metrics, /healthz, /readyz", "addr", ln.Addr().String())
 	}
+	if a, ok := s.store.(store.Auditor); ok && s.cfg.Store.Postgres == "" {
+		// status and forget-log cannot open the embedded store's file
+		// while this process holds it: they ask through this socket.
+		adm, err := listenAdmin(s.cfg.Store.Path, a, s.log)
+		if err != nil {
+			s.log.Warn("no admin socket: `pseudonymizer status` and `forget-log` cannot read the embedded store while this service runs", "err", err)
+		} else {
+			defer adm.close()
+			s.log.Info("serving status and forget-log questions on the admin socket (mode 0600)", "path", adm.path)
+		}
+	}
 	s.probeBrokers(ctx)
 	if s.cfg.Kafka.CreateTopics {
 		s.ensureTopics(ctx)
 	}
 	s.log.Info("pseudonymizer started", "version", version(), "systems", len(s.proc.OutputTopics()),
-		"group", s.cfg.Kafka.GroupID, "transactional_id", s.cfg.TxnID())
+		"group", s.cfg.Kafka.GroupID, "transactional_id", s.cfg.TxnID(), "store", storeKind(s.cfg.Store))
 	lagCtx, stopLag := context.WithCancel(ctx)
 	defer stopLag()
 	wg.Go(func() {

@@ -24,7 +24,8 @@ func runProduceSample(ctx context.Context, args []string, stdout, stderr io.Writ
 		"Publishes realistic sample OrderEvents (keyed by customer_id) to the orders\n"+
 			"topic, in bare Avro or, with a schema registry, in its wire format (the\n"+
 			"bundled OrderEvent schema is looked up, or registered, under <topic>-value).\n"+
-			"Customer IDs are cust-100000, cust-100001, ...")
+			"Customer IDs are cust-100000, cust-100001, ...; orders are dated now, so a\n"+
+			"forgotten customer's new sample orders are pseudonymized with a new key.")
 	path := fs.String("config", "", "configuration file (YAML)")
 	orders := fs.Int("orders", 10, "number of orders")
 	customers := fs.Int("customers", 3, "number of distinct customers")
@@ -50,10 +51,14 @@ func runProduceSample(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err := requireTopics(ctx, kopts, cfg.Topics.Orders); err != nil {
 		return err
 	}
-	gen := sample.New(*seed, *customers, time.Now().Add(-time.Hour))
+	// Orders are dated now, as the order service would date them: an order
+	// dated before a customer's forget request would be suppressed (it is
+	// the forgotten customer's past), one dated after it is a new order.
+	gen := sample.New(*seed, *customers, time.Now())
 	recs := make([]*kgo.Record, 0, *orders)
 	for i := 0; i < *orders; i++ {
 		e := gen.Next()
+		e.OccurredAt = time.Now().Truncate(time.Millisecond)
 		body, err := schema.MarshalOrderEvent(e)
 		if err != nil {
 			return fmt.Errorf("encode order: %w", err)

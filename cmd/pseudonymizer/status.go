@@ -248,7 +248,15 @@ func parseSince(s string, now time.Time) (time.Time, error) {
 // never initialized answers that it holds nothing, without creating tables,
 // files or an index key. PostgreSQL sessions are read-only: a schema that
 // needs a migration is an error (run the service once first), not a write.
+//
+// The embedded store's file is held by a running service: then the
+// service's admin socket answers (see admin.go).
 func openAuditor(ctx context.Context, cfg config.Config) (store.Auditor, func(), error) {
+	if cfg.Store.Postgres == "" {
+		if c, ok := dialAdmin(ctx, cfg.Store.Path); ok {
+			return c, c.close, nil
+		}
+	}
 	kr, _, err := loadKeys(ctx, cfg, keysReadOnly)
 	if err != nil {
 		return nil, nil, err

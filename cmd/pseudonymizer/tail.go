@@ -23,17 +23,21 @@ import (
 )
 
 // runTail is `pseudonymizer tail`: a system's output topic as JSON lines,
-// read_committed, in bare Avro or the schema registry's wire format.
+// read_committed, in bare Avro or the schema registry's wire format. As
+// Unix tail: the records there are (the last N with -n), then exit; -f
+// follows.
 func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("tail", "tail --config FILE --system NAME [--from-end] [-n N]",
+	fs := newFlags("tail", "tail --config FILE --system NAME [-n N] [-f] [--from-end]",
 		"Prints the records of a system's output topic (<pseudo_prefix><system>) as\n"+
 			"JSON lines, decoded with the system's output schema (or, with a schema\n"+
 			"registry, the schema each record names), reading committed records only.\n"+
-			"Runs until Ctrl-C unless -n is given.")
+			"As Unix tail: prints what the topic holds (the last N records with -n),\n"+
+			"then exits; with -f it then follows new records until Ctrl-C.")
 	path := fs.String("config", "", "configuration file (YAML)")
 	system := fs.String("system", "", "marketing system name")
-	fromEnd := fs.Bool("from-end", false, "print only records published from now on (default: from the beginning)")
-	n := fs.Int("n", 0, "stop after N records (0: follow until Ctrl-C)")
+	follow := fs.Bool("f", false, "follow: after the records there are, print new ones until Ctrl-C")
+	fromEnd := fs.Bool("from-end", false, "print only records published from now on (implies -f)")
+	n := fs.Int("n", 0, "print only the last N records (0: all); with several partitions, the last N by timestamp")
 	if err := fs.parse(args, stdout, stderr); err != nil {
 		return err
 	}
@@ -67,18 +71,172 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := requireTopics(ctx, kopts, topic); err != nil {
 		return err
 	}
-	reset := kgo.NewOffset().AtStart()
-	if *fromEnd {
-		reset = kgo.NewOffset().AtEnd()
+	starts, ends, err := committedRange(ctx, kopts, topic)
+	if err != nil {
+		return err
 	}
-	cl, err := kgo.NewClient(append(kopts, kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(reset))...)
+	enc := json.NewEncoder(stdout)
+	print := func(r *kgo.Record) error { return enc.Encode(tailRecord(ctx, dec, r)) }
+	if !*fromEnd {
+		if err := printRange(ctx, kopts, topic, starts, ends, *n, print); err != nil {
+			if ctx.Err() != nil {
+				return nil // Ctrl-C
+			}
+			return err
+		}
+	}
+	if !*follow && !*fromEnd {
+		return nil
+	}
+	return followFrom(ctx, kopts, topic, ends, print)
+}
+
+// committedRange lists the topic's partitions' start offsets and committed
+// ends (last stable offsets: what read_committed consumers may read).
+func committedRange(ctx context.Context, kopts []kgo.Opt, topic string) (starts, ends map[int32]int64, err error) {
+	cl, err := kgo.NewClient(kopts...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kafka: %w", err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	lctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	so, err := adm.ListStartOffsets(lctx, topic)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list offsets of %s: %w", topic, err)
+	}
+	eo, err := adm.ListCommittedOffsets(lctx, topic)
+	if err != nil {
+		return nil, nil, fmt.Errorf("list offsets of %s: %w", topic, err)
+	}
+	starts, ends = map[int32]int64{}, map[int32]int64{}
+	for _, lo := range []struct {
+		l kadm.ListedOffsets
+		m map[int32]int64
+	}{{so, starts}, {eo, ends}} {
+		var ferr error
+		lo.l.Each(func(o kadm.ListedOffset) {
+			if o.Err != nil {
+				ferr = o.Err
+			}
+			lo.m[o.Partition] = o.Offset
+		})
+		if ferr != nil {
+			return nil, nil, fmt.Errorf("list offsets of %s: %w", topic, ferr)
+		}
+	}
+	return starts, ends, nil
+}
+
+// printRange prints the committed records below ends, from starts on: all
+// of them in partition order when last is 0, else the last `last` ones by
+// timestamp. It reads up to the ends, no further, and returns.
+func printRange(ctx context.Context, kopts []kgo.Opt, topic string, starts, ends map[int32]int64, last int, print func(*kgo.Record) error) error {
+	if last == 0 {
+		return readRange(ctx, kopts, topic, starts, ends, print)
+	}
+	// Transaction markers and aborted records take offsets too: the last
+	// `last` offsets may hold fewer records. Widen the window until it
+	// holds enough, or reaches the start.
+	for window := int64(last); ; window *= 2 {
+		from, whole := map[int32]int64{}, true
+		for p, end := range ends {
+			from[p] = max(starts[p], end-window)
+			whole = whole && from[p] == starts[p]
+		}
+		var recs []*kgo.Record
+		if err := readRange(ctx, kopts, topic, from, ends, func(r *kgo.Record) error {
+			recs = append(recs, r)
+			return nil
+		}); err != nil {
+			return err
+		}
+		if len(recs) < last && !whole {
+			continue
+		}
+		slices.SortStableFunc(recs, func(a, b *kgo.Record) int {
+			if c := a.Timestamp.Compare(b.Timestamp); c != 0 {
+				return c
+			}
+			if a.Partition != b.Partition {
+				return int(a.Partition - b.Partition)
+			}
+			return int(a.Offset - b.Offset)
+		})
+		for _, r := range recs[max(0, len(recs)-last):] {
+			if err := print(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// readRange calls fn for each committed record of topic with offset in
+// [from[p], ends[p]) of its partition p, and returns when every partition
+// has been read to its end. Control records (transaction markers) are
+// fetched to see the position reach the end, not passed to fn.
+func readRange(ctx context.Context, kopts []kgo.Opt, topic string, from, ends map[int32]int64, fn func(*kgo.Record) error) error {
+	pending := map[int32]bool{}
+	offsets := map[int32]kgo.Offset{}
+	for p, end := range ends {
+		if from[p] < end {
+			pending[p] = true
+			offsets[p] = kgo.NewOffset().At(from[p])
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	cl, err := kgo.NewClient(append(append([]kgo.Opt{}, kopts...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.KeepControlRecords())...)
 	if err != nil {
 		return fmt.Errorf("kafka: %w", err)
 	}
 	defer cl.Close()
-	enc := json.NewEncoder(stdout)
-	for count := 0; ; {
+	for len(pending) > 0 {
+		fetches := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fetches.Err0(); err != nil {
+			return fmt.Errorf("fetch %s: %w", topic, err)
+		}
+		for _, r := range fetches.Records() {
+			if !pending[r.Partition] || r.Offset >= ends[r.Partition] {
+				continue
+			}
+			if r.Offset >= ends[r.Partition]-1 {
+				delete(pending, r.Partition)
+			}
+			if r.Attrs.IsControl() {
+				continue
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// followFrom prints the committed records of the partitions in offsets from
+// there on, until ctx ends.
+func followFrom(ctx context.Context, kopts []kgo.Opt, topic string, offsets map[int32]int64, print func(*kgo.Record) error) error {
+	at := map[int32]kgo.Offset{}
+	for p, o := range offsets {
+		at[p] = kgo.NewOffset().At(o)
+	}
+	cl, err := kgo.NewClient(append(append([]kgo.Opt{}, kopts...),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: at}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
+	if err != nil {
+		return fmt.Errorf("kafka: %w", err)
+	}
+	defer cl.Close()
+	for {
 		fetches := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
 			return nil // Ctrl-C ends a follow
@@ -87,29 +245,31 @@ func runTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("fetch %s: %w", topic, err)
 		}
 		for _, r := range fetches.Records() {
-			line := tailLine{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Timestamp: r.Timestamp.UTC(), Key: string(r.Key)}
-			for _, h := range r.Headers {
-				if line.Headers == nil {
-					line.Headers = map[string]string{}
-				}
-				line.Headers[h.Key] = string(h.Value)
-			}
-			if r.Value != nil { // a nil value is an erasure tombstone
-				v, err := dec.decode(ctx, r.Value)
-				if err != nil {
-					line.Error = err.Error()
-				} else {
-					line.Value = unwrapUnions(v)
-				}
-			}
-			if err := enc.Encode(line); err != nil {
+			if err := print(r); err != nil {
 				return err
-			}
-			if count++; *n > 0 && count >= *n {
-				return nil
 			}
 		}
 	}
+}
+
+// tailRecord turns r into its output line.
+func tailRecord(ctx context.Context, dec *outputDecoder, r *kgo.Record) tailLine {
+	line := tailLine{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Timestamp: r.Timestamp.UTC(), Key: string(r.Key)}
+	for _, h := range r.Headers {
+		if line.Headers == nil {
+			line.Headers = map[string]string{}
+		}
+		line.Headers[h.Key] = string(h.Value)
+	}
+	if r.Value != nil { // a nil value is an erasure tombstone
+		v, err := dec.decode(ctx, r.Value)
+		if err != nil {
+			line.Error = err.Error()
+		} else {
+			line.Value = unwrapUnions(v)
+		}
+	}
+	return line
 }
 
 // tailLine is one output line of `pseudonymizer tail`.

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,7 +56,7 @@ func Read(path string, environ []string) (Config, error) {
 func Parse(b []byte, cfg *Config) error {
 	var root yaml.Node
 	if err := yaml.Unmarshal(b, &root); err != nil {
-		return fmt.Errorf("config: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+		return fmt.Errorf("config: %s", strings.ReplaceAll(syntaxErrorLine(err.Error()), "\n", "; "))
 	}
 	if len(root.Content) == 0 {
 		return nil // empty file
@@ -246,4 +248,21 @@ func (c *Config) resolvePaths(dir string) error {
 		abs(&t.KeyFile)
 	}
 	return nil
+}
+
+// yamlParserError matches the syntax errors of the YAML parser (not its
+// scanner): yaml.v3 reports their line 0-based, one line too early.
+var yamlParserError = regexp.MustCompile(`^yaml: line (\d+): (did not find expected (<document start>|node content|key|'-' indicator|',' or '\]'|',' or '\}')|found duplicate %YAML directive|found incompatible YAML document|found undefined tag handle)`)
+
+// syntaxErrorLine corrects the line number of a YAML parser error.
+func syntaxErrorLine(msg string) string {
+	m := yamlParserError.FindStringSubmatchIndex(msg)
+	if m == nil {
+		return msg
+	}
+	n, err := strconv.Atoi(msg[m[2]:m[3]])
+	if err != nil {
+		return msg
+	}
+	return msg[:m[2]] + strconv.Itoa(n+1) + msg[m[3]:]
 }
