@@ -2,6 +2,7 @@ package pii
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/nyaruka/phonenumbers"
 )
@@ -71,28 +72,61 @@ func validDomain(d []byte) bool {
 			return false
 		}
 	}
-	return true
+	return !fileExtensions[string(lowerASCII(d[last+1:]))]
+}
+
+// fileExtensions are top-level labels that make name@2x.png a file name,
+// not an address.
+var fileExtensions = map[string]bool{"png": true, "jpg": true, "jpeg": true, "gif": true, "svg": true, "webp": true,
+	"avif": true, "css": true, "js": true, "html": true, "htm": true, "pdf": true, "mp4": true, "webm": true}
+
+// lowerASCII lower-cases a short label into a fixed buffer.
+func lowerASCII(b []byte) []byte {
+	var buf [8]byte
+	if len(b) > len(buf) {
+		return nil
+	}
+	for i, c := range b {
+		buf[i] = lower(c)
+	}
+	return buf[:len(b)]
 }
 
 // phoneSep reports whether c may separate the digit groups of a phone
-// number.
+// number ('+' is a space in form-encoded text).
 func phoneSep(c byte) bool {
-	return c == ' ' || c == '-' || c == '.' || c == '/' || c == '(' || c == ')'
+	return c == ' ' || c == '-' || c == '.' || c == '/' || c == '(' || c == ')' || c == '+'
+}
+
+// nationalBoundary reports whether c may precede a phone number written
+// in national format: a number glued to an ID by '-' or '_' is more likely
+// part of the ID.
+func nationalBoundary(c byte) bool {
+	switch c {
+	case ' ', ':', '=', ',', ';', '"', '\'', '+', '(', '\t':
+		return true
+	}
+	return false
 }
 
 // findPhones finds phone numbers: runs of 7 to 15 digits (17 with a 00
 // prefix) with separators, bounded by non-alphanumerics, written like a
-// phone number (see the package doc) and valid by libphonenumber.
+// phone number (see phoneAt) and valid by libphonenumber.
 func (s *Scanner) findPhones(dst []Match, b []byte) []Match {
 	for i := 0; i < len(b); i++ {
 		c := b[i]
 		if !(isDigit(c) || (c == '+' || c == '(') && i+1 < len(b) && isDigit(b[i+1])) {
 			continue
 		}
-		if i > 0 && (isAlnum(b[i-1]) || b[i-1] == '.' || b[i-1] == ',' || b[i-1] == '+' && c != '(' || isDigit(c) && b[i-1] == '(') {
+		if i > 0 && (isAlnum(b[i-1]) || b[i-1] == '.' || b[i-1] == ',' || isDigit(c) && b[i-1] == '(') {
 			continue
 		}
 		end, next, ok := s.phoneAt(b, i)
+		if !ok && len(s.digits) > 15 {
+			// One long number (a tracking or reference number): skip it.
+			i = max(i, next-1)
+			continue
+		}
 		if ok {
 			dst = append(dst, Match{Start: i, End: end, Kind: KindPhone})
 			i = end - 1
@@ -108,7 +142,21 @@ func (s *Scanner) findPhones(dst []Match, b []byte) []Match {
 
 // phoneAt examines the candidate starting at b[i]; it returns its end and
 // whether it is a phone number, and otherwise where the candidate's next
-// digit group starts (0: none).
+// digit group starts (0: none). A candidate is a phone number if
+// libphonenumber finds it valid and it is written like one:
+//
+//   - international: +CC or 00CC, any separators;
+//   - national (the default region's format): preceded by the start, a
+//     space or punctuation other than '-', '_', '.' or '/'; starting with
+//     the region's trunk prefix if it has one (0 in most of Europe);
+//     either formatted (groups separated by spaces, '-', '/' or
+//     parentheses, the first group of 3 or more digits unless all are of
+//     2, not shaped like a date; after '-' or '_' only if grouped by
+//     spaces) or bare, and then not a valid GTIN barcode, and either
+//     alone (the whole string or a word of a text) with 9 to 11 digits,
+//     or a mobile number of 10 or more digits (11 after '-' or '_'): a
+//     bare fixed-line number glued to other text looks like an article
+//     or tracking number.
 func (s *Scanner) phoneAt(b []byte, i int) (end, next int, ok bool) {
 	d := s.digits[:0]
 	plus := b[i] == '+'
@@ -161,20 +209,30 @@ func (s *Scanner) phoneAt(b []byte, i int) (end, next int, ok bool) {
 	if lastDigit < 0 {
 		return 0, next, false
 	}
+	if len(d) > 15 {
+		for j < len(b) && (isDigit(b[j]) || phoneSep(b[j])) {
+			j++
+		}
+		return 0, j, false
+	}
 	end = lastDigit + 1
 	if end < len(b) && b[end] == ')' {
-		end++ // "(030)" alone is not a number anyway; keep the shape simple
+		end++
 	}
-	if end < len(b) && (isAlnum(b[end]) || b[end] == '.' && end+1 < len(b) && isDigit(b[end+1])) {
+	if end < len(b) && (isAlnum(b[end]) || b[end] == '_' || b[end] == '.' && end+1 < len(b) && isDigit(b[end+1])) {
 		return 0, next, false
 	}
 	n := len(d)
 	if n < 7 || n > 17 || groups > len(lens) {
 		return 0, next, false
 	}
+	formatted := groups > 1 || b[i] == '('
 	intl := plus || n > 2 && d[0] == '0' && d[1] == '0'
 	if intl {
 		if !plus {
+			if !formatted && gtin(d) {
+				return 0, next, false
+			}
 			d = d[2:]
 		}
 		if len(d) > 15 {
@@ -184,15 +242,19 @@ func (s *Scanner) phoneAt(b []byte, i int) (end, next int, ok bool) {
 		num, err := phonenumbers.Parse(string(s.cand), "ZZ")
 		return end, next, err == nil && phonenumbers.IsValidNumber(num)
 	}
-	if n > 15 {
+	spaced := sepc == ' ' || b[i] == '('
+	glued := i > 0 && (b[i-1] == '-' || b[i-1] == '_')
+	if n > 15 || sepc == '.' || i > 0 && !nationalBoundary(b[i-1]) && !(glued && (spaced || !formatted)) {
 		return 0, next, false
 	}
-	formatted := groups > 1 || b[i] == '('
-	if formatted && !mixed && sepc != 0 && dateShaped(lens[:groups], sepc) {
-		return 0, next, false
-	}
-	if formatted && sepc == '.' && thousands(lens[:groups]) {
-		return 0, next, false
+	if formatted {
+		lens := lens[:groups]
+		if !mixed && sepc != 0 && dateShaped(lens, sepc) {
+			return 0, next, false
+		}
+		if lens[0] < 3 && slices.ContainsFunc(lens, func(l int) bool { return l > 2 }) {
+			return 0, next, false
+		}
 	}
 	t := s.d.trunk
 	switch {
@@ -203,11 +265,23 @@ func (s *Scanner) phoneAt(b []byte, i int) (end, next int, ok bool) {
 	case !formatted:
 		return 0, next, false
 	}
-	if !formatted && gtin(d) {
+	// alone: the whole string, or a word of a text.
+	alone := (i == 0 || b[i-1] == ' ') && (end == len(b) || b[end] == ' ')
+	if !formatted && (n < 9 || n < 10 && !alone || glued && n < 11 || gtin(d)) {
 		return 0, next, false
 	}
 	num, err := phonenumbers.Parse(string(d), s.d.region)
-	return end, next, err == nil && phonenumbers.IsValidNumberForRegion(num, s.d.region)
+	if err != nil || !phonenumbers.IsValidNumberForRegion(num, s.d.region) {
+		return 0, next, false
+	}
+	if !formatted && (!alone || n > 11) {
+		// A bare number glued to punctuation, or a long one: only a
+		// mobile one is taken for a phone number.
+		if t := phonenumbers.GetNumberType(num); t != phonenumbers.MOBILE && t != phonenumbers.FIXED_LINE_OR_MOBILE {
+			return 0, next, false
+		}
+	}
+	return end, next, true
 }
 
 // dateShaped reports whether digit groups of these lengths separated by
@@ -432,7 +506,7 @@ func mod97(iban []byte) bool {
 func findIPs(dst []Match, b []byte) []Match {
 	for i := 0; i < len(b); i++ {
 		c := b[i]
-		if isDigit(c) && (i == 0 || !isAlnum(b[i-1]) && b[i-1] != '.' && b[i-1] != ':') {
+		if isDigit(c) && (i == 0 || !isAlnum(b[i-1]) && b[i-1] != '.' && (b[i-1] != ':' || i < 2 || !isHex(b[i-2]) && b[i-2] != ':')) {
 			if end, ok := ipv4At(b, i); ok {
 				dst = append(dst, Match{Start: i, End: end, Kind: KindIP})
 				i = end - 1
@@ -488,7 +562,7 @@ func ipv4At(b []byte, i int) (int, bool) {
 		}
 		oct[k] = v
 	}
-	if j < len(b) && (isAlnum(b[j]) || (b[j] == '.' || b[j] == ':') && j+1 < len(b) && isDigit(b[j+1])) {
+	if j < len(b) && (isAlnum(b[j]) || b[j] == '.' && j+1 < len(b) && isDigit(b[j+1])) {
 		return 0, false
 	}
 	if oct == [4]int{} {

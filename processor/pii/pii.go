@@ -196,8 +196,8 @@ type Scanner struct {
 
 // ident is one identifier of the current event.
 type ident struct {
-	v   []byte    // as given (aliases the caller's buffer)
-	set [4]uint64 // a sample of its bytes, lower-cased
+	v   []byte // as given (aliases the caller's buffer)
+	set uint64 // a sample of its bytes (see sampleSet)
 	tag int
 }
 
@@ -222,11 +222,11 @@ func (s *Scanner) AddIdentifier(tag int, v []byte) {
 	s.ids = append(s.ids, ident{v: v, set: sampleSet(v), tag: tag})
 }
 
-// sampleSet returns the set of up to 8 alphanumeric bytes of v, lower-cased,
-// spread over it: a string that contains v (in any case, percent-encoded
-// or not) contains each of them.
-func sampleSet(v []byte) [4]uint64 {
-	var set [4]uint64
+// sampleSet returns the set (see bitOf) of up to 8 alphanumeric bytes of
+// v spread over it: a string that contains v (in any case,
+// percent-encoded or not) contains each of them.
+func sampleSet(v []byte) uint64 {
+	var set uint64
 	n := 0
 	step := max(len(v)/8, 1)
 	for i := 0; i < len(v) && n < 8; i += step {
@@ -234,8 +234,7 @@ func sampleSet(v []byte) [4]uint64 {
 		if class[c]&(cDigit|cAlpha) == 0 {
 			continue
 		}
-		c = lower(c)
-		set[c>>6] |= 1 << (c & 63)
+		set |= 1 << (tab[c] >> 8)
 		n++
 	}
 	return set
@@ -259,6 +258,25 @@ const (
 	cPlus                // +
 	cHex                 // a-f A-F (with cAlpha)
 )
+
+// tab holds each byte's class in its low byte and, in its high byte, its
+// bit in a string's byte set: 0-9 and a-z (A-Z folded onto a-z) have bits
+// 0 to 35, every other byte bit 63, which no identifier's set has.
+var tab = func() (t [256]uint16) {
+	for c := range t {
+		bit := uint16(63)
+		switch {
+		case c >= '0' && c <= '9':
+			bit = uint16(c - '0')
+		case c >= 'a' && c <= 'z':
+			bit = uint16(c-'a') + 10
+		case c >= 'A' && c <= 'Z':
+			bit = uint16(c-'A') + 10
+		}
+		t[c] = uint16(class[c]) | bit<<8
+	}
+	return t
+}()
 
 var class = func() (t [256]byte) {
 	for c := '0'; c <= '9'; c++ {
@@ -288,19 +306,19 @@ func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 // customer ID). It does not allocate when b has no match and dst has
 // room.
 func (s *Scanner) Scan(dst []Match, b []byte) []Match {
-	var fl byte
+	var fl uint16
 	digits := 0
-	var set [4]uint64
+	var set uint64
 	for _, c := range b {
-		cl := class[c]
-		fl |= cl
-		digits += int(cl & cDigit)
-		set[c>>6] |= 1 << (c & 63)
+		t := tab[c]
+		fl |= t
+		digits += int(t & cDigit)
+		set |= 1 << (t >> 8)
 	}
 	if fl&cPercent != 0 {
 		if dec, ok := s.decode(b); ok {
 			n := len(dst)
-			dst = s.scan(dst, dec, ^byte(0), digits, s.idsIn(set, true))
+			dst = s.scan(dst, dec, ^byte(0), digits, len(s.ids) > 0)
 			for i := n; i < len(dst); i++ {
 				m := &dst[i]
 				m.Start = int(s.decIdx[m.Start])
@@ -309,25 +327,14 @@ func (s *Scanner) Scan(dst []Match, b []byte) []Match {
 			return dst
 		}
 	}
-	return s.scan(dst, b, fl, digits, s.idsIn(set, false))
+	return s.scan(dst, b, byte(fl), digits, s.idsIn(set))
 }
 
-// idsIn reports whether some identifier's sample bytes are all in set (a
-// string's byte set); encoded means the string is percent-encoded, where
-// the set says nothing.
-func (s *Scanner) idsIn(set [4]uint64, encoded bool) bool {
-	if len(s.ids) == 0 {
-		return false
-	}
-	if encoded {
-		return true
-	}
-	// Upper-case letters count as their lower-case ones.
-	set[1] |= (set[1] & (0x3ffffff << 1)) << 32
+// idsIn reports whether some identifier's sample bytes are all in set, a
+// string's byte set.
+func (s *Scanner) idsIn(set uint64) bool {
 	for i := range s.ids {
-		id := &s.ids[i]
-		if id.set[0]&set[0] == id.set[0] && id.set[1]&set[1] == id.set[1] &&
-			id.set[2]&set[2] == id.set[2] && id.set[3]&set[3] == id.set[3] {
+		if s.ids[i].set&set == s.ids[i].set {
 			return true
 		}
 	}
