@@ -53,6 +53,12 @@ type batch struct {
 	send      func(*kgo.Record)
 	produced  int
 	nextOrder int
+	// pii are the PII guard's findings in this batch's outputs, piiDropped
+	// the outputs it dropped per system, and quarantine the sampled
+	// originals for the quarantine topic (pii.go).
+	pii        []piiFinding
+	piiDropped []int
+	quarantine []kgo.Record
 }
 
 // order is one order record on its way through the order step.
@@ -114,6 +120,11 @@ func (b *batch) reset() {
 	}
 	clear(b.origin)
 	b.send, b.produced, b.nextOrder = nil, 0, 0
+	clear(b.pii)
+	b.pii = b.pii[:0]
+	clear(b.piiDropped)
+	clear(b.quarantine)
+	b.quarantine = b.quarantine[:0]
 }
 
 // split sorts the polled records into the two inputs, keeping their order.
@@ -143,6 +154,9 @@ func (b *batch) handOver(n int) {
 		return
 	}
 	for ; b.produced < n; b.produced++ {
+		if b.recs[b.produced].Topic == "" {
+			continue // an output the PII guard dropped
+		}
 		b.send(&b.recs[b.produced])
 	}
 }

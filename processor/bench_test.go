@@ -13,6 +13,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/hygiene/pseudonymizer/processor/pii"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
@@ -28,8 +29,25 @@ func benchPolicies() []policy.Policy { return policy.Examples()[:3] }
 // benchProcessor returns a processor over an embedded store and n sample
 // order records of customers customers.
 func benchProcessor(tb testing.TB, n, customers, cacheSubjects int) (*Processor, []*kgo.Record) {
+	return benchProcessorPII(tb, n, customers, cacheSubjects, PIIOff)
+}
+
+// benchProcessorPII is benchProcessor with every system's PII guard in
+// mode piiMode (PIIOff: no guard).
+func benchProcessorPII(tb testing.TB, n, customers, cacheSubjects int, piiMode string) (*Processor, []*kgo.Record) {
 	tb.Helper()
 	pols := benchPolicies()
+	var piiCfg PIIConfig
+	if piiMode != PIIOff {
+		det, err := pii.New(pii.Config{})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		piiCfg.Detector = det
+		for i := range pols {
+			pols[i].PII = piiMode
+		}
+	}
 	plan, err := policy.Compile(schema.OrderEventSchema(), pols)
 	if err != nil {
 		tb.Fatal(err)
@@ -42,7 +60,7 @@ func benchProcessor(tb testing.TB, n, customers, cacheSubjects int) (*Processor,
 	tb.Cleanup(func() { st.Close() })
 	p, err := New(Config{
 		Topics: DefaultTopics(), Policies: pols, Plan: plan, Store: st,
-		GroupID: "bench", TransactionalID: "bench", CacheSubjects: cacheSubjects,
+		GroupID: "bench", TransactionalID: "bench", CacheSubjects: cacheSubjects, PII: piiCfg,
 	})
 	if err != nil {
 		tb.Fatal(err)
@@ -63,42 +81,48 @@ func benchProcessor(tb testing.TB, n, customers, cacheSubjects int) (*Processor,
 // BenchmarkEventPath measures the per-event path of a warm batch: scan,
 // cache lookup, policy projection with pseudonym derivation and record
 // building, for three systems, in batches of 10,000 records (no Kafka, no
-// store round trip). It reports ns/event and allocs/event.
+// store round trip), with the PII guard off and on (redact; the sample
+// events carry no identifying data in kept fields, so this is the cost of
+// the scan). It reports ns/event and allocs/event.
 func BenchmarkEventPath(b *testing.B) {
-	for _, workers := range []int{1, runtime.GOMAXPROCS(0)} {
-		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
-			const batchSize = 10000
-			p, recs := benchProcessor(b, batchSize, 20000, 1_000_000)
-			p.workers = workers
-			ctx := context.Background()
-			// Warm the cache: every subject resolved once.
-			p.b.reset()
-			if err := p.orderStep(ctx, &p.b, recs); err != nil {
-				b.Fatal(err)
-			}
-			before := p.Stats().StoreCalls
-			var ms0, ms1 runtime.MemStats
-			runtime.ReadMemStats(&ms0)
-			events := 0
-			for b.Loop() {
-				p.b.reset()
-				if err := p.orderStep(ctx, &p.b, recs); err != nil {
-					b.Fatal(err)
-				}
-				events += len(recs)
-			}
-			runtime.ReadMemStats(&ms1)
-			if calls := p.Stats().StoreCalls - before; calls != 0 {
-				b.Fatalf("warm batches made %d store calls", calls)
-			}
-			if got, want := len(p.b.recs), 3*batchSize; got != want {
-				b.Fatalf("%d output records, want %d", got, want)
-			}
-			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
-			b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(events), "allocs/event")
-			b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(events), "B/event")
-		})
+	for _, piiMode := range []string{PIIOff, PIIRedact} {
+		for _, workers := range []int{1, runtime.GOMAXPROCS(0)} {
+			b.Run(fmt.Sprintf("pii=%s/workers=%d", piiMode, workers), func(b *testing.B) { benchEventPath(b, workers, piiMode) })
+		}
 	}
+}
+
+func benchEventPath(b *testing.B, workers int, piiMode string) {
+	const batchSize = 10000
+	p, recs := benchProcessorPII(b, batchSize, 20000, 1_000_000, piiMode)
+	p.workers = workers
+	ctx := context.Background()
+	// Warm the cache: every subject resolved once.
+	p.b.reset()
+	if err := p.orderStep(ctx, &p.b, recs); err != nil {
+		b.Fatal(err)
+	}
+	before := p.Stats().StoreCalls
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	events := 0
+	for b.Loop() {
+		p.b.reset()
+		if err := p.orderStep(ctx, &p.b, recs); err != nil {
+			b.Fatal(err)
+		}
+		events += len(recs)
+	}
+	runtime.ReadMemStats(&ms1)
+	if calls := p.Stats().StoreCalls - before; calls != 0 {
+		b.Fatalf("warm batches made %d store calls", calls)
+	}
+	if got, want := len(p.b.recs), 3*batchSize; got != want {
+		b.Fatalf("%d output records, want %d", got, want)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
+	b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(events), "allocs/event")
+	b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(events), "B/event")
 }
 
 // fakeEntry is what the store returns for a subject as the pipeline sees

@@ -229,9 +229,14 @@ func (p *Processor) committed(b *batch, now time.Time) {
 	for _, d := range b.dlq {
 		p.m.DeadLetters.WithLabelValues(d.topic, d.class).Inc()
 	}
+	dropped := p.committedPII(b)
 	if b.emitted > 0 {
-		for _, sys := range p.systems {
-			p.m.RecordsOut.WithLabelValues(sys).Add(float64(b.emitted))
+		for i, sys := range p.systems {
+			n := b.emitted
+			if i < len(b.piiDropped) {
+				n -= b.piiDropped[i]
+			}
+			p.m.RecordsOut.WithLabelValues(sys).Add(float64(n))
 		}
 	}
 	p.count(func(s *Stats) {
@@ -239,7 +244,9 @@ func (p *Processor) committed(b *batch, now time.Time) {
 		s.Committed++
 		s.OrdersIn += b.stats.OrdersIn
 		s.ForgetsIn += b.stats.ForgetsIn
-		s.Out += b.stats.Out
+		s.Out += b.stats.Out - dropped
+		s.PIIDropped += dropped
+		s.PIIFindings += len(b.pii)
 		s.DeadLetters += b.stats.DeadLetters
 		s.Suppressed += b.stats.Suppressed
 	})

@@ -42,6 +42,11 @@ type Policy struct {
 	// the subject's customer pseudonym in this system (see
 	// processor/notices.go). It does not change the system's schema.
 	ErasureNotices bool `yaml:"erasure_notices"`
+	// PII is the system's PII guard mode (processor/pii.go): "redact"
+	// (or empty) replaces identifying data found inside kept strings by
+	// [redacted:<kind>], "drop" withholds such events from the system,
+	// "off" scans nothing. It does not change the system's schema.
+	PII string `yaml:"pii"`
 }
 
 // Field names the top-level input fields a Plan relies on.
