@@ -11,7 +11,7 @@ import (
 )
 
 // EnsureTopics creates the topics the processor writes (outputs,
-// confirmations, dead letters) when they are missing, with the partition
+// confirmations, dead letters, the PII quarantine) when they are missing, with the partition
 // count of the orders topic (or 1) and the broker's default replication.
 // The input topics must exist or be auto-created by the broker.
 func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
@@ -22,6 +22,9 @@ func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
 		}
 	}
 	want := append([]string{p.cfg.Topics.Forgotten, p.cfg.Topics.OrdersDeadLetter, p.cfg.Topics.ForgetDeadLetter}, p.topics...)
+	if p.pii != nil && p.pii.quarantine != "" {
+		want = append(want, p.pii.quarantine)
+	}
 	resp, err := adm.CreateTopics(ctx, partitions, -1, nil, want...)
 	if err != nil {
 		return fmt.Errorf("create topics: %w", err)
