@@ -118,7 +118,10 @@ func TestPIIGuard(t *testing.T) {
 					f(ev, d.v)
 				}
 			}
-			attr := func(v map[string]any, k string) string { s, _ := v["attributes"].(map[string]any)[k].(string); return s }
+			attr := func(v map[string]any, k string) string {
+				s, _ := v["attributes"].(map[string]any)[k].(string)
+				return s
+			}
 			sku := func(v map[string]any) string {
 				return v["items"].([]any)[0].(map[string]any)["sku"].(string)
 			}
