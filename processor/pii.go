@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -407,4 +408,61 @@ func (p *Processor) committedPII(b *batch) (dropped int) {
 		p.m.PIIQuarantined.Add(float64(n))
 	}
 	return dropped
+}
+
+// CheckPII checks the guard's configuration against the plan (the
+// identifier fields, each system's mode) without building a processor.
+func CheckPII(cfg PIIConfig, plan *policy.Plan, pols []policy.Policy) error {
+	_, err := newPIIGuard(cfg, plan, pols)
+	return err
+}
+
+// PIIWarnings returns one line per system and kept field whose name
+// suggests personal data (policy.SuggestsPersonalData), and per system
+// whose guard is off, for --check-config.
+func PIIWarnings(plan *policy.Plan, pols []policy.Policy) []string {
+	var out []string
+	systems := plan.Systems()
+	seen := map[string]bool{}
+	warn := func(sys int, path string) {
+		if k := systems[sys] + "\x00" + path; !seen[k] {
+			seen[k] = true
+			mode := PIIRedact
+			if sys < len(pols) && pols[sys].PII != "" {
+				mode = pols[sys].PII
+			}
+			what := map[string]string{
+				PIIRedact: "the PII guard redacts what it recognises in it",
+				PIIDrop:   "the PII guard withholds every event in which it recognises something in it",
+				PIIOff:    "the PII guard is off for this system",
+			}[mode]
+			out = append(out, fmt.Sprintf("systems.%s keeps %s, whose name suggests personal data (%s)", systems[sys], path, what))
+		}
+	}
+	for i, p := range pols {
+		if i >= len(systems) {
+			break
+		}
+		for _, k := range p.Keep {
+			if policy.SuggestsPersonalData(k) {
+				warn(i, k)
+			}
+		}
+	}
+	for _, f := range plan.Kept().Fields() {
+		if !policy.SuggestsPersonalData(strings.TrimSuffix(strings.TrimSuffix(f.Path, "[key]"), ".*")) {
+			continue
+		}
+		for s, k := range f.Systems {
+			if k {
+				warn(s, f.Path)
+			}
+		}
+	}
+	for i, p := range pols {
+		if i < len(systems) && p.PII == PIIOff {
+			out = append(out, fmt.Sprintf("systems.%s: pii is off: identifying data inside the fields it keeps goes out unchanged", systems[i]))
+		}
+	}
+	return out
 }

@@ -70,6 +70,9 @@ func (c *Config) Validate() error {
 	if err := c.validateTopics(); err != nil {
 		return err
 	}
+	if err := c.validatePII(); err != nil {
+		return err
+	}
 	switch strings.ToUpper(c.Kafka.SASL.Mechanism) {
 	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
 	default:
@@ -101,6 +104,9 @@ func (c *Config) validateTopics() error {
 		{"topics.forgotten", c.Topics.Forgotten},
 		{"topics.orders_dead_letter", c.Topics.OrdersDeadLetter},
 		{"topics.forget_dead_letter", c.Topics.ForgetDeadLetter},
+	}
+	if c.PII.QuarantineTopic != "" {
+		roles = append(roles, role{"pii.quarantine_topic", c.PII.QuarantineTopic})
 	}
 	names := make([]string, 0, len(c.Systems))
 	for n := range c.Systems {
