@@ -82,6 +82,7 @@ type piiGuard struct {
 	fields []policy.KeptField
 	ids    []policy.IDField
 	idWant []bool
+	anyID  bool   // some idWant
 	head   [3]int // indices in ids of event_id, order_id, customer_id (-1: not wanted)
 	// on[s] means system s is scanned, drop[s] that it drops events.
 	on, drop []bool
@@ -146,15 +147,17 @@ func newPIIGuard(cfg PIIConfig, plan *policy.Plan, pols []policy.Policy) (*piiGu
 			g.head[2] = i
 		default:
 			g.idWant[i] = true
+			g.anyID = true
 		}
 	}
 	return g, nil
 }
 
-// keptString is one kept string of the event being checked and its
-// matches, ms[m0:m1] of the worker's.
+// keptString is one kept string of the event being checked, its summary
+// and its matches, ms[m0:m1] of the worker's.
 type keptString struct {
 	field, lenAt, at, end int
+	sum                   pii.Summary
 	m0, m1                int
 }
 
@@ -171,6 +174,10 @@ type piiFinding struct {
 // piiWorker is a worker's guard state.
 type piiWorker struct {
 	sc       *pii.Scanner
+	g        *piiGuard
+	value    []byte // the record being walked
+	union    pii.Summary
+	cand     bool // some string is a candidate for a detector
 	strs     []keptString
 	headers  []policy.BlockHeader
 	ms       []pii.Match
@@ -185,9 +192,16 @@ type piiWorker struct {
 	quarantine []*kgo.Record
 }
 
-// KeptString is policy.StringSink.
+// KeptString is policy.StringSink: it summarizes each string that a
+// scanned system keeps.
 func (w *piiWorker) KeptString(field, lenAt, at, end int) {
-	w.strs = append(w.strs, keptString{field: field, lenAt: lenAt, at: at, end: end})
+	if !w.g.scan[field] {
+		return
+	}
+	sum := pii.Summarize(w.value[at:end])
+	w.union = w.union.Union(sum)
+	w.cand = w.cand || w.g.det.Candidate(sum)
+	w.strs = append(w.strs, keptString{field: field, lenAt: lenAt, at: at, end: end, sum: sum})
 }
 
 // SizedBlock is policy.StringSink.
@@ -196,39 +210,57 @@ func (w *piiWorker) SizedBlock(at, end int, count int64) {
 }
 
 // check scans the kept strings of o and reports whether anything was
-// found (then decide tells each system what to do).
+// found (then decide tells each system what to do). It reads each kept
+// string once to summarize it (policy.Kept.Walk, pii.Summarize); only the
+// identifiers that the kept strings together may contain are looked for,
+// and only strings that may hold a match are scanned.
 func (g *piiGuard) check(w *piiWorker, o *order) (bool, error) {
 	w.strs, w.headers, w.ms = w.strs[:0], w.headers[:0], w.ms[:0]
-	if err := g.kept.Walk(o.value, &o.head, w); err != nil {
+	w.value, w.union, w.cand = o.value, pii.Summary{}, false
+	err := g.kept.Walk(o.value, &o.head, w)
+	w.value = nil
+	if err != nil {
 		return false, fmt.Errorf("pii guard: %w", err)
 	}
 	if len(w.strs) == 0 {
 		return false, nil
 	}
 	w.sc.ResetIdentifiers()
+	ids := false
+	add := func(tag int, v []byte) {
+		if pii.MayContain(w.union, v) {
+			w.sc.AddIdentifier(tag, v)
+			ids = true
+		}
+	}
 	h := &o.head
 	for i, v := range [3][]byte{h.EventID, h.OrderID, h.CustomerID} {
 		if g.head[i] >= 0 {
-			w.sc.AddIdentifier(g.head[i], v)
+			add(g.head[i], v)
 		}
 	}
-	if len(w.ids) != len(g.ids) {
-		w.ids = make([][]byte, len(g.ids))
-	}
-	if err := g.kept.IDValues(o.value, h, g.idWant, w.ids); err != nil {
-		return false, fmt.Errorf("pii guard: %w", err)
-	}
-	for i, v := range w.ids {
-		if v != nil {
-			w.sc.AddIdentifier(i, v)
+	if g.anyID {
+		if len(w.ids) != len(g.ids) {
+			w.ids = make([][]byte, len(g.ids))
 		}
+		if err := g.kept.IDValues(o.value, h, g.idWant, w.ids); err != nil {
+			return false, fmt.Errorf("pii guard: %w", err)
+		}
+		for i, v := range w.ids {
+			if v != nil {
+				add(i, v)
+			}
+		}
+	}
+	if !w.cand && !ids {
+		return false, nil
 	}
 	found := false
 	for i := range w.strs {
 		s := &w.strs[i]
 		s.m0 = len(w.ms)
-		if g.scan[s.field] {
-			w.ms = w.sc.Scan(w.ms, o.value[s.at:s.end])
+		if ids || g.det.Candidate(s.sum) {
+			w.ms = w.sc.ScanSummarized(w.ms, o.value[s.at:s.end], s.sum)
 		}
 		s.m1 = len(w.ms)
 		found = found || s.m1 > s.m0
@@ -331,7 +363,7 @@ func (g *piiGuard) quarantineRecord(r *kgo.Record, findings []piiFinding, system
 // reset prepares w's guard state for a batch.
 func (g *piiGuard) reset(w *worker) {
 	if w.pii == nil {
-		w.pii = &piiWorker{sc: g.det.NewScanner()}
+		w.pii = &piiWorker{sc: g.det.NewScanner(), g: g}
 	}
 	clear(w.pii.findings)
 	w.pii.findings = w.pii.findings[:0]

@@ -234,7 +234,7 @@ func sampleSet(v []byte) uint64 {
 		if class[c]&(cDigit|cAlpha) == 0 {
 			continue
 		}
-		set |= 1 << (tab[c] >> 8)
+		set |= 1 << (tab[c] >> 8 & 63)
 		n++
 	}
 	return set
@@ -306,6 +306,21 @@ func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 // customer ID). It does not allocate when b has no match and dst has
 // room.
 func (s *Scanner) Scan(dst []Match, b []byte) []Match {
+	return s.ScanSummarized(dst, b, Summarize(b))
+}
+
+// Summary is what one pass over a string tells about it: its classes of
+// bytes, its number of digits and its set of alphanumerics. Summaries of
+// several strings combine with Union.
+type Summary struct {
+	set    uint64
+	fl     uint16
+	digits int32
+	len    int32
+}
+
+// Summarize reads b once.
+func Summarize(b []byte) Summary {
 	var fl uint16
 	digits := 0
 	var set uint64
@@ -313,12 +328,44 @@ func (s *Scanner) Scan(dst []Match, b []byte) []Match {
 		t := tab[c]
 		fl |= t
 		digits += int(t & cDigit)
-		set |= 1 << (t >> 8)
+		set |= 1 << (t >> 8 & 63)
 	}
-	if fl&cPercent != 0 {
+	return Summary{set: set, fl: fl, digits: int32(digits), len: int32(len(b))}
+}
+
+// Union returns the summary of strings s and o together (their longest
+// length, their most digits).
+func (s Summary) Union(o Summary) Summary {
+	return Summary{set: s.set | o.set, fl: s.fl | o.fl, digits: max(s.digits, o.digits), len: max(s.len, o.len)}
+}
+
+// Candidate reports whether a detector other than the identifiers' may
+// match in a string of summary s.
+func (d *Detector) Candidate(s Summary) bool {
+	return s.fl&(cAt|cPercent) != 0 || s.digits >= 4 || s.fl&cColon != 0 && s.fl&(cDigit|cHex) != 0 || len(d.patterns) > 0
+}
+
+// MayContain reports whether a string of summary s may contain the
+// identifier v (see AddIdentifier): only then need it be added.
+func MayContain(s Summary, v []byte) bool {
+	switch {
+	case len(v) < MinIdentifierLen:
+		return false
+	case s.fl&cPercent != 0:
+		return true // encoded, it may be longer than the identifier
+	case int(s.len) < len(v):
+		return false
+	}
+	set := sampleSet(v)
+	return set&s.set == set
+}
+
+// ScanSummarized is Scan for a string b of summary sum.
+func (s *Scanner) ScanSummarized(dst []Match, b []byte, sum Summary) []Match {
+	if sum.fl&cPercent != 0 {
 		if dec, ok := s.decode(b); ok {
 			n := len(dst)
-			dst = s.scan(dst, dec, ^byte(0), digits, len(s.ids) > 0)
+			dst = s.scan(dst, dec, ^byte(0), int(sum.digits), len(s.ids) > 0)
 			for i := n; i < len(dst); i++ {
 				m := &dst[i]
 				m.Start = int(s.decIdx[m.Start])
@@ -327,7 +374,7 @@ func (s *Scanner) Scan(dst []Match, b []byte) []Match {
 			return dst
 		}
 	}
-	return s.scan(dst, b, byte(fl), digits, s.idsIn(set))
+	return s.scan(dst, b, byte(sum.fl), int(sum.digits), s.idsIn(sum.set))
 }
 
 // idsIn reports whether some identifier's sample bytes are all in set, a

@@ -295,7 +295,13 @@ func (w *keptWalker) walk(o *kop, n *node) error {
 	if err := w.enter(); err != nil {
 		return err
 	}
-	defer func() { w.depth-- }()
+	err := w.walkNested(o, n)
+	w.depth--
+	return err
+}
+
+// walkNested is walk for records, unions, arrays and maps.
+func (w *keptWalker) walkNested(o *kop, n *node) error {
 	switch n.kind {
 	case kRecord:
 		for i, f := range n.sub {

@@ -203,3 +203,27 @@ func TestSuggestsPersonalData(t *testing.T) {
 		}
 	}
 }
+
+type nopSink struct{ n int }
+
+func (s *nopSink) KeptString(field, lenAt, at, end int) { s.n++ }
+func (s *nopSink) SizedBlock(at, end int, count int64)  {}
+
+// BenchmarkKeptWalk measures the walk over the kept strings of the example
+// systems, next to BenchmarkScan's full validation of the same record.
+func BenchmarkKeptWalk(b *testing.B) {
+	rec := benchRecord(b)
+	p := mustCompile(Examples()[:3]...)
+	k := p.Kept()
+	h, err := p.Scan(rec)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := &nopSink{}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := k.Walk(rec, &h, s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
