@@ -280,17 +280,22 @@ type keptWalker struct {
 }
 
 func (w *keptWalker) walk(o *kop, n *node) error {
-	if o == nil {
-		return w.skip(n)
-	}
-	if n.kind == kString {
+	switch n.kind {
+	case kString:
 		lenAt := w.pos
-		v, err := w.str()
+		at, err := w.span()
 		if err != nil {
 			return err
 		}
-		w.sink.KeptString(o.field, lenAt, w.pos-len(v), w.pos)
+		if o != nil {
+			w.sink.KeptString(o.field, lenAt, at, w.pos)
+		}
 		return nil
+	case kInt, kLong:
+		return w.skipVarint()
+	}
+	if o == nil {
+		return w.skip(n)
 	}
 	if err := w.enter(); err != nil {
 		return err
@@ -333,12 +338,13 @@ func (w *keptWalker) walkNested(o *kop, n *node) error {
 				eo := o.elem
 				if n.kind == kMap {
 					lenAt := w.pos
-					key, err := w.str()
+					at, err := w.span()
 					if err != nil {
 						return err
 					}
+					key := w.b[at:w.pos]
 					if o.field >= 0 {
-						w.sink.KeptString(o.field, lenAt, w.pos-len(key), w.pos)
+						w.sink.KeptString(o.field, lenAt, at, w.pos)
 					}
 					for j := range o.keys {
 						if o.keys[j].key == string(key) {
@@ -357,6 +363,37 @@ func (w *keptWalker) walkNested(o *kop, n *node) error {
 		}
 	}
 	return w.skip(n)
+}
+
+// span moves past a string of a scanned record and returns where its bytes
+// start; one-byte lengths (up to 63 bytes) take the short way.
+func (w *keptWalker) span() (int, error) {
+	if w.pos < len(w.b) {
+		if c := w.b[w.pos]; c < 0x80 && c&1 == 0 {
+			at := w.pos + 1
+			if end := at + int(c>>1); end <= len(w.b) {
+				w.pos = end
+				return at, nil
+			}
+		}
+	}
+	v, err := w.str()
+	if err != nil {
+		return 0, err
+	}
+	return w.pos - len(v), nil
+}
+
+// skipVarint moves past an int or long.
+func (w *keptWalker) skipVarint() error {
+	for i := 0; i < 10 && w.pos < len(w.b); i++ {
+		c := w.b[w.pos]
+		w.pos++
+		if c < 0x80 {
+			return nil
+		}
+	}
+	return fail(w.pos, reasonTruncated)
 }
 
 // IDValues sets dst[i] to the value of IDFields()[i] in b (a record that
