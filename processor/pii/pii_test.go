@@ -53,6 +53,25 @@ func TestDetectors(t *testing.T) {
 	}
 }
 
+// TestPrefilter checks on the corpus that the summary the processor
+// filters strings by never hides a match.
+func TestPrefilter(t *testing.T) {
+	d, s := corpusScanner(t)
+	entries := append(readCorpus(t, "testdata/corpus.tsv"), readCorpus(t, "testdata/hard.tsv")...)
+	for _, e := range entries {
+		sum := Summarize([]byte(e.value))
+		for _, m := range s.Scan(nil, []byte(e.value)) {
+			if m.Kind == KindIdentifier {
+				if !MayContain(sum, []byte(corpusIdentifiers[m.Index])) {
+					t.Errorf("%q: identifier %d found, but MayContain says no", e.value, m.Index)
+				}
+			} else if !d.Candidate(sum) {
+				t.Errorf("%q: %s found, but Candidate says no", e.value, m.Kind)
+			}
+		}
+	}
+}
+
 func TestCustomPattern(t *testing.T) {
 	d, err := New(Config{Patterns: []Pattern{{Name: "loyalty", Regexp: `LOY-[0-9]{8}`}}})
 	if err != nil {
@@ -136,6 +155,13 @@ func FuzzScan(f *testing.F) {
 			}
 			if i > 0 && m.Start < ms[i-1].Start {
 				t.Fatalf("matches not sorted: %v", ms)
+			}
+		}
+		// The prefilters the processor relies on never hide a match.
+		sum := Summarize([]byte(in))
+		for _, m := range ms {
+			if m.Kind == KindIdentifier && !MayContain(sum, []byte("cust-100042")) || m.Kind != KindIdentifier && !d.Candidate(sum) {
+				t.Fatalf("%q: match %+v, but the summary says none can be there", in, m)
 			}
 		}
 		out := d.Redact(nil, []byte(in), ms)
