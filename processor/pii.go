@@ -243,7 +243,8 @@ func (g *piiGuard) check(w *piiWorker, o *order) (bool, error) {
 		if len(w.ids) != len(g.ids) {
 			w.ids = make([][]byte, len(g.ids))
 		}
-		if err := g.kept.IDValues(o.value, h, g.idWant, w.ids); err != nil {
+		maxLen := w.union.MaxLen() // longer identifiers cannot be inside
+		if err := g.kept.IDValues(o.value, h, g.idWant, maxLen, w.ids); err != nil {
 			return false, fmt.Errorf("pii guard: %w", err)
 		}
 		for i, v := range w.ids {

@@ -339,6 +339,16 @@ func (s Summary) Union(o Summary) Summary {
 	return Summary{set: s.set | o.set, fl: s.fl | o.fl, digits: max(s.digits, o.digits), len: max(s.len, o.len)}
 }
 
+// MaxLen returns the length of the longest identifier that MayContain may
+// accept for summary s: the longest string's length, or -1 (no bound)
+// for percent-encoded strings.
+func (s Summary) MaxLen() int {
+	if s.fl&cPercent != 0 {
+		return -1
+	}
+	return int(s.len)
+}
+
 // Candidate reports whether a detector other than the identifiers' may
 // match in a string of summary s.
 func (d *Detector) Candidate(s Summary) bool {

@@ -398,14 +398,26 @@ func (w *keptWalker) skipVarint() error {
 
 // IDValues sets dst[i] to the value of IDFields()[i] in b (a record that
 // Scan accepted with head h) for each i with want[i], and to nil for the
-// others and for null values. It does not allocate.
-func (k *Kept) IDValues(b []byte, h *Head, want []bool, dst [][]byte) error {
+// others and for null values. Values longer than maxLen bytes may be left
+// nil too: a top-level field whose encoded size says so is not read (a
+// negative maxLen reads every value). It does not allocate.
+func (k *Kept) IDValues(b []byte, h *Head, want []bool, maxLen int, dst [][]byte) error {
+	offsets := h.nOff == len(k.in.sub)+1
 	for i := range k.ids {
 		dst[i] = nil
+		f := &k.ids[i]
 		if !want[i] {
 			continue
 		}
-		v, err := k.idValue(b, h, &k.ids[i])
+		if offsets && maxLen >= 0 && len(f.steps) == 1 {
+			// A string of n < 64 bytes takes n+1 bytes, n+2 in a union;
+			// longer ones take at most 11 more.
+			size := int(h.off[f.steps[0]+1] - h.off[f.steps[0]])
+			if size-2 > maxLen && (size <= 65 || size-12 > maxLen) {
+				continue
+			}
+		}
+		v, err := k.idValue(b, h, f)
 		if err != nil {
 			return err
 		}

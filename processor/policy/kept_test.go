@@ -171,7 +171,7 @@ func TestIDValues(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := k.IDValues(b, &h, want, dst); err != nil {
+		if err := k.IDValues(b, &h, want, -1, dst); err != nil {
 			t.Fatal(err)
 		}
 		exp := map[string]string{"event_id": e.EventID, "order_id": e.OrderID, "customer_id": e.CustomerID, "currency": e.Currency}
@@ -189,6 +189,18 @@ func TestIDValues(t *testing.T) {
 			v, ok := exp[f.Path]
 			if dst[i] == nil && ok || dst[i] != nil && string(dst[i]) != v {
 				t.Fatalf("%s = %q, want %q (%v)", f.Path, dst[i], v, ok)
+			}
+		}
+		// With a bound, every value within it is still read.
+		for _, maxLen := range []int{0, 5, 12, 20, 40} {
+			if err := k.IDValues(b, &h, want, maxLen, dst); err != nil {
+				t.Fatal(err)
+			}
+			for i, f := range k.IDFields() {
+				v, ok := exp[f.Path]
+				if ok && len(v) <= maxLen && string(dst[i]) != v || dst[i] != nil && string(dst[i]) != v {
+					t.Fatalf("maxLen %d: %s = %q, want %q", maxLen, f.Path, dst[i], v)
+				}
 			}
 		}
 	}
