@@ -73,6 +73,9 @@ type order struct {
 	// a record for the dead-letter topic (class "" means valid so far).
 	class, reason string
 	scanErr       error
+	// piiFound means the PII guard's first look, in the scan, found
+	// something to look at closer (pii.go).
+	piiFound bool
 }
 
 type forgetDone struct {

@@ -209,6 +209,22 @@ func (w *piiWorker) SizedBlock(at, end int, count int64) {
 	w.headers = append(w.headers, policy.BlockHeader{At: at, End: end, Count: count})
 }
 
+// scanOrder is Plan.Scan for o with the guard's first look in the same
+// pass (policy.Kept.Scan): it sets o.head and o.scanErr, and o.piiFound
+// if the guard may find something in o (projectShare then checks o
+// again, with every match).
+func (g *piiGuard) scanOrder(w *piiWorker, o *order) {
+	w.strs, w.headers, w.ms = w.strs[:0], w.headers[:0], w.ms[:0]
+	w.value, w.union, w.cand = o.value, pii.Summary{}, false
+	o.head, o.scanErr = g.kept.Scan(o.value, w)
+	w.value = nil
+	if o.scanErr != nil {
+		return
+	}
+	found, err := g.examine(w, o)
+	o.piiFound = found || err != nil // an error comes back from check
+}
+
 // check scans the kept strings of o and reports whether anything was
 // found (then decide tells each system what to do). It reads each kept
 // string once to summarize it (policy.Kept.Walk, pii.Summarize); only the
@@ -222,6 +238,11 @@ func (g *piiGuard) check(w *piiWorker, o *order) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("pii guard: %w", err)
 	}
+	return g.examine(w, o)
+}
+
+// examine is check after the walk: w holds o's kept strings.
+func (g *piiGuard) examine(w *piiWorker, o *order) (bool, error) {
 	if len(w.strs) == 0 {
 		return false, nil
 	}
@@ -361,11 +382,17 @@ func (g *piiGuard) quarantineRecord(r *kgo.Record, findings []piiFinding, system
 	return kgo.Record{Topic: g.quarantine, Key: r.Key, Value: r.Value, Headers: hdrs}
 }
 
-// reset prepares w's guard state for a batch.
-func (g *piiGuard) reset(w *worker) {
+// workerOf returns w's guard state, made on first use.
+func (g *piiGuard) workerOf(w *worker) *piiWorker {
 	if w.pii == nil {
 		w.pii = &piiWorker{sc: g.det.NewScanner(), g: g}
 	}
+	return w.pii
+}
+
+// reset prepares w's guard state for a batch.
+func (g *piiGuard) reset(w *worker) {
+	g.workerOf(w)
 	clear(w.pii.findings)
 	w.pii.findings = w.pii.findings[:0]
 	clear(w.pii.quarantine)

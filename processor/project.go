@@ -161,7 +161,7 @@ func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 			w.pk = w.d.Prepare(s.key())
 		}
 		found := false
-		if p.pii != nil {
+		if p.pii != nil && o.piiFound {
 			var err error
 			if found, err = p.pii.check(w.pii, o); err != nil {
 				w.pk.Wipe()

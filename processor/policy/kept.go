@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"math"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // Kept is the walk over the strings that a Plan's systems keep, for the
@@ -13,6 +15,7 @@ import (
 // IDFields). It is immutable and safe for concurrent use.
 type Kept struct {
 	in      *node
+	head    [4]int // the plan's: indices of event_id, order_id, customer_id, occurred_at
 	root    *kop
 	fields  []KeptField
 	ids     []IDField
@@ -57,7 +60,7 @@ type kkey struct {
 
 // Kept compiles the walk over the plan's kept strings.
 func (p *Plan) Kept() *Kept {
-	k := &Kept{in: p.in, systems: len(p.systems)}
+	k := &Kept{in: p.in, head: p.head, systems: len(p.systems)}
 	ops := make([]*op, len(p.systems))
 	for i := range p.systems {
 		ops[i] = &p.systems[i].root
@@ -279,6 +282,61 @@ type keptWalker struct {
 	sink StringSink
 }
 
+// Scan is Plan.Scan, and Walk in the same pass: it validates b as one
+// record of the input schema and returns its head, and meanwhile hands
+// the kept strings to sink. Its result and errors are Plan.Scan's; sink
+// may have received strings of a record that then fails. It does not
+// allocate unless it fails.
+func (k *Kept) Scan(b []byte, sink StringSink) (Head, error) {
+	w := keptWalker{reader: reader{b: b}, sink: sink}
+	var h Head
+	record := len(k.in.sub) <= maxHeadFields && len(b) <= math.MaxInt32
+	for i, f := range k.in.sub {
+		if record {
+			h.off[i] = int32(w.pos)
+		}
+		var o *kop
+		if k.root != nil {
+			o = k.root.sub[i]
+		}
+		var err error
+		switch i {
+		case k.head[0], k.head[1], k.head[2]:
+			lenAt := w.pos
+			var v []byte
+			if v, err = w.str(); err != nil {
+				break
+			}
+			switch i {
+			case k.head[0]:
+				h.EventID = v
+			case k.head[1]:
+				h.OrderID = v
+			default:
+				h.CustomerID = v
+			}
+			if o != nil {
+				sink.KeptString(o.field, lenAt, w.pos-len(v), w.pos)
+			}
+		case k.head[3]:
+			h.OccurredAt, err = w.long()
+		default:
+			err = w.walk(o, f)
+		}
+		if err != nil {
+			return Head{}, err
+		}
+	}
+	if w.pos != len(b) {
+		return Head{}, fail(w.pos, reasonTrailing)
+	}
+	if record {
+		h.off[len(k.in.sub)] = int32(w.pos)
+		h.nOff = len(k.in.sub) + 1
+	}
+	return h, nil
+}
+
 func (w *keptWalker) walk(o *kop, n *node) error {
 	switch n.kind {
 	case kString:
@@ -292,6 +350,9 @@ func (w *keptWalker) walk(o *kop, n *node) error {
 		}
 		return nil
 	case kInt, kLong:
+		if !w.scanned {
+			return w.skip(n) // validates the range
+		}
 		return w.skipVarint()
 	}
 	if o == nil {
@@ -371,7 +432,7 @@ func (w *keptWalker) span() (int, error) {
 	if w.pos < len(w.b) {
 		if c := w.b[w.pos]; c < 0x80 && c&1 == 0 {
 			at := w.pos + 1
-			if end := at + int(c>>1); end <= len(w.b) {
+			if end := at + int(c>>1); end <= len(w.b) && (w.scanned || utf8.Valid(w.b[at:end])) {
 				w.pos = end
 				return at, nil
 			}

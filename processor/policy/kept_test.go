@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -238,4 +239,43 @@ func BenchmarkKeptWalk(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// FuzzKeptScan checks that Kept.Scan accepts and rejects exactly what
+// Plan.Scan does, with the same head and error, and hands over the same
+// strings as Walk.
+func FuzzKeptScan(f *testing.F) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for range 20 {
+		b := encodeEvent(r, randEvent(r))
+		f.Add(b)
+		f.Add(b[:len(b)/2])
+		c := append([]byte(nil), b...)
+		c[r.IntN(len(c))] ^= byte(1 + r.IntN(255))
+		f.Add(c)
+	}
+	plan := mustCompile(Examples()...)
+	k := plan.Kept()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want, werr := plan.Scan(b)
+		got := &collect{b: b, fields: k.Fields(), strs: map[string][]string{}, t: t}
+		h, err := k.Scan(b, got)
+		if (err == nil) != (werr == nil) || err != nil && err.Error() != werr.Error() {
+			t.Fatalf("Kept.Scan error %v, Plan.Scan error %v", err, werr)
+		}
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(h.EventID, want.EventID) || !bytes.Equal(h.OrderID, want.OrderID) || !bytes.Equal(h.CustomerID, want.CustomerID) ||
+			h.OccurredAt != want.OccurredAt || h.off != want.off || h.nOff != want.nOff {
+			t.Fatalf("heads differ")
+		}
+		walked := &collect{b: b, fields: k.Fields(), strs: map[string][]string{}, t: t}
+		if err := k.Walk(b, &h, walked); err != nil {
+			t.Fatal(err)
+		}
+		if !maps.EqualFunc(got.strs, walked.strs, slices.Equal) {
+			t.Fatalf("Scan handed over %v, Walk %v", got.strs, walked.strs)
+		}
+	})
 }
