@@ -66,6 +66,12 @@ type batch struct {
 	produced  int
 	nextOrder int
 	vals      [][]byte // values, for a schema.Prefetcher
+	// pii are the PII guard's findings in this batch's outputs, piiDropped
+	// the outputs it dropped per system, and quarantine the sampled
+	// originals for the quarantine topic (pii.go).
+	pii        []piiFinding
+	piiDropped []int
+	quarantine []kgo.Record
 }
 
 // order is one order record on its way through the order step.
@@ -83,6 +89,9 @@ type order struct {
 	// a record for the dead-letter topic (class "" means valid so far).
 	class, reason string
 	scanErr       error
+	// piiFound means the PII guard's first look, in the scan, found
+	// something to look at closer (pii.go).
+	piiFound bool
 }
 
 type forgetDone struct {
@@ -132,6 +141,11 @@ func (b *batch) reset() {
 	}
 	clear(b.origin)
 	b.send, b.produced, b.nextOrder = nil, 0, 0
+	clear(b.pii)
+	b.pii = b.pii[:0]
+	clear(b.piiDropped)
+	clear(b.quarantine)
+	b.quarantine = b.quarantine[:0]
 }
 
 // values returns the values of recs that are within the size limit (the
@@ -176,7 +190,7 @@ func (b *batch) handOver(n int) {
 	}
 	for ; b.produced < n; b.produced++ {
 		if b.recs[b.produced].Topic == "" {
-			continue // an output slot of a system the subject objects to
+			continue // an output of a system the subject objects to, or that the PII guard dropped
 		}
 		b.send(&b.recs[b.produced])
 	}

@@ -9,12 +9,12 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/hygiene/pseudonymizer/processor/pii"
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
@@ -30,8 +30,25 @@ func benchPolicies() []policy.Policy { return policy.Examples()[:3] }
 // benchProcessor returns a processor over an embedded store and n sample
 // order records of customers customers.
 func benchProcessor(tb testing.TB, n, customers, cacheSubjects int) (*Processor, []*kgo.Record) {
+	return benchProcessorPII(tb, n, customers, cacheSubjects, PIIOff)
+}
+
+// benchProcessorPII is benchProcessor with every system's PII guard in
+// mode piiMode (PIIOff: no guard).
+func benchProcessorPII(tb testing.TB, n, customers, cacheSubjects int, piiMode string) (*Processor, []*kgo.Record) {
 	tb.Helper()
 	pols := benchPolicies()
+	var piiCfg PIIConfig
+	if piiMode != PIIOff {
+		det, err := pii.New(pii.Config{})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		piiCfg.Detector = det
+		for i := range pols {
+			pols[i].PII = piiMode
+		}
+	}
 	plan, err := policy.Compile(schema.OrderEventSchema(), pols)
 	if err != nil {
 		tb.Fatal(err)
@@ -44,7 +61,7 @@ func benchProcessor(tb testing.TB, n, customers, cacheSubjects int) (*Processor,
 	tb.Cleanup(func() { st.Close() })
 	p, err := New(Config{
 		Topics: DefaultTopics(), Policies: pols, Plan: plan, Store: st,
-		GroupID: "bench", TransactionalID: "bench", CacheSubjects: cacheSubjects,
+		GroupID: "bench", TransactionalID: "bench", CacheSubjects: cacheSubjects, PII: piiCfg,
 	})
 	if err != nil {
 		tb.Fatal(err)
@@ -65,23 +82,27 @@ func benchProcessor(tb testing.TB, n, customers, cacheSubjects int) (*Processor,
 // BenchmarkEventPath measures the per-event path of a warm batch: scan,
 // cache lookup, policy projection with pseudonym derivation and record
 // building, for three systems, in batches of 10,000 records (no Kafka, no
-// store round trip). It reports ns/event and allocs/event. With
+// store round trip). It reports ns/event and allocs/event. With pii=redact
+// the PII guard scans the kept strings (the sample events carry no
+// identifying data in kept fields, so this is the cost of the scan); with
 // objecting=1%, one customer in a hundred objects to one system (from a
 // time before every event).
 func BenchmarkEventPath(b *testing.B) {
-	for _, workers := range []int{1, runtime.GOMAXPROCS(0)} {
-		for _, objecting := range []int{0, 1} {
-			b.Run(fmt.Sprintf("workers=%d/objecting=%d%%", workers, objecting), func(b *testing.B) {
-				benchEventPath(b, workers, objecting)
-			})
+	for _, piiMode := range []string{PIIOff, PIIRedact} {
+		for _, workers := range []int{1, runtime.GOMAXPROCS(0)} {
+			for _, objecting := range []int{0, 1} {
+				b.Run(fmt.Sprintf("pii=%s/workers=%d/objecting=%d%%", piiMode, workers, objecting), func(b *testing.B) {
+					benchEventPath(b, workers, objecting, piiMode)
+				})
+			}
 		}
 	}
 }
 
 // benchEventPath is one case of BenchmarkEventPath.
-func benchEventPath(b *testing.B, workers, objectingPercent int) {
+func benchEventPath(b *testing.B, workers, objectingPercent int, piiMode string) {
 	const batchSize, customers = 10000, 20000
-	p, recs := benchProcessor(b, batchSize, customers, 1_000_000)
+	p, recs := benchProcessorPII(b, batchSize, customers, 1_000_000, piiMode)
 	p.workers = workers
 	ctx := context.Background()
 	var reqs []store.ObjectionRequest
@@ -100,8 +121,7 @@ func benchEventPath(b *testing.B, workers, objectingPercent int) {
 	before := p.Stats().StoreCalls
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
-	var ru0, ru1 syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	cpu0 := cpuTime()
 	events := 0
 	for b.Loop() {
 		p.b.reset()
@@ -110,9 +130,8 @@ func benchEventPath(b *testing.B, workers, objectingPercent int) {
 		}
 		events += len(recs)
 	}
+	cpu1 := cpuTime()
 	runtime.ReadMemStats(&ms1)
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	b.ReportMetric(float64(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano())/float64(events), "cpu-ns/event")
 	if calls := p.Stats().StoreCalls - before; calls != 0 {
 		b.Fatalf("warm batches made %d store calls", calls)
 	}
@@ -120,6 +139,7 @@ func benchEventPath(b *testing.B, workers, objectingPercent int) {
 		b.Fatalf("%d output records, want %d", got, want)
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
+	b.ReportMetric(float64(cpu1-cpu0)/float64(events), "cpu-ns/event")
 	b.ReportMetric(float64(ms1.Mallocs-ms0.Mallocs)/float64(events), "allocs/event")
 	b.ReportMetric(float64(ms1.TotalAlloc-ms0.TotalAlloc)/float64(events), "B/event")
 	if objectingPercent > 0 && p.b.stats.Objected == 0 {
@@ -270,5 +290,62 @@ func BenchmarkIDDigest(b *testing.B) {
 				d.digest(id)
 			}
 		})
+	}
+}
+
+// BenchmarkPIICheck measures the PII guard's full look at each event
+// (check: the walk over the kept strings, the identifiers it collects and
+// the scan), for the three benchmark systems (the example policy), on the
+// sample events. The order step takes its first look in the scan pass
+// instead (policy.Kept.Scan), so BenchmarkEventPath's difference between
+// pii=off and pii=redact is the guard's real cost. It reports ns/event.
+func BenchmarkPIICheck(b *testing.B) {
+	const batchSize = 10000
+	p, recs := benchProcessorPII(b, batchSize, 20000, 1_000_000, PIIRedact)
+	p.b.reset()
+	if err := p.orders(context.Background(), &p.b, recs); err != nil {
+		b.Fatal(err)
+	}
+	w := &worker{}
+	p.pii.reset(w)
+	events, found := 0, 0
+	cpu0 := cpuTime()
+	for b.Loop() {
+		for i := range p.b.orders {
+			f, err := p.pii.check(w.pii, &p.b.orders[i])
+			if err != nil {
+				b.Fatal(err)
+			}
+			if f {
+				found++
+			}
+		}
+		events += len(p.b.orders)
+	}
+	cpu := cpuTime() - cpu0
+	if found > 0 {
+		b.Fatalf("the guard found something in %d sample events", found)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(events), "ns/event")
+	b.ReportMetric(float64(cpu)/float64(events), "cpu-ns/event")
+}
+
+// BenchmarkPIICheckOne is BenchmarkPIICheck for one sample event over and
+// over (its data cache-resident): run it under valgrind --tool=cachegrind
+// with two -benchtime counts and divide the difference in instructions by
+// the difference in counts for a load-independent cost per event.
+func BenchmarkPIICheckOne(b *testing.B) {
+	p, recs := benchProcessorPII(b, 100, 200, 1_000_000, PIIRedact)
+	p.b.reset()
+	if err := p.orders(context.Background(), &p.b, recs); err != nil {
+		b.Fatal(err)
+	}
+	w := &worker{}
+	p.pii.reset(w)
+	o := &p.b.orders[7]
+	for b.Loop() {
+		if found, err := p.pii.check(w.pii, o); err != nil || found {
+			b.Fatalf("check: %v, %v", found, err)
+		}
 	}
 }

@@ -36,7 +36,10 @@
 //     resolved to the bundled schema), then scanned (validated, IDs and
 //     top-level field offsets located, no allocation; in parallel), checked
 //     against the contract and looked up in the cache; bad ones are queued
-//     for the dead-letter topic. Resolve: subjects missing from the cache
+//     for the dead-letter topic. With the PII guard on, the scan also reads
+//     the strings the systems keep and marks events that may carry
+//     identifying data in them (pii.go); only those are looked at again
+//     when they are projected. Resolve: subjects missing from the cache
 //     are resolved in one Store.Resolve call (one round trip; one more
 //     write transaction if some need a fresh key, which is durable before
 //     anything that uses it is committed to Kafka). Assign: in input
@@ -106,6 +109,7 @@
 //	notices.go     erasure notices: tombstones from retained keys, settling them
 //	orders.go      the order step: admit, resolve, assign
 //	project.go     the order step's projection, in parallel, in input order
+//	pii.go         the PII guard: identifying data inside the strings a system keeps is redacted, or the event withheld from it
 //	deadletter.go  dead letters, record size limits, too-large outputs
 //	cache.go       the subject cache: pointer-free slabs keyed by a keyed digest of the ID (no raw IDs), about 145 bytes per subject
 //	topics.go      EnsureTopics

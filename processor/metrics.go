@@ -33,6 +33,9 @@ type Metrics struct {
 	// by status (APPLIED, UNKNOWN_SUBJECT, SUPERSEDED).
 	ObjectedEvents *prometheus.CounterVec
 	Objections     *prometheus.CounterVec
+	PIIDetected    *prometheus.CounterVec
+	PIIDropped     *prometheus.CounterVec
+	PIIQuarantined prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg (if not nil).
@@ -86,12 +89,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Destroyed keys the store still retains for erasure notices, as of this instance's last sweep (see processor/notices.go)."}),
 		SettleErrors: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "settle_errors_total",
 			Help: "Failed releases of retained keys after a commit or in a sweep; a later sweep releases them."}),
+		PIIDetected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "pii_detected_total",
+			Help: "Identifying data the PII guard found inside kept fields, by system, field (schema path) and kind; one per event, system, field and kind."}, []string{"system", "field", "kind"}),
+		PIIDropped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "pii_dropped_total",
+			Help: "Events a system (pii: drop) did not get because the PII guard found identifying data in a field it keeps."}, []string{"system"}),
+		PIIQuarantined: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "pii_quarantined_total",
+			Help: "Original records committed to the PII quarantine topic."}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.RecordsIn, m.RecordsOut, m.DeadLetters, m.Suppressed, m.Forgets, m.ForgetLatency,
 			m.BatchDuration, m.CommitDuration, m.Batches, m.StoreRoundTrips, m.StoreLatency, m.CacheHits,
 			m.CacheMisses, m.CachedSubjects, m.Ready, m.GuardLost, m.StoreRewound, m.ConsumerLag,
-			m.ErasureNotices, m.RetainedKeys, m.SettleErrors, m.ObjectedEvents, m.Objections)
+			m.ErasureNotices, m.RetainedKeys, m.SettleErrors, m.ObjectedEvents, m.Objections, m.PIIDetected, m.PIIDropped, m.PIIQuarantined)
 	}
 	return m
 }

@@ -108,10 +108,15 @@ func (p *Processor) unframe(ctx context.Context, b *batch, recs []*kgo.Record) e
 // fields, in parallel.
 func (p *Processor) scan(b *batch) {
 	plan := p.cfg.Plan
-	p.parallel(len(b.orders), func(_ *worker, lo, hi int) {
+	p.parallel(len(b.orders), func(w *worker, lo, hi int) {
 		for i := range b.orders[lo:hi] {
 			o := &b.orders[lo+i]
-			if o.class == "" {
+			switch {
+			case o.class != "":
+			case p.pii != nil:
+				// The PII guard's first look, in the same pass (pii.go).
+				p.pii.scanOrder(p.pii.workerOf(w), o)
+			default:
 				o.head, o.scanErr = plan.Scan(o.value)
 			}
 		}

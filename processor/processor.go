@@ -68,6 +68,10 @@ type Config struct {
 	Metrics *Metrics
 	// Now returns the current time (tests may replace it).
 	Now func() time.Time
+	// PII configures the guard against identifying data inside the
+	// fields a system keeps (pii.go); each system's mode is its policy's
+	// PII. A zero PIIConfig turns the guard off.
+	PII PIIConfig
 	// Failpoint, if set, is called at named points of a batch, for crash
 	// tests. Order lane: "after-resolve" (new keys committed),
 	// "before-commit" (guard held, before EndTxn), "after-commit" (EndTxn
@@ -101,6 +105,9 @@ type Processor struct {
 	// forgetsSeeded is set once the forget lane's group has offsets (see
 	// seedForgetGroup); only the forget lane touches it.
 	forgetsSeeded bool
+
+	// pii is the PII guard; nil: off for every system.
+	pii *piiGuard
 
 	// workers is the number of goroutines that derive and project the
 	// events of a batch (GOMAXPROCS); work are their states.
@@ -144,6 +151,9 @@ type Stats struct {
 	// Objected counts outputs not sent because the subject objects.
 	Objected   int
 	StoreCalls int
+	// PIIFindings counts the PII guard's findings (one per event, system,
+	// field and kind), PIIDropped the outputs it dropped.
+	PIIFindings, PIIDropped int
 }
 
 // New validates cfg and returns a Processor. It connects to nothing.
@@ -203,6 +213,11 @@ func New(cfg Config) (*Processor, error) {
 		p.batchMax = int(cfg.ProducerBatchMaxBytes)
 	}
 	p.cache.systems = p.systems
+	g, err := newPIIGuard(cfg.PII, cfg.Plan, cfg.Policies)
+	if err != nil {
+		return nil, err
+	}
+	p.pii = g
 	for i, sys := range p.systems {
 		p.topics = append(p.topics, cfg.Topics.PseudoPrefix+sys)
 		allowed := map[string]bool{}

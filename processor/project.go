@@ -18,6 +18,7 @@ type worker struct {
 	pk    pseudonym.Key // the prepared key of the event being projected
 	arena []byte
 	hdrs  []kgo.RecordHeader
+	pii   *piiWorker // the PII guard's state, if the guard is on
 }
 
 // minShare is the least number of events worth a goroutine of their own.
@@ -28,6 +29,18 @@ const minShare = 256
 // hands each chunk's records to the client in input order as soon as it
 // and every chunk before it are complete.
 func (p *Processor) project(b *batch) error {
+	n := max(min(p.workers, len(b.orders)/minShare), 1)
+	if err := p.projectChunks(b); err != nil {
+		return err
+	}
+	if p.pii != nil {
+		p.collectPII(b, p.work[:n])
+	}
+	return nil
+}
+
+// projectChunks is project without the PII guard's collection.
+func (p *Processor) projectChunks(b *batch) error {
 	// The Wire is used by one goroutine at a time: take the prefixes here.
 	b.prefix = b.prefix[:0]
 	for sys := range p.systems {
@@ -38,6 +51,9 @@ func (p *Processor) project(b *batch) error {
 	p.grow(n)
 	for _, w := range p.work[:n] {
 		w.arena, w.hdrs = w.arena[:0], w.hdrs[:0]
+		if p.pii != nil {
+			p.pii.reset(w)
+		}
 	}
 	nch := (len(b.orders) + minShare - 1) / minShare
 	bounds := func(c int) (lo, hi int) { return c * minShare, min((c+1)*minShare, len(b.orders)) }
@@ -148,11 +164,34 @@ func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 		if o.objected {
 			objecting, _ = s.objection(o.head.OccurredAt)
 		}
+		found := false
+		if p.pii != nil && o.piiFound {
+			var err error
+			if found, err = p.pii.check(w.pii, o); err != nil {
+				w.pk.Wipe()
+				return err
+			}
+		}
 		for sys, topic := range p.topics {
 			if o.objected && objecting.sys[sys] {
 				b.recs[o.slot+sys] = kgo.Record{} // not handed over (batch.handOver)
 				continue
 			}
+			value, head := o.value, &o.head
+			if found {
+				drop, redacted, h, err := p.pii.decide(w.pii, o, sys)
+				switch {
+				case err != nil:
+					w.pk.Wipe()
+					return fmt.Errorf("project for system %s: %w", p.systems[sys], err)
+				case drop:
+					b.recs[o.slot+sys] = kgo.Record{} // not handed over (batch.handOver)
+					continue
+				case redacted != nil:
+					value, head = redacted, &h
+				}
+			}
+
 			// The record key, the customer's pseudonym, goes first; the
 			// value repeats it as customer_id.
 			start := len(w.arena)
@@ -161,7 +200,7 @@ func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 			vstart := len(w.arena)
 			w.arena = append(w.arena, b.prefix[sys]...)
 			var err error
-			w.arena, err = plan.ProjectHead(w.arena, sys, o.value, &o.head, pk, key, w.d)
+			w.arena, err = plan.ProjectHead(w.arena, sys, value, head, pk, key, w.d)
 			if err != nil {
 				w.pk.Wipe()
 				// Scan accepted the record, so this is a defect, not bad input.
@@ -174,6 +213,9 @@ func (p *Processor) projectShare(w *worker, b *batch, orders []order) error {
 				Headers:   w.allowedHeaders(p.headers[sys], o.rec.Headers),
 				Timestamp: plan.RecordTime(sys, o.head.OccurredAt, b.start),
 			}
+		}
+		if found {
+			w.pii.sampled(o.rec)
 		}
 	}
 	w.pk.Wipe()

@@ -11,7 +11,7 @@ import (
 )
 
 // EnsureTopics creates the topics the processor writes (outputs,
-// confirmations, dead letters) when they are missing, with the partition
+// confirmations, dead letters, the PII quarantine) when they are missing, with the partition
 // count of the orders topic (or 1) and the broker's default replication.
 // The objections topic, an input, is created too when missing, compacted
 // (cleanup.policy=compact: one state per subject); the other input topics
@@ -30,6 +30,9 @@ func (p *Processor) EnsureTopics(ctx context.Context, adm *kadm.Client) error {
 	want := append([]string{p.cfg.Topics.Forgotten, p.cfg.Topics.OrdersDeadLetter, p.cfg.Topics.ForgetDeadLetter}, p.topics...)
 	if p.cfg.Topics.Objections != "" {
 		want = append(want, p.cfg.Topics.ObjectionsApplied, p.cfg.Topics.ObjectionsDeadLetter)
+	}
+	if p.pii != nil && p.pii.quarantine != "" {
+		want = append(want, p.pii.quarantine)
 	}
 	createTime := "CreateTime"
 	resp, err := adm.CreateTopics(ctx, partitions, -1, map[string]*string{"message.timestamp.type": &createTime}, want...)

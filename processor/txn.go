@@ -236,13 +236,18 @@ func (p *Processor) committed(b *batch, now time.Time) {
 	for _, d := range b.dlq {
 		p.m.DeadLetters.WithLabelValues(d.topic, d.class).Inc()
 	}
+	dropped := p.committedPII(b)
 	if b.emitted > 0 {
 		for i, sys := range p.systems {
 			objected := 0
 			if i < len(b.objected) {
 				objected = b.objected[i]
 			}
-			p.m.RecordsOut.WithLabelValues(sys).Add(float64(b.emitted - objected))
+			n := b.emitted - objected
+			if i < len(b.piiDropped) {
+				n -= b.piiDropped[i]
+			}
+			p.m.RecordsOut.WithLabelValues(sys).Add(float64(n))
 			if objected > 0 {
 				p.m.ObjectedEvents.WithLabelValues(sys).Add(float64(objected))
 			}
@@ -255,7 +260,9 @@ func (p *Processor) committed(b *batch, now time.Time) {
 		s.ForgetsIn += b.stats.ForgetsIn
 		s.ObjectionsIn += b.stats.ObjectionsIn
 		s.Objected += b.stats.Objected
-		s.Out += b.stats.Out
+		s.Out += b.stats.Out - dropped
+		s.PIIDropped += dropped
+		s.PIIFindings += len(b.pii)
 		s.DeadLetters += b.stats.DeadLetters
 		s.Suppressed += b.stats.Suppressed
 	})

@@ -16,6 +16,7 @@ import (
 
 	"github.com/hygiene/pseudonymizer/internal/config"
 	"github.com/hygiene/pseudonymizer/internal/linkability"
+	"github.com/hygiene/pseudonymizer/processor"
 )
 
 // checkTimeout bounds each network check of --check-config.
@@ -27,7 +28,7 @@ const checkTimeout = 10 * time.Second
 // registry and the brokers and topics, and writes nothing anywhere: no
 // table, file, index key, data key, schema or topic is created.
 func checkConfig(ctx context.Context, cfg config.Config, log *slog.Logger, stdout io.Writer) error {
-	_, plan, err := compilePlan(&cfg)
+	pols, plan, err := compilePlan(&cfg)
 	if err != nil {
 		return err
 	}
@@ -38,6 +39,16 @@ func checkConfig(ctx context.Context, cfg config.Config, log *slog.Logger, stdou
 	}
 	for _, w := range linkability.ConfigWarnings(plan) {
 		fmt.Fprintln(stdout, "warning:", w)
+	}
+	piiCfg, err := cfg.PIIConfig()
+	if err != nil {
+		return err
+	}
+	if err := processor.CheckPII(piiCfg, plan, pols); err != nil {
+		return err
+	}
+	for _, w := range processor.PIIWarnings(plan, pols) {
+		fmt.Fprintf(stdout, "warning: %s\n", w)
 	}
 	kr, kmsState, err := loadKeys(ctx, cfg, keysReadOnly)
 	if err != nil {
@@ -104,6 +115,9 @@ func checkTopics(ctx context.Context, kopts []kgo.Opt, cfg config.Config, output
 	inputs := []string{cfg.Topics.Orders, cfg.Topics.Forget}
 	written := append([]string{cfg.Topics.Forgotten, cfg.Topics.OrdersDeadLetter, cfg.Topics.ForgetDeadLetter,
 		cfg.Topics.Objections, cfg.Topics.ObjectionsApplied, cfg.Topics.ObjectionsDeadLetter}, outputs...)
+	if cfg.PII.QuarantineTopic != "" {
+		written = append(written, cfg.PII.QuarantineTopic)
+	}
 	td, err := adm.ListTopics(cctx, append(slices.Clone(inputs), written...)...)
 	if err != nil {
 		return "", fmt.Errorf("kafka: list topics: %w", err)

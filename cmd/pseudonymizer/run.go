@@ -114,6 +114,11 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		st.Close()
 		return nil, err
 	}
+	piiCfg, err := cfg.PIIConfig()
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	proc, err := processor.New(processor.Config{
 		Topics:                processor.Topics(cfg.Topics),
 		Policies:              pols,
@@ -134,6 +139,7 @@ func newService(ctx context.Context, cfg config.Config, log *slog.Logger) (*serv
 		Logger:                log.With("component", "processor"),
 		Metrics:               metrics,
 		Failpoint:             failpointFromEnv(log),
+		PII:                   piiCfg,
 	})
 	if err != nil {
 		st.Close()

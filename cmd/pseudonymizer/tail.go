@@ -267,6 +267,7 @@ func tailRecord(ctx context.Context, dec *outputDecoder, r *kgo.Record) tailLine
 			line.Error = err.Error()
 		} else {
 			line.Value = unwrapUnions(v)
+			line.Redactions = redactions(nil, line.Value, "")
 		}
 	}
 	return line
@@ -283,7 +284,49 @@ type tailLine struct {
 	// Headers are the record's headers (those a policy allows, or an
 	// erasure notice's requested_at), if any.
 	Headers map[string]string `json:"headers,omitempty"`
-	Error   string            `json:"error,omitempty"`
+	// Redactions lists where the PII guard redacted identifying data in
+	// the value, as "<path>: <kind>" (items[0].sku: phone).
+	Redactions []string `json:"redactions,omitempty"`
+	Error      string   `json:"error,omitempty"`
+}
+
+// redactions appends the PII guard's redactions ([redacted:<kind>]) in the
+// decoded value v at path to dst.
+func redactions(dst []string, v any, path string) []string {
+	switch t := v.(type) {
+	case string:
+		for rest := t; ; {
+			i := strings.Index(rest, "[redacted:")
+			if i < 0 {
+				break
+			}
+			rest = rest[i+len("[redacted:"):]
+			j := strings.IndexByte(rest, ']')
+			if j < 0 {
+				break
+			}
+			dst = append(dst, path+": "+rest[:j])
+			rest = rest[j+1:]
+		}
+	case map[string]any:
+		keys := make([]string, 0, len(t))
+		for k := range t {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			p := k
+			if path != "" {
+				p = path + "." + k
+			}
+			dst = redactions(dst, t[k], p)
+		}
+	case []any:
+		for i, e := range t {
+			dst = redactions(dst, e, fmt.Sprintf("%s[%d]", path, i))
+		}
+	}
+	return dst
 }
 
 // requireTopics fails with one line naming the topics that do not exist.

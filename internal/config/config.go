@@ -28,6 +28,7 @@ type Config struct {
 	Processing     Processing               `yaml:"processing"`
 	SchemaRegistry SchemaRegistry           `yaml:"schema_registry"`
 	Systems        map[string]policy.Policy `yaml:"systems"`
+	PII            PII                      `yaml:"pii"`
 }
 
 // Kafka configures the Kafka client.

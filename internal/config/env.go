@@ -149,6 +149,9 @@ func setFromString(fv reflect.Value, raw string) error {
 		}
 		fv.SetInt(n)
 	case reflect.Slice:
+		if fv.Type().Elem().Kind() != reflect.String {
+			return fmt.Errorf("cannot be set from the environment")
+		}
 		var parts []string
 		for _, p := range strings.Split(raw, ",") {
 			if p = strings.TrimSpace(p); p != "" {

@@ -76,6 +76,9 @@ func (c *Config) Validate() error {
 	if err := c.validateLookup(); err != nil {
 		return err
 	}
+	if err := c.validatePII(); err != nil {
+		return err
+	}
 	switch strings.ToUpper(c.Kafka.SASL.Mechanism) {
 	case "", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
 	default:
@@ -110,6 +113,9 @@ func (c *Config) validateTopics() error {
 		{"topics.objections", c.Topics.Objections},
 		{"topics.objections_applied", c.Topics.ObjectionsApplied},
 		{"topics.objections_dead_letter", c.Topics.ObjectionsDeadLetter},
+	}
+	if c.PII.QuarantineTopic != "" {
+		roles = append(roles, role{"pii.quarantine_topic", c.PII.QuarantineTopic})
 	}
 	names := make([]string, 0, len(c.Systems))
 	for n := range c.Systems {

@@ -59,6 +59,11 @@ type Policy struct {
 	// DropRequestedAt leaves the requested_at header off the system's
 	// erasure notices.
 	DropRequestedAt bool `yaml:"drop_requested_at"`
+	// PII is the system's PII guard mode (processor/pii.go): "redact"
+	// (or empty) replaces identifying data found inside kept strings by
+	// [redacted:<kind>], "drop" withholds such events from the system,
+	// "off" scans nothing. It does not change the system's schema.
+	PII string `yaml:"pii"`
 }
 
 // Field names the top-level input fields a Plan relies on.
