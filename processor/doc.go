@@ -100,6 +100,8 @@
 // # Files
 //
 //	processor.go   Config, New, Stats, readiness
+//	defaults.go    Topics, the defaults of Config (internal/config starts from them)
+//	keystore.go    KeyStore: the store calls the lanes make (store.KeyStore satisfies it)
 //	session.go     Run: the store baseline, the two lanes, one transactional session after another, backoff
 //	txn.go         an order batch's transaction: begin, hand over, flush, guarded commit, abort
 //	batch.go       a batch's buffers (one per lane) and the contract's bounds
