@@ -111,42 +111,55 @@ func (p *Processor) forgets(ctx context.Context, b *batch, recs []*kgo.Record) e
 	return nil
 }
 
-// forgetIsolating carries out reqs and fills results, one per request.
-// A request that the store refuses for its data (store.ErrRejected: not an
+// forgetIsolating carries out reqs with Store.Forget and fills results,
+// one per request, isolating the requests the store refuses for their data
+// (see isolating). Forget is atomic per call and idempotent per request
+// ID, so a refused call changed nothing, and a request carried out by an
+// earlier, refused attempt of this batch's retry is confirmed with the
+// same status.
+func (p *Processor) forgetIsolating(ctx context.Context, reqs []store.ForgetRequest, results []store.ForgetResult, refused []error) error {
+	return isolating(ctx, reqs, results, refused, "forget", func(ctx context.Context, reqs []store.ForgetRequest) ([]store.ForgetResult, error) {
+		t := time.Now()
+		res, err := p.cfg.Store.Forget(ctx, reqs)
+		p.storeCall("forget", t, err)
+		if d := time.Since(t); d > slowForget {
+			p.log.Warn("store forget was slow; the key store waited for a lost guard's transaction to end, or is overloaded",
+				"took", d.Round(time.Millisecond), "requests", len(reqs))
+		}
+		if err == nil && len(res) != len(reqs) {
+			wipeResultKeys(res)
+			return nil, fmt.Errorf("store forget: %d results for %d requests", len(res), len(reqs))
+		}
+		return res, err
+	})
+}
+
+// isolating carries out reqs with call (a store call that is atomic per
+// call and idempotent per request) and fills results, one per request. A
+// request that the store refuses for its data (store.ErrRejected: not an
 // outage, retrying cannot help) is isolated by halving the calls that
 // fail, and its error is put in refused instead: k such requests among n
 // cost about 2k·log2(n) more calls, and only in a batch that has them.
-// Forget is atomic per call and idempotent per request ID, so a refused
-// call changed nothing, and a request carried out by an earlier, refused
-// attempt of this batch's retry is confirmed with the same status. Any
-// other error aborts the batch.
-func (p *Processor) forgetIsolating(ctx context.Context, reqs []store.ForgetRequest, results []store.ForgetResult, refused []error) error {
-	t := time.Now()
-	res, err := p.cfg.Store.Forget(ctx, reqs)
-	p.storeCall("forget", t, err)
-	if d := time.Since(t); d > slowForget {
-		p.log.Warn("store forget was slow; the key store waited for a lost guard's transaction to end, or is overloaded",
-			"took", d.Round(time.Millisecond), "requests", len(reqs))
-	}
+// Any other error aborts the batch: a lane never stops for good on one
+// record. call must return one result per request when it returns no
+// error.
+func isolating[Q, R any](ctx context.Context, reqs []Q, results []R, refused []error, what string, call func(context.Context, []Q) ([]R, error)) error {
+	res, err := call(ctx, reqs)
 	switch {
 	case err == nil:
-		if len(res) != len(reqs) {
-			wipeResultKeys(res)
-			return fmt.Errorf("store forget: %d results for %d requests", len(res), len(reqs))
-		}
 		copy(results, res)
 		return nil
 	case !errors.Is(err, store.ErrRejected):
-		return fmt.Errorf("store forget: %w", err)
+		return fmt.Errorf("store %s: %w", what, err)
 	case len(reqs) == 1:
 		refused[0] = err
 		return nil
 	}
 	mid := len(reqs) / 2
-	if err := p.forgetIsolating(ctx, reqs[:mid], results[:mid], refused[:mid]); err != nil {
+	if err := isolating(ctx, reqs[:mid], results[:mid], refused[:mid], what, call); err != nil {
 		return err
 	}
-	return p.forgetIsolating(ctx, reqs[mid:], results[mid:], refused[mid:])
+	return isolating(ctx, reqs[mid:], results[mid:], refused[mid:], what, call)
 }
 
 // dropRefused dead-letters the requests that the store refused (class

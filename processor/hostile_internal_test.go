@@ -23,7 +23,17 @@ import (
 // call with an ID that contains "poison", and counts the calls.
 type refusingStore struct {
 	store.KeyStore
-	forgets, resolves int
+	forgets, resolves, objects int
+}
+
+func (s *refusingStore) Object(ctx context.Context, reqs []store.ObjectionRequest) ([]store.ObjectionResult, error) {
+	s.objects++
+	for _, r := range reqs {
+		if strings.Contains(r.RequestID, "poison") || strings.Contains(r.SubjectID, "poison") {
+			return nil, errPoison
+		}
+	}
+	return s.KeyStore.Object(ctx, reqs)
 }
 
 var errPoison = fmt.Errorf("fake: forget: %w (SQLSTATE 22021)", store.ErrRejected)
@@ -125,6 +135,47 @@ func TestForgetStoreRefusalIsIsolated(t *testing.T) {
 	}
 	if !p.storeOK.Load() {
 		t.Errorf("the store is marked unreachable after refusing a request's data")
+	}
+}
+
+// TestObjectionStoreRefusalIsIsolated: an objection state that the store
+// refuses for its data is dead-lettered as rejected, and the other states
+// of its batch are recorded and confirmed: the forget lane never stops for
+// good on one record.
+func TestObjectionStoreRefusalIsIsolated(t *testing.T) {
+	p, st := newRefusingProcessor(t)
+	var recs []*kgo.Record
+	for i := range 8 {
+		id := fmt.Sprintf("obj-%d", i)
+		if i == 1 || i == 5 {
+			id = fmt.Sprintf("poison-%d", i)
+		}
+		subject := fmt.Sprintf("cust-%d", i)
+		v, err := schema.MarshalObjectionState(&schema.ObjectionState{SubjectID: subject, RequestID: id, EffectiveAt: time.Now(), Systems: []string{"meta"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, &kgo.Record{Topic: p.cfg.Topics.Objections, Key: []byte(subject), Value: v, Offset: int64(i)})
+	}
+	b := &p.fb
+	b.reset()
+	if err := p.objections(context.Background(), b, recs); err != nil {
+		t.Fatalf("objections: %v; want the refused states dead-lettered and the batch to go on", err)
+	}
+	confirmed := 0
+	for i := range b.recs {
+		if b.recs[i].Topic == p.cfg.Topics.ObjectionsApplied {
+			confirmed++
+		}
+	}
+	if confirmed != 6 {
+		t.Errorf("%d confirmations, want 6", confirmed)
+	}
+	if got := deadLetters(b, p.cfg.Topics.ObjectionsDeadLetter); len(got) != 2 || got["1"] != schema.ClassRejected || got["5"] != schema.ClassRejected {
+		t.Errorf("objection dead letters by offset %v, want offsets 1 and 5 as %s", got, schema.ClassRejected)
+	}
+	if st.objects > 11 {
+		t.Errorf("%d Object calls to isolate 2 of 8 states, want at most 11", st.objects)
 	}
 }
 

@@ -113,28 +113,41 @@ func (p *Processor) objections(ctx context.Context, b *batch, recs []*kgo.Record
 	if err != nil || len(reqs) == 0 {
 		return err
 	}
-	t := time.Now()
-	results, err := p.cfg.Store.Object(ctx, reqs)
-	p.storeCall("object", t, err)
-	if err != nil {
-		return fmt.Errorf("store object: %w", err)
-	}
+	results := make([]store.ObjectionResult, len(reqs))
 	defer func() {
 		for i := range results {
 			clear(results[i].Key)
 		}
 	}()
-	if d := time.Since(t); d > slowForget {
-		p.log.Warn("store object was slow; the key store waited for a lost guard's transaction to end, or is overloaded",
-			"took", d.Round(time.Millisecond), "states", len(reqs))
+	refused := make([]error, len(reqs))
+	err = isolating(ctx, reqs, results, refused, "object", func(ctx context.Context, reqs []store.ObjectionRequest) ([]store.ObjectionResult, error) {
+		t := time.Now()
+		res, err := p.cfg.Store.Object(ctx, reqs)
+		p.storeCall("object", t, err)
+		if d := time.Since(t); d > slowForget {
+			p.log.Warn("store object was slow; the key store waited for a lost guard's transaction to end, or is overloaded",
+				"took", d.Round(time.Millisecond), "states", len(reqs))
+		}
+		if err == nil && len(res) != len(reqs) {
+			for i := range res {
+				clear(res[i].Key)
+			}
+			return nil, fmt.Errorf("store object: %d results for %d states", len(res), len(reqs))
+		}
+		return res, err
+	})
+	if err != nil {
+		return err
 	}
 	p.failpoint("after-object")
-	if len(results) != len(reqs) {
-		return fmt.Errorf("store object: %d results for %d states", len(results), len(reqs))
-	}
 	dlq := p.cfg.Topics.ObjectionsDeadLetter
 	derived := false
 	for i, req := range reqs {
+		if refused[i] != nil {
+			p.deadLetter(b, dlq, valid[i], schema.ClassRejected, refusedReason(refused[i]))
+			p.log.Warn("objection state dead-lettered: the key store refused its data", "partition", valid[i].Partition, "offset", valid[i].Offset, "err", refused[i])
+			continue
+		}
 		res := results[i]
 		if p.takeTooLarge(valid[i]) {
 			p.deadLetter(b, dlq, valid[i], schema.ClassTooLarge, "the objection state was recorded, but its confirmation exceeds the message size limit of the confirmation topic")
