@@ -157,11 +157,11 @@ type bench struct {
 
 // benchResult is one pipeline's measurements.
 type benchResult struct {
-	name, label   string
-	wall, startup time.Duration
-	rate          float64
-	rssKiB        int64
-	cpu           time.Duration
+	name, kind, label string
+	wall, startup     time.Duration
+	rate              float64
+	rssKiB            int64
+	cpu               time.Duration
 	// selfCPU is the bench process's CPU during the run (with the
 	// embedded broker: mostly kfake's), pgCPU PostgreSQL's and kafkaCPU a
 	// local Kafka broker's (-1 unknown or none).
@@ -308,7 +308,7 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 	}
 	var results []*benchResult
 	for _, p := range benchPipelines {
-		r := &benchResult{name: p.name, label: p.label, pseudonymizer: p.kind == "pg" || p.kind == "embedded"}
+		r := &benchResult{name: p.name, kind: p.kind, label: p.label, pseudonymizer: p.kind == "pg" || p.kind == "embedded"}
 		results = append(results, r)
 		if !want[p.kind] {
 			r.skipped = "skipped"
@@ -588,7 +588,13 @@ func (b *bench) progress(ctx context.Context, outputs []string, group string, tx
 
 func (b *bench) table(w io.Writer, results []*benchResult) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "pipeline\tevents/s\twall\tfirst output\tpeak RSS\tCPU\tµs CPU/event\tbench CPU\tKafka CPU\tPostgreSQL CPU\tbatches\tstore calls/batch\t")
+	copyCPU := -1.0 // the transactional copy's CPU per event, µs
+	for _, r := range results {
+		if r.name == "b" && r.skipped == "" && r.error == "" {
+			copyCPU = perEvent(r.cpu, b.events)
+		}
+	}
+	fmt.Fprintln(tw, "pipeline\tevents/s\twall\tfirst output\tpeak RSS\tCPU\tµs CPU/event\tbench CPU\tKafka CPU\tPostgreSQL CPU\tµs PostgreSQL/event\tefficiency\tbatches\tstore calls/batch\t")
 	for _, r := range results {
 		if r.skipped != "" || r.error != "" {
 			fmt.Fprintf(tw, "%s %s\t%s\t\t\t\t\t\t\t\t\t\n", r.name, r.label, orDefault(r.skipped, "failed"))
@@ -599,17 +605,25 @@ func (b *bench) table(w io.Writer, results []*benchResult) {
 			batches = fmt.Sprint(r.stats.Batches)
 			calls = fmt.Sprintf("%.2f", float64(r.stats.StoreCalls)/float64(r.stats.Batches))
 		}
-		pg, kafka := "-", "-"
+		pg, pgEvent, kafka, eff := "-", "-", "-", "-"
+		var pgUS float64 // PostgreSQL's CPU per event, charged to pipelines that use it
 		if r.pgCPU >= 0 && r.pseudonymizer {
 			pg = r.pgCPU.Round(10 * time.Millisecond).String()
+			if r.kind == "pg" {
+				pgUS = perEvent(r.pgCPU, b.events)
+				pgEvent = fmt.Sprintf("%.2f", pgUS)
+			}
 		}
 		if r.kafkaCPU >= 0 {
 			kafka = r.kafkaCPU.Round(10 * time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s %s\t%.0f\t%s\t%s\t%.0f MiB\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t\n", r.name, r.label, r.rate,
+		if e := efficiency(copyCPU, perEvent(r.cpu, b.events), pgUS); r.pseudonymizer && e > 0 {
+			eff = fmt.Sprintf("%.2f", e)
+		}
+		fmt.Fprintf(tw, "%s %s\t%.0f\t%s\t%s\t%.0f MiB\t%s\t%.2f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.name, r.label, r.rate,
 			r.wall.Round(time.Millisecond), r.startup.Round(time.Millisecond), float64(r.rssKiB)/1024,
-			r.cpu.Round(10*time.Millisecond), float64(r.cpu.Microseconds())/float64(b.events),
-			r.selfCPU.Round(10*time.Millisecond), kafka, pg, batches, calls)
+			r.cpu.Round(10*time.Millisecond), perEvent(r.cpu, b.events),
+			r.selfCPU.Round(10*time.Millisecond), kafka, pg, pgEvent, eff, batches, calls)
 	}
 	tw.Flush()
 	by := map[string]*benchResult{}
@@ -628,12 +642,31 @@ func (b *bench) table(w io.Writer, results []*benchResult) {
 		fmt.Fprintf(w, "\nthroughput ratios (warm store): %s\n", strings.Join(ratios, "  "))
 	}
 	fmt.Fprintln(w, "cold: every customer new, keys created in the store; warm: same store, new process (empty cache), new group.")
+	fmt.Fprintln(w, "efficiency: b's CPU per event / (the pipeline's CPU per event + PostgreSQL's during its run); CPU is user+system of the pipeline's process, start to finish.")
 	for _, r := range results {
 		if f := r.forgets; f != nil {
 			fmt.Fprintf(w, "forget latency during %s (%d/s, produce to readable confirmation): n=%d p50=%s p99=%s max=%s unconfirmed=%d\n",
 				r.name, b.forgetRate, f.n, f.p50.Round(time.Millisecond), f.p99.Round(time.Millisecond), f.max.Round(time.Millisecond), f.unconfirmed)
 		}
 	}
+}
+
+// perEvent is d spread over n events, in microseconds.
+func perEvent(d time.Duration, n int) float64 {
+	if n <= 0 {
+		return 0
+	}
+	return float64(d.Nanoseconds()) / 1e3 / float64(n)
+}
+
+// efficiency is the issue-29 measure: the transactional copy's CPU per
+// event over the pipeline's own plus PostgreSQL's; 0 when either side is
+// unknown.
+func efficiency(copyUS, oursUS, pgUS float64) float64 {
+	if copyUS <= 0 || oursUS <= 0 || pgUS < 0 {
+		return 0
+	}
+	return copyUS / (oursUS + pgUS)
 }
 
 // setting formats a bench setting: "default" below min.

@@ -151,3 +151,32 @@ func TestProcessingSettings(t *testing.T) {
 		t.Errorf("setting(0, 0) = %q", got)
 	}
 }
+
+// TestTableEfficiency: the table charges PostgreSQL's CPU to the PostgreSQL
+// pipelines only and divides the transactional copy's CPU per event by the
+// pipeline's own plus PostgreSQL's.
+func TestTableEfficiency(t *testing.T) {
+	b := &bench{events: 1000}
+	results := []*benchResult{
+		{name: "b", kind: "txcopy", label: "txcopy", cpu: 4 * time.Millisecond, pgCPU: 50 * time.Millisecond, kafkaCPU: -1, rate: 1},
+		{name: "c", kind: "pg", label: "pg", cpu: 6 * time.Millisecond, pgCPU: 2 * time.Millisecond, kafkaCPU: -1, rate: 1, pseudonymizer: true},
+		{name: "d", kind: "embedded", label: "embedded", cpu: 5 * time.Millisecond, pgCPU: 9 * time.Millisecond, kafkaCPU: -1, rate: 1, pseudonymizer: true},
+	}
+	var out bytes.Buffer
+	b.table(&out, results)
+	fields := map[string][]string{}
+	for _, line := range strings.Split(out.String(), "\n") {
+		if f := strings.Fields(line); len(f) > 0 {
+			fields[f[0]] = f
+		}
+	}
+	// c: 4 µs / (6 µs + 2 µs); d: 4 µs / 5 µs, PostgreSQL's CPU not charged.
+	want := map[string][2]string{"b": {"-", "-"}, "c": {"2.00", "0.50"}, "d": {"-", "0.80"}}
+	for name, w := range want {
+		f := fields[name]
+		// The last four columns: µs PostgreSQL/event, efficiency, batches, calls.
+		if len(f) < 4 || f[len(f)-4] != w[0] || f[len(f)-3] != w[1] {
+			t.Errorf("pipeline %s: row %q, want PostgreSQL/event %s and efficiency %s", name, strings.Join(f, " "), w[0], w[1])
+		}
+	}
+}
