@@ -97,3 +97,79 @@ func BenchmarkHasherHash(b *testing.B) {
 		h.Hash("cust-123456")
 	}
 }
+
+// TestNewWrappedKeys: every wrapped key unwraps under its own binding (and
+// not under another's), the keys differ, and the wrapped keys do not share
+// capacity (appending to one leaves the next intact).
+func TestNewWrappedKeys(t *testing.T) {
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	bindings := make([][]byte, 5)
+	for i := range bindings {
+		var h store.SubjectHash
+		h[0] = byte(i + 1)
+		bindings[i] = h[:]
+	}
+	wrapped, err := kr.NewWrappedKeys(store.PurposeSubjectKey, bindings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(wrapped) != len(bindings) {
+		t.Fatalf("got %d wrapped keys, want %d", len(wrapped), len(bindings))
+	}
+	seen := map[string]bool{}
+	for i, w := range wrapped {
+		if len(w) != store.WrappedSize || cap(w) != store.WrappedSize {
+			t.Fatalf("wrapped key %d: len %d cap %d, want %d", i, len(w), cap(w), store.WrappedSize)
+		}
+		if id, ok := store.WrappedBy(w); !ok || id != kr.ActiveID() {
+			t.Errorf("wrapped key %d: not wrapped by the active KEK", i)
+		}
+		key, err := kr.Unwrap(w, store.PurposeSubjectKey, bindings[i])
+		if err != nil {
+			t.Fatalf("unwrap %d: %v", i, err)
+		}
+		if len(key) != store.KeySize || seen[string(key)] {
+			t.Errorf("key %d: wrong size or repeated", i)
+		}
+		seen[string(key)] = true
+		if _, err := kr.Unwrap(w, store.PurposeSubjectKey, bindings[(i+1)%len(bindings)]); err == nil {
+			t.Errorf("wrapped key %d unwraps under another subject's binding", i)
+		}
+	}
+	if w, err := kr.NewWrappedKeys(store.PurposeSubjectKey, nil); err != nil || w != nil {
+		t.Errorf("no bindings: got %v, %v", w, err)
+	}
+}
+
+// BenchmarkNewWrappedKeys compares making and wrapping 1,024 keys one by
+// one (NewKey and Wrap) with NewWrappedKeys.
+func BenchmarkNewWrappedKeys(b *testing.B) {
+	kr := storetest.MustKeyring(b, storetest.MustKEK(b, 1))
+	bindings := make([][]byte, 1024)
+	for i := range bindings {
+		bindings[i] = bytes.Repeat([]byte{byte(i)}, 32)
+	}
+	b.Run("each", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, bd := range bindings {
+				key, err := store.NewKey()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := kr.Wrap(key, store.PurposeSubjectKey, bd); err != nil {
+					b.Fatal(err)
+				}
+				clear(key)
+			}
+		}
+	})
+	b.Run("batch", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := kr.NewWrappedKeys(store.PurposeSubjectKey, bindings); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -64,20 +64,24 @@ func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.En
 	})
 	if err == nil && len(need) > 0 {
 		now := time.Now()
+		// Keys for every subject that needed one when read; the update
+		// re-checks each under the write lock and leaves a key unused when
+		// another writer got there first.
+		bindings := make([][]byte, len(need))
+		for i := range need {
+			bindings[i] = need[i][:]
+		}
+		var fresh [][]byte
+		fresh, err = s.kr.NewWrappedKeys(store.PurposeSubjectKey, bindings)
+		if err != nil {
+			return nil, fmt.Errorf("embedded: resolve: %w", err)
+		}
 		err = s.db.Update(func(tx *bolt.Tx) error {
 			keys := tx.Bucket(bucketKeys)
-			for _, h := range need {
+			for i, h := range need {
 				st := readState(tx, h)
 				if needs(h, st) {
-					key, err := store.NewKey()
-					if err != nil {
-						return err
-					}
-					w, err := s.kr.Wrap(key, store.PurposeSubjectKey, h[:])
-					clear(key)
-					if err != nil {
-						return err
-					}
+					w := fresh[i]
 					if err := keys.Put(h[:], w); err != nil {
 						return err
 					}

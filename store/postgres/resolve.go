@@ -181,19 +181,12 @@ func (s *Store) createKeys(ctx context.Context, conn *pgx.Conn, need [][]byte, l
 	if len(need) == 0 {
 		return nil
 	}
-	wrapped := make([][]byte, len(need))
+	wrapped, err := s.kr.NewWrappedKeys(store.PurposeSubjectKey, need)
+	if err != nil {
+		return err
+	}
 	needLatest := make([]time.Time, len(need))
 	for i, hb := range need {
-		key, err := store.NewKey()
-		if err != nil {
-			return err
-		}
-		w, err := s.kr.Wrap(key, store.PurposeSubjectKey, hb)
-		clear(key)
-		if err != nil {
-			return err
-		}
-		wrapped[i] = w
 		needLatest[i] = latest[store.SubjectHash(hb)]
 	}
 	created := make(map[store.SubjectHash]bool, len(need))
