@@ -2,6 +2,8 @@ package lookup
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,7 +44,7 @@ type answer struct {
 // subject is a cached subject: its prepared key (if it has one), its
 // newest tombstone and its objection state (if it objects to any system).
 type subject struct {
-	id          string
+	id          idDigest
 	hash        store.SubjectHash
 	hasKey      bool
 	pk          pseudonym.Key
@@ -67,22 +69,48 @@ func (s *subject) needsKey(ms int64) bool {
 	return !s.hasKey && (!s.forgotten || ms > s.forgottenMs)
 }
 
-// cache holds subjects by raw ID, bounded; it is used by the batcher's
-// goroutine only. Replaced and evicted subjects are wiped at the end of
+// idDigest is a keyed digest of a customer ID: the cache's key, so that
+// it keeps no raw IDs and an entry's size does not depend on the ID's
+// length.
+type idDigest [16]byte
+
+// digester computes idDigests under a random per-process secret.
+type digester struct{ secret [32]byte }
+
+func newDigester() *digester {
+	var d digester
+	if _, err := rand.Read(d.secret[:]); err != nil {
+		panic("lookup: crypto/rand failed: " + err.Error())
+	}
+	return &d
+}
+
+func (d *digester) digest(id string) idDigest {
+	h := sha256.New()
+	h.Write(d.secret[:])
+	h.Write([]byte(id))
+	var out idDigest
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+// cache holds subjects by a keyed digest of their ID, bounded; it is used
+// by the batcher's goroutine only. Replaced and evicted subjects are wiped at the end of
 // the batch that may still use them (retire).
 type cache struct {
 	max     int
-	byID    map[string]*subject
+	ids     *digester
+	byID    map[idDigest]*subject
 	byHash  map[store.SubjectHash]*subject
 	retired []*subject
 }
 
 func newCache(max int) *cache {
-	return &cache{max: max, byID: map[string]*subject{}, byHash: map[store.SubjectHash]*subject{}}
+	return &cache{max: max, ids: newDigester(), byID: map[idDigest]*subject{}, byHash: map[store.SubjectHash]*subject{}}
 }
 
 func (c *cache) get(id string) (*subject, bool) {
-	s, ok := c.byID[id]
+	s, ok := c.byID[c.ids.digest(id)]
 	return s, ok
 }
 
@@ -310,7 +338,7 @@ func (b *batcher) resolve(ctx context.Context, lookups []store.Lookup) ([]*subje
 	out := make([]*subject, len(entries))
 	for j := range entries {
 		e := &entries[j]
-		s := &subject{id: lookups[j].SubjectID, hash: e.Hash}
+		s := &subject{id: b.cache.ids.digest(lookups[j].SubjectID), hash: e.Hash}
 		if e.Key != nil {
 			s.hasKey = true
 			s.pk = b.d.Prepare(e.Key)

@@ -109,7 +109,9 @@
 // above it). Error messages name the member and the rule, never a value;
 // metrics carry token names, configured system names and status codes;
 // nothing logs a customer ID or a value. Keys are cached prepared (the
-// HMAC chaining values), and wiped when evicted, forgotten or at shutdown.
+// HMAC chaining values), by a keyed digest of the customer ID (the cache
+// keeps no raw IDs, so an entry's size does not depend on the ID's
+// length), and wiped when evicted, forgotten or at shutdown.
 //
 // # Files
 //
