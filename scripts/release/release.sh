@@ -93,6 +93,7 @@ cmd_image() {
 	[ -s dist/SHA256SUMS ] || die "no dist/: run make dist first"
 	(cd dist && sha256sum -c --quiet SHA256SUMS) || die "dist/ does not match its SHA256SUMS"
 	command -v docker >/dev/null || die "docker is not installed: the binaries in dist/ are the release; build the image where docker runs (make image VERSION=$version)"
+	docker buildx version >/dev/null 2>&1 || die "docker buildx (BuildKit) is not available: the binaries in dist/ are the release; build the image where docker buildx runs (make image VERSION=$version)"
 	# The image holds dist/'s binary for its platform: the checksummed
 	# bytes, not a second build. rewrite-timestamp sets the layers' file
 	# times to SOURCE_DATE_EPOCH (BuildKit).
