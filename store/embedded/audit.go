@@ -97,10 +97,20 @@ func (s *Store) Subject(ctx context.Context, subjectID string) (store.SubjectSta
 // ForgetLog calls fn for the forget results completed at or after since,
 // in order of completion, from one read transaction.
 func (s *Store) ForgetLog(ctx context.Context, since time.Time, fn func(store.ForgetRecord) error) error {
+	return readLog(ctx, s.db, "forget log", bucketHistory, bucketResults, since, decodeResult,
+		func(r store.ForgetRecord) time.Time { return r.CompletedAt }, fn)
+}
+
+// readLog calls fn, from one read transaction, for the records of a log:
+// history holds keys of an 8-byte time and the record's key in records,
+// in time order; decode reads a record and at is its time. Records before
+// since are skipped.
+func readLog[R any](ctx context.Context, db *bolt.DB, what string, history, records []byte, since time.Time,
+	decode func([]byte) (R, bool), at func(R) time.Time, fn func(R) error) error {
 	var fnErr error
-	err := s.db.View(func(tx *bolt.Tx) error {
-		results := tx.Bucket(bucketResults)
-		c := tx.Bucket(bucketHistory).Cursor()
+	err := db.View(func(tx *bolt.Tx) error {
+		recs := tx.Bucket(records)
+		c := tx.Bucket(history).Cursor()
 		k, _ := c.First()
 		if since.After(time.UnixMilli(0)) {
 			k, _ = c.Seek(putTime(nil, since.Truncate(time.Millisecond)))
@@ -109,8 +119,8 @@ func (s *Store) ForgetLog(ctx context.Context, since time.Time, fn func(store.Fo
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			rec, ok := decodeResult(results.Get(k[8:]))
-			if !ok || rec.CompletedAt.Before(since) {
+			rec, ok := decode(recs.Get(k[8:]))
+			if !ok || at(rec).Before(since) {
 				continue
 			}
 			if fnErr = fn(rec); fnErr != nil {
@@ -123,7 +133,7 @@ func (s *Store) ForgetLog(ctx context.Context, since time.Time, fn func(store.Fo
 		return fnErr
 	}
 	if err != nil {
-		return fmt.Errorf("embedded: forget log: %w", err)
+		return fmt.Errorf("embedded: %s: %w", what, err)
 	}
 	return nil
 }

@@ -239,33 +239,6 @@ func subjectObjection(tx *bolt.Tx, h store.SubjectHash) *store.Objection {
 // ObjectionLog calls fn for the objection state changes carried out at or
 // after since, in order, from one read transaction.
 func (s *Store) ObjectionLog(ctx context.Context, since time.Time, fn func(store.ObjectionRecord) error) error {
-	var fnErr error
-	err := s.db.View(func(tx *bolt.Tx) error {
-		olog := tx.Bucket(bucketObjectionLog)
-		c := tx.Bucket(bucketObjectionHistory).Cursor()
-		k, _ := c.First()
-		if since.After(time.UnixMilli(0)) {
-			k, _ = c.Seek(putTime(nil, since.Truncate(time.Millisecond)))
-		}
-		for ; k != nil; k, _ = c.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			rec, ok := decodeObjectionRecord(olog.Get(k[8:]))
-			if !ok || rec.AppliedAt.Before(since) {
-				continue
-			}
-			if fnErr = fn(rec); fnErr != nil {
-				return fnErr
-			}
-		}
-		return nil
-	})
-	if fnErr != nil {
-		return fnErr
-	}
-	if err != nil {
-		return fmt.Errorf("embedded: objection log: %w", err)
-	}
-	return nil
+	return readLog(ctx, s.db, "objection log", bucketObjectionHistory, bucketObjectionLog, since, decodeObjectionRecord,
+		func(r store.ObjectionRecord) time.Time { return r.AppliedAt }, fn)
 }
