@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -422,6 +423,12 @@ func (b *bench) pipeline(ctx context.Context, kind string, r *benchResult) error
 		cmd = exec.Command(exe, workerCommand, "--mode", kind, "--brokers", strings.Join(b.brokers, ","),
 			"--ns", b.ns, "--prefix", prefix, "--group", group, "--systems", fmt.Sprint(len(b.pols)))
 		cmd.Env = append(os.Environ(), workerEnv+"=1")
+		if b.profile != "" {
+			if err := os.MkdirAll(b.profile, 0o755); err != nil {
+				return err
+			}
+			cmd.Env = append(cmd.Env, workerProfileEnv+"="+filepath.Join(b.profile, r.name+".cpu.pprof"))
+		}
 	}
 	var out, errOut bytes.Buffer
 	cmd.Stdout = &out

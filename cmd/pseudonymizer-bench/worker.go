@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +21,10 @@ import (
 const (
 	workerEnv     = "PSEUDONYMIZER_BENCH_WORKER"
 	workerCommand = "worker"
+	// workerProfileEnv names the file for a copy pipeline's CPU profile
+	// (--profile), so that its profile can be set beside the
+	// pseudonymizer's.
+	workerProfileEnv = "PSEUDONYMIZER_BENCH_WORKER_PROFILE"
 )
 
 // runWorker is one copy pipeline, until SIGTERM.
@@ -44,6 +50,17 @@ func runWorker(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	in := benchTopics(*ns).Orders
 	kopts := []kgo.Opt{kgo.SeedBrokers(strings.Split(*brokers, ",")...)}
+	if path := os.Getenv(workerProfileEnv); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return fmt.Errorf("worker: profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("worker: profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	switch *mode {
 	case "copy":
 		return benchCopy(ctx, kopts, in, *group, outputs)

@@ -59,8 +59,9 @@ type Deriver struct {
 	pad [sha256.BlockSize]byte // a key block
 	num [24]byte
 
-	// crypto/sha256 (with its own hardware acceleration) does the
-	// compressions; the chaining value moves in and out through its binary
+	// On amd64 with the SHA extensions, the compressions are one
+	// assembly call each (sha256_amd64.s). Elsewhere crypto/sha256 does
+	// them, the chaining value moving in and out through its binary
 	// marshaling, which lets HMAC's key blocks be absorbed once per key.
 	h     hash.Hash
 	app   encoding.BinaryAppender
@@ -202,6 +203,15 @@ const marshaledSize = 4 + sha256.Size + sha256.BlockSize + 8
 // compress runs the SHA-256 compression function over the 64-byte blocks
 // of p (len(p) is a multiple of 64), updating the chaining value h.
 func (d *Deriver) compress(h *[8]uint32, p []byte) {
+	if blockFast(h, p) {
+		return
+	}
+	d.compressStd(h, p)
+}
+
+// compressStd is compress through crypto/sha256, for CPUs without the SHA
+// extensions (or builds without assembly).
+func (d *Deriver) compressStd(h *[8]uint32, p []byte) {
 	// crypto/sha256 resumes from a state that has absorbed exactly one
 	// block with chaining value h. d.state keeps the layout between calls:
 	// magic, chaining value, pending block (ignored: none is pending) and
