@@ -11,6 +11,7 @@ import (
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
+	"github.com/hygiene/pseudonymizer/store"
 )
 
 // TestServiceTimesAtPolicyPrecision checks the second clause of P2: the
@@ -19,7 +20,8 @@ import (
 // allows. A system that keeps occurred_at truncated to 1h gets it as the
 // record time, one that keeps it exactly gets it to the millisecond, one
 // that keeps no time gets the batch's start truncated to its time_unit
-// (1d here); notices are truncated likewise, and drop_requested_at leaves
+// (1d here); notices are truncated likewise, those of a forget and those of
+// an objection (requested_at, objected_at), and drop_requested_at leaves
 // the header off. With the produce clock (the default of the Kafka client)
 // the timestamps would be the same millisecond on every topic.
 func TestServiceTimesAtPolicyPrecision(t *testing.T) {
@@ -49,6 +51,8 @@ func TestServiceTimesAtPolicyPrecision(t *testing.T) {
 	e.kc.AwaitCount(t, len(events)*nsys, 30*time.Second, e.outputTopics()...)
 	at := time.Now().Add(-time.Minute).Truncate(time.Millisecond).Add(7 * time.Millisecond)
 	e.produce(t, e.forgetRecord(t, "times-req-1", sample.CustomerID(0), at))
+	oat := time.Now().Add(-30 * time.Minute).Truncate(time.Millisecond).Add(13 * time.Millisecond)
+	e.produce(t, e.objectionRecord(t, "times-obj-1", sample.CustomerID(1), oat, store.AllSystems))
 	outs := e.settled(t, e.outputTopics()...)
 	after := time.Now()
 
@@ -74,13 +78,17 @@ func TestServiceTimesAtPolicyPrecision(t *testing.T) {
 				if ts.UnixMilli()%e.plan.TimeUnit(i).Milliseconds() != 0 || ts.After(after) || ts.Before(before.Add(-e.plan.TimeUnit(i))) {
 					t.Errorf("%s: notice timestamp %v is not the batch start at %v", sys, ts.UTC(), e.plan.TimeUnit(i))
 				}
-				h := kafkatest.Header(r, processor.HeaderRequestedAt)
-				want := e.plan.NoticeTime(i, at).UTC().Format("2006-01-02T15:04:05.000Z07:00")
+				name, when := processor.HeaderRequestedAt, at
+				if len(r.Headers) == 1 && r.Headers[0].Key == processor.HeaderObjectedAt {
+					name, when = processor.HeaderObjectedAt, oat
+				}
+				h := kafkatest.Header(r, name)
+				want := e.plan.NoticeTime(i, when).UTC().Format("2006-01-02T15:04:05.000Z07:00")
 				switch {
 				case sys == "timeless" && len(r.Headers) != 0:
 					t.Errorf("%s: notice headers %v, want none (drop_requested_at)", sys, r.Headers)
 				case sys != "timeless" && h != want:
-					t.Errorf("%s: requested_at %q, want %q", sys, h, want)
+					t.Errorf("%s: %s %q, want %q", sys, name, h, want)
 				}
 				continue
 			}
@@ -91,8 +99,8 @@ func TestServiceTimesAtPolicyPrecision(t *testing.T) {
 				t.Errorf("%s: record timestamp %v is not the batch start truncated to 1d", sys, ts.UTC())
 			}
 		}
-		if len(recs) != len(events)+1 || notices != 1 {
-			t.Errorf("%s: %d records (%d notices), want %d and 1", sys, len(recs), notices, len(events)+1)
+		if len(recs) != len(events)+2 || notices != 2 {
+			t.Errorf("%s: %d records (%d notices), want %d and 2 (a forget's, an objection's)", sys, len(recs), notices, len(events)+2)
 		}
 	}
 	if len(bySys) != nsys {
