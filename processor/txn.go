@@ -43,6 +43,7 @@ type txn struct {
 	sess    *kgo.GroupTransactSession
 	input   string // the lane's input topic
 	promise *producePromise
+	done    func(*kgo.Record, error) // promise.done, bound once: a method value per record would allocate
 }
 
 // beginTxn begins a transaction on sess, a session consuming input.
@@ -50,13 +51,14 @@ func (p *Processor) beginTxn(ctx context.Context, sess *kgo.GroupTransactSession
 	if err := sess.Begin(); err != nil {
 		return nil, fmt.Errorf("%w: begin: %w", errSessionBroken, err)
 	}
-	return &txn{p: p, ctx: ctx, sess: sess, input: input, promise: &producePromise{cl: sess.Client()}}, nil
+	promise := &producePromise{cl: sess.Client()}
+	return &txn{p: p, ctx: ctx, sess: sess, input: input, promise: promise, done: promise.done}, nil
 }
 
 // produce hands r to the client; a failed record aborts the transaction.
 func (t *txn) produce(r *kgo.Record) {
 	t.promise.wg.Add(1)
-	t.sess.Produce(t.ctx, r, t.promise.done)
+	t.sess.Produce(t.ctx, r, t.done)
 }
 
 // abort aborts the transaction because of cause, which it returns (or a
