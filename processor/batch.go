@@ -38,7 +38,6 @@ type batch struct {
 	derive   []*order
 	deriving map[subject]int32
 	keys     []pseudonym.Key
-	used     map[store.SubjectHash]struct{}
 	stats    Stats
 	forgets  []forgetDone
 	// objections holds the status of each confirmed objection state
@@ -85,6 +84,8 @@ type order struct {
 	// objected: its subject objects to some system at its occurred_at;
 	// those systems' slots stay empty.
 	objected bool
+	// used: the batch derives from its subject's key (invalidate).
+	used bool
 	// class and reason, while the batch's orders are being admitted, mark
 	// a record for the dead-letter topic (class "" means valid so far).
 	class, reason string
@@ -122,12 +123,10 @@ func (b *batch) reset() {
 	b.keys = b.keys[:0]
 	if b.pending == nil {
 		b.pending = map[string]int{}
-		b.used = map[store.SubjectHash]struct{}{}
 		b.deriving = map[subject]int32{}
 	}
 	clear(b.pending)
 	clear(b.deriving)
-	clear(b.used)
 	b.stats = Stats{}
 	b.forgets = b.forgets[:0]
 	b.objections = b.objections[:0]

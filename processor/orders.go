@@ -281,7 +281,7 @@ func (p *Processor) assign(b *batch, resolved []subject) error {
 		if s.key() == nil {
 			return fmt.Errorf("store resolve: no key for a subject that needs one")
 		}
-		b.used[*s.hash()] = struct{}{}
+		o.used = true
 		if st, ok := s.objection(o.head.OccurredAt); ok {
 			// Its slots of the objected systems stay empty (project).
 			o.objected = true

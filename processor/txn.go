@@ -342,13 +342,26 @@ func (p *Processor) invalidate(g store.Guard, b *batch) (stale bool) {
 			"forgets after the backup must be repeated, see docs/operations.md",
 			"seen_seq", p.pos.Seq, "store_seq", g.Seq())
 	}
+	// The subjects the batch used, read before the cache drops any: a
+	// set only when there are forgets to check it against (most guards
+	// have none), so that an event costs no set insertion.
+	forgotten := g.Forgotten()
+	var used map[store.SubjectHash]bool
+	if len(forgotten) > 0 || !g.Complete() {
+		used = map[store.SubjectHash]bool{}
+		for i := range b.orders {
+			if o := &b.orders[i]; o.used {
+				used[*o.subj.hash()] = true
+			}
+		}
+	}
 	if !g.Complete() {
 		p.cache.clear()
-		stale = len(b.used) > 0
+		stale = len(used) > 0
 	}
-	for _, h := range g.Forgotten() {
+	for _, h := range forgotten {
 		p.cache.forget(h)
-		if _, ok := b.used[h]; ok {
+		if used[h] {
 			stale = true
 		}
 	}
