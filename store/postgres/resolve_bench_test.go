@@ -144,3 +144,52 @@ func BenchmarkResolveKnown(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCreateKeysSteps creates keys for batches of 8,192 new subjects
+// the way Resolve does, and variants of it, one statement at a time (see
+// postgres.CreateKeysStepwise), into a table of 200,000 keys that grows by
+// a batch per op, and reports the CPU time per key of the backend in each
+// step (pg-<step>-µs/key) and in all (pg-µs/key), and of this process.
+func BenchmarkCreateKeysSteps(b *testing.B) {
+	for _, variant := range []string{"resolve", "unsorted", "sortfirst", "keysonly", "joined", "copy", "plain", "plaintombs", "bare", "noinsert"} {
+		b.Run("variant="+variant, func(b *testing.B) {
+			s, meter := openMeasured(b, 200_000)
+			ctx := context.Background()
+			now := time.Now()
+			ids := make([]string, 8192)
+			steps := map[string]time.Duration{}
+			var order []string
+			var last time.Duration
+			mark := func(step string, pid uint32) {
+				c, _ := procCPU(int(pid))
+				if step != "" {
+					if _, ok := steps[step]; !ok {
+						order = append(order, step)
+					}
+					steps[step] += c - last
+				}
+				last = c
+			}
+			b.ResetTimer()
+			meter.start()
+			for i := range b.N {
+				for j := range ids {
+					ids[j] = fmt.Sprintf("steps-%d-%d", i, j)
+				}
+				n, err := postgres.CreateKeysStepwise(ctx, s, ids, now, variant, mark)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if want := len(ids); variant != "noinsert" && n != want {
+					b.Fatalf("created %d keys, want %d", n, want)
+				}
+			}
+			b.StopTimer()
+			keys := b.N * len(ids)
+			meter.report(b, keys)
+			for _, step := range order {
+				b.ReportMetric(float64(steps[step].Nanoseconds())/1e3/float64(keys), "pg-"+step+"-µs/key")
+			}
+		})
+	}
+}
