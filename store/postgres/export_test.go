@@ -74,8 +74,7 @@ WITH n AS MATERIALIZED (
 	RETURNING subject_hash
 )
 SELECT ins.subject_hash, n.requested_at FROM ins JOIN n ON n.h = ins.subject_hash`
-	// insertPlain is insertKeysReturning without ON CONFLICT: a
-	// concurrent creator makes it fail.
+	// insertPlain is insertKeysReturning without ON CONFLICT.
 	insertPlain = `
 WITH n AS MATERIALIZED (
 	SELECT n.h, n.w, t.requested_at
@@ -88,19 +87,7 @@ WITH n AS MATERIALIZED (
 	RETURNING subject_hash
 )
 SELECT ins.subject_hash, n.requested_at FROM ins JOIN n ON n.h = ins.subject_hash`
-	// insertPlainTombs is insertPlain without RETURNING: it returns the
-	// subjects with tombstones (all others are created, or it fails).
-	insertPlainTombs = `
-WITH n AS MATERIALIZED (
-	SELECT n.h, n.w, n.latest, t.requested_at
-	FROM unnest($1::bytea[], $2::bytea[], $3::timestamptz[]) AS n(h, w, latest)
-	LEFT JOIN pz_tombstones t ON t.subject_hash = n.h
-), ins AS (
-	INSERT INTO pz_subject_keys (subject_hash, wrapped_key)
-	SELECT h, w FROM n WHERE requested_at IS NULL OR latest > requested_at
-)
-SELECT h, requested_at FROM n WHERE requested_at IS NOT NULL`
-	// insertBare is insertKeys without the tombstone join and RETURNING.
+	// insertBare is insertKeys without the tombstone join.
 	insertBare = `
 INSERT INTO pz_subject_keys (subject_hash, wrapped_key)
 SELECT n.h, n.w FROM unnest($1::bytea[], $2::bytea[]) AS n(h, w)
@@ -108,17 +95,18 @@ ON CONFLICT (subject_hash) DO NOTHING`
 )
 
 // CreateKeysStepwise creates keys for the subjects ids (all new) on one
-// connection, as Resolve does but one statement at a time in an explicit
-// transaction, with the statements of variant: "resolve" (Resolve's),
-// "unsorted" (Resolve's, with the batch not sorted by hash),
-// "sortfirst" (Resolve's, with the batch sorted before the read), "keysonly"
-// and "joined" (other reads), "copy" (COPY into a temporary table, then
-// one INSERT from it), "plain" (INSERT without ON CONFLICT),
-// "plaintombs" (INSERT without ON CONFLICT and RETURNING), "bare"
-// (INSERT without the tombstone join and RETURNING), "noinsert" (no
-// INSERT). It calls mark with the connection's backend PID before the
-// first step and after each, naming the step. It returns how many keys it
-// created.
+// connection with Resolve's statements or a variant of them, one
+// statement at a time in an explicit transaction (Resolve pipelines them
+// in an implicit one). The variants: "resolve" (Resolve's: batch sorted
+// before the read, insertNewKeys); "sortafter" (sorted after the read);
+// "unsorted" (not sorted); "keysonly" and "joined" (other reads);
+// "onconflict" (insertKeysReturning, as Resolve did before it tried
+// insertNewKeys); "copy" (COPY into a temporary table, then
+// insertKeysReturning from it); "plain" (insertKeysReturning without ON
+// CONFLICT); "bare" (insertKeys without the tombstone join and
+// RETURNING); "noinsert" (no INSERT). It calls mark with the connection's
+// backend PID before the first step and after each, naming the step, and
+// returns how many keys it created.
 func CreateKeysStepwise(ctx context.Context, s *Store, ids []string, latest time.Time, variant string, mark func(step string, pid uint32)) (int, error) {
 	hashes := make([][]byte, len(ids))
 	for i, id := range ids {
@@ -129,7 +117,9 @@ func CreateKeysStepwise(ctx context.Context, s *Store, ids []string, latest time
 	err := s.with(ctx, func(conn *pgx.Conn) error {
 		pid := conn.PgConn().PID()
 		mark("", pid)
-		if variant == "sortfirst" {
+		switch variant {
+		case "sortafter", "unsorted":
+		default:
 			slices.SortFunc(hashes, bytes.Compare)
 		}
 		read := selectState
@@ -151,7 +141,7 @@ func CreateKeysStepwise(ctx context.Context, s *Store, ids []string, latest time
 			return err
 		}
 		mark("select", pid)
-		if variant != "unsorted" {
+		if variant == "sortafter" {
 			slices.SortFunc(hashes, bytes.Compare)
 		}
 		wrapped, err := s.kr.NewWrappedKeys(store.PurposeSubjectKey, hashes)
@@ -170,8 +160,10 @@ func CreateKeysStepwise(ctx context.Context, s *Store, ids []string, latest time
 			return err
 		}
 		mark("lock", pid)
-		insert, args := insertKeysReturning, []any{hashes, wrapped, lat}
+		insert, args := insertNewKeys, []any{hashes, wrapped, lat}
 		switch variant {
+		case "onconflict":
+			insert = insertKeysReturning
 		case "copy":
 			if _, err := conn.Exec(ctx, createStaging); err != nil {
 				return err
@@ -186,34 +178,35 @@ func CreateKeysStepwise(ctx context.Context, s *Store, ids []string, latest time
 			insert, args = insertFromStaging, nil
 		case "plain":
 			insert = insertPlain
-		case "plaintombs":
-			insert = insertPlainTombs
 		case "bare":
 			insert, args = insertBare, []any{hashes, wrapped}
 		}
-		if variant != "noinsert" {
-			if variant == "bare" {
-				tag, err := conn.Exec(ctx, insert, args...)
-				if err != nil {
-					return err
-				}
-				created += int(tag.RowsAffected())
-			} else {
-				rows, err := conn.Query(ctx, insert, args...)
-				if err != nil {
-					return err
-				}
-				for rows.Next() {
-					created++
-				}
-				if variant == "plaintombs" {
-					created = len(hashes) - created
-				}
-				rows.Close()
-				if err := rows.Err(); err != nil {
-					return err
-				}
+		switch {
+		case variant == "noinsert":
+		case variant == "bare":
+			tag, err := conn.Exec(ctx, insert, args...)
+			if err != nil {
+				return err
 			}
+			created += int(tag.RowsAffected())
+			mark("insert", pid)
+		default:
+			rows, err := conn.Query(ctx, insert, args...)
+			if err != nil {
+				return err
+			}
+			n := 0
+			for rows.Next() {
+				n++
+			}
+			rows.Close()
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			if insert == insertNewKeys { // it returns the tombstoned subjects
+				n = len(hashes) - n
+			}
+			created += n
 			mark("insert", pid)
 		}
 		if _, err := conn.Exec(ctx, "COMMIT"); err != nil {

@@ -151,7 +151,7 @@ func BenchmarkResolveKnown(b *testing.B) {
 // a batch per op, and reports the CPU time per key of the backend in each
 // step (pg-<step>-µs/key) and in all (pg-µs/key), and of this process.
 func BenchmarkCreateKeysSteps(b *testing.B) {
-	for _, variant := range []string{"resolve", "unsorted", "sortfirst", "keysonly", "joined", "copy", "plain", "plaintombs", "bare", "noinsert"} {
+	for _, variant := range []string{"resolve", "sortafter", "unsorted", "keysonly", "joined", "onconflict", "copy", "plain", "bare", "noinsert"} {
 		b.Run("variant="+variant, func(b *testing.B) {
 			s, meter := openMeasured(b, 200_000)
 			ctx := context.Background()
