@@ -85,10 +85,12 @@ type subjectState struct {
 // Resolve returns one Entry per lookup. It reads every subject in one
 // statement; subjects that need a fresh key are created in one more round
 // trip: a pipelined implicit transaction that takes the shared guard lock
-// and inserts the keys, returning those it created (split over a few
-// connections when there are thousands, see resolveStates). Only subjects
-// that it did not create (another process created a key first, or a
-// forget came in between) take a third round trip, which inserts again and
+// and inserts the keys, returning the tombstones it found (split over a
+// few connections when there are thousands, see resolveStates). If
+// another process created one of the keys since the read, that insert
+// fails whole and is repeated, skipping existing keys. Only subjects that
+// it did not create (another process created a key first, or a forget
+// came in between) take one more round trip, which inserts again and
 // re-reads them under the lock.
 func (s *Store) Resolve(ctx context.Context, lookups []store.Lookup) ([]store.Entry, error) {
 	entries := make([]store.Entry, len(lookups))
