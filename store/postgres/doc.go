@@ -4,8 +4,10 @@
 // coordinate through the database alone:
 //
 //   - Subject keys are created in one write transaction per Resolve batch
-//     (INSERT ... ON CONFLICT DO NOTHING, then re-select), so concurrent
-//     creators in different processes converge on one key.
+//     (a plain INSERT; if another process created one of the keys since
+//     they were read, it fails whole and is repeated as INSERT ... ON
+//     CONFLICT DO NOTHING, then re-select), so concurrent creators in
+//     different processes converge on one key.
 //   - Forget takes an exclusive transaction-level advisory lock; Guard and the
 //     key-creating part of Resolve take it shared. The lock key is derived
 //     from the store's schema, so stores in different schemas of one database

@@ -80,3 +80,10 @@ func unavailable(err error) bool {
 	// Network errors, timeouts, canceled contexts, broken connections.
 	return true
 }
+
+// isUniqueViolation reports whether err is a unique violation of the
+// named constraint.
+func isUniqueViolation(err error, constraint string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "23505" && pgErr.ConstraintName == constraint
+}

@@ -93,6 +93,9 @@ type Store struct {
 	// shards is the most connections one Resolve uses (resolveStates):
 	// half the pool, at most maxResolveShards.
 	shards int
+	// afterRead, if set (by tests), runs in Resolve between reading the
+	// subjects and creating their keys.
+	afterRead func()
 
 	// rewrapMu guards rewrapAfter, the subject hash after which the next
 	// Rewrap continues (nil: from the start).
