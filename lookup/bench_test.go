@@ -22,6 +22,7 @@ import (
 	vegeta "github.com/tsenart/vegeta/v12/lib"
 
 	"github.com/hygiene/pseudonymizer/internal/kafkatest"
+	"github.com/hygiene/pseudonymizer/lookup"
 	"github.com/hygiene/pseudonymizer/schema"
 	"github.com/hygiene/pseudonymizer/schema/sample"
 	"github.com/hygiene/pseudonymizer/store"
@@ -50,6 +51,14 @@ func benchDuration() time.Duration {
 		return d
 	}
 	return 5 * time.Second
+}
+
+// benchWindow sets the batch window to PSEUDONYMIZER_LOOKUP_BENCH_WINDOW
+// (a duration; negative: none), if set.
+func benchWindow(cfg *lookup.Config) {
+	if d, err := time.ParseDuration(os.Getenv("PSEUDONYMIZER_LOOKUP_BENCH_WINDOW")); err == nil {
+		cfg.Window = d
+	}
 }
 
 // loadGenEnv, set in a child's environment, makes the test binary a load
@@ -160,8 +169,10 @@ func loadGen() int {
 		return nil
 	}
 	// Keep-alive connections, as a shop's servers keep them to the API;
-	// vegeta adds workers (each with its connection) when all are busy.
-	atk := vegeta.NewAttacker(vegeta.KeepAlive(true), vegeta.Connections(256), vegeta.MaxWorkers(512), vegeta.Timeout(5*time.Second))
+	// vegeta adds workers (each with its connection) when all are busy,
+	// and keeps as many connections idle as it may have workers, so that
+	// none is closed and dialed again.
+	atk := vegeta.NewAttacker(vegeta.KeepAlive(true), vegeta.Connections(512), vegeta.MaxWorkers(512), vegeta.Timeout(5*time.Second))
 	go func() {
 		_, _ = io.Copy(io.Discard, in) // until the parent closes stdin
 		atk.Stop()
@@ -211,7 +222,7 @@ func BenchmarkLookupKnown(b *testing.B) {
 	rate, dur := benchEnv("PSEUDONYMIZER_LOOKUP_BENCH_RATE", 10000), benchDuration()
 	for _, kind := range storeKinds {
 		b.Run(kind, func(b *testing.B) {
-			w := newWorld(b, kind, false, false)
+			w := newWorld(b, kind, false, false, benchWindow)
 			const customers = 10000
 			lookups := make([]store.Lookup, customers)
 			for i := range lookups {
@@ -265,8 +276,10 @@ func BenchmarkLookupNewCustomerAlone(b *testing.B) {
 }
 
 // BenchmarkOrdersUnderLookups: the time the processor takes for 200,000
-// orders (PSEUDONYMIZER_LOOKUP_BENCH_ORDERS) (20,000 customers, PostgreSQL, kfake over TCP), idle and while
-// the API serves 1,000 lookups/s of the same customers.
+// orders (PSEUDONYMIZER_LOOKUP_BENCH_ORDERS) (20,000 customers, PostgreSQL,
+// kfake over TCP), idle and while the API serves 1,000 lookups/s of the
+// same customers (vegeta in a child process), and the CPU time per order
+// of this process.
 func BenchmarkOrdersUnderLookups(b *testing.B) {
 	n, customers := benchEnv("PSEUDONYMIZER_LOOKUP_BENCH_ORDERS", 200_000), 20_000
 	for _, load := range []int{0, 1000} {
@@ -304,12 +317,16 @@ func BenchmarkOrdersUnderLookups(b *testing.B) {
 					close(done)
 				}
 				b.StartTimer()
-				start := time.Now()
+				start, cpu0 := time.Now(), cpuTime()
 				w.startProcessor(b)
 				w.kc.AwaitGroup(b, w.group, 10*time.Minute, w.topics.Orders)
-				el := time.Since(start)
+				el, cpu := time.Since(start), cpuTime()-cpu0
 				b.StopTimer()
 				b.ReportMetric(float64(n)/el.Seconds(), "orders/s")
+				// This process's CPU (processor, kfake, and the API if it
+				// serves lookups) per order: what the lookups cost the
+				// orders on a machine whose cores are not all theirs.
+				b.ReportMetric(float64(cpu.Nanoseconds())/1000/float64(n), "cpu-µs/order")
 				cancel()
 				<-done
 				if rerr != nil {
@@ -318,6 +335,7 @@ func BenchmarkOrdersUnderLookups(b *testing.B) {
 				if r != nil {
 					b.ReportMetric(r.m.Throughput, "lookups/s")
 					b.ReportMetric(float64(r.m.Latencies.P99.Microseconds())/1000, "lookup-p99-ms")
+					b.ReportMetric(float64(r.vegetaCPU.Nanoseconds())/1000, "vegeta-cpu-µs/lookup")
 				}
 			}
 		})
