@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strconv"
@@ -340,4 +341,38 @@ func BenchmarkOrdersUnderLookups(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkHandler: the API's handler and batcher without HTTP (an
+// httptest recorder for the connection), 64 lookups in flight, known
+// customers, embedded store, no batch window: the allocations and CPU
+// time the API itself spends per lookup.
+func BenchmarkHandler(b *testing.B) {
+	w := newWorld(b, "embedded", false, false, func(c *lookup.Config) { c.Window = -1 })
+	const customers = 1000
+	lookups := make([]store.Lookup, customers)
+	for i := range lookups {
+		lookups[i] = store.Lookup{SubjectID: fmt.Sprintf("known-%d", i), Latest: time.Now()}
+	}
+	if _, err := w.st.Resolve(context.Background(), lookups); err != nil {
+		b.Fatal(err)
+	}
+	var n atomic.Int64
+	b.SetParallelism(32)
+	b.ReportAllocs()
+	cpu0 := cpuTime()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			req := httptest.NewRequest(http.MethodPost, lookup.Path, bytes.NewReader(lookupBody(fmt.Sprintf("known-%d", i%customers), i)))
+			req.Header.Set("Authorization", "Bearer "+allToken)
+			rec := httptest.NewRecorder()
+			w.api.ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK {
+				b.Errorf("status %d: %s", rec.Code, rec.Body)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/1000/float64(b.N), "cpu-µs/op")
 }

@@ -107,7 +107,11 @@ func (si *schemaInfo) decodeRequest(body []byte, now time.Time) (*Request, error
 	if len(body) > MaxBodyBytes {
 		return nil, bad("request body is larger than %d bytes", MaxBodyBytes)
 	}
-	p := reqParser{b: body, maxSystems: len(si.systems)}
+	var room struct { // for the usual request, in one allocation
+		values  [8]rawMember
+		systems [8][]byte
+	}
+	p := reqParser{b: body, maxSystems: len(si.systems), values: room.values[:0], systems: room.systems[:0]}
 	if err := p.parse(); err != nil {
 		return nil, err
 	}

@@ -81,6 +81,7 @@ type Server struct {
 	now     func() time.Time
 	runOnce sync.Once
 	bodies  sync.Pool // *[]byte: request body buffers, wiped before they are put back
+	calls   sync.Pool // *call: answered calls (a call not answered is not reused)
 	okTime  atomic.Pointer[prometheus.Observer]
 	// Header values every response has, set without allocating (net/http
 	// only reads them).
@@ -174,6 +175,7 @@ func New(cfg Config) (*Server, error) {
 		hits: cfg.Metrics.Cache.WithLabelValues("hit"), misses: cfg.Metrics.Cache.WithLabelValues("miss"),
 	}
 	s.bodies.New = func() any { b := make([]byte, 0, 2048); return &b }
+	s.calls.New = func() any { return &call{done: make(chan answer, 1)} }
 	return s, nil
 }
 
@@ -339,7 +341,9 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *ca
 			return s.fail(w, http.StatusForbidden, fmt.Sprintf("systems[%d] is not allowed for this token", i)), c, req.Systems
 		}
 	}
-	cl := &call{req: req, done: make(chan answer, 1)}
+	cl := s.calls.Get().(*call)
+	cl.req = req
+	cl.released.Store(false)
 	select {
 	case s.b.in <- cl:
 	case <-s.b.stopped:
@@ -358,8 +362,13 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *ca
 		}
 	}
 	// The batch holds the store guard until every answer is released:
-	// release even if writing panics.
-	defer a.release()
+	// release even if writing panics. The batcher is done with an
+	// answered call: it can serve another request.
+	defer func() {
+		a.release()
+		cl.req = nil
+		s.calls.Put(cl)
+	}()
 	if a.status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", "1")
 	}
