@@ -106,6 +106,9 @@ func attack(ctx context.Context, sp attackSpec) (*attackResult, error) {
 	}
 	cmd := exec.Command(exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), loadGenEnv+"=1")
+	if n := os.Getenv("PSEUDONYMIZER_LOOKUP_BENCH_VEGETA_PROCS"); n != "" {
+		cmd.Env = append(cmd.Env, "GOMAXPROCS="+n)
+	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, os.Stderr
 	stdin, err := cmd.StdinPipe()
