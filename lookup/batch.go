@@ -226,8 +226,8 @@ func (b *batcher) run(ctx context.Context) {
 		// share one guard and one Resolve; an idle API answers at once.
 		// The batcher sleeps out the window rather than waking for each
 		// call that arrives in it (they queue in b.in, which holds 4
-		// batches).
-		if wait := b.window - time.Since(last); wait > 0 {
+		// batches); a full batch already queued is served at once.
+		if wait := b.window - time.Since(last); wait > 0 && len(calls)+len(b.in) < b.maxBatch {
 			timer.Reset(wait)
 			select {
 			case <-timer.C:
