@@ -9,7 +9,10 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
@@ -28,17 +31,26 @@ type Store interface {
 
 // call is one request waiting for its answer.
 type call struct {
-	req  *Request
-	done chan answer // buffered: the batcher never waits for the handler
+	req      *Request
+	done     chan answer // buffered: the batcher never waits for the handler
+	released atomic.Bool // its answer was released
 }
 
 // answer is a call's response. release must be called once the response
 // was written (or its writing failed): the batch holds the store guard
 // until every answer of it is released.
 type answer struct {
-	status  int
-	body    []byte
-	release func()
+	status int
+	body   []byte
+	c      *call
+	wg     *sync.WaitGroup // the batch's answers not yet released (nil: none)
+}
+
+// release marks the answer written (once; later calls do nothing).
+func (a *answer) release() {
+	if a.wg != nil && a.c.released.CompareAndSwap(false, true) {
+		a.wg.Done()
+	}
 }
 
 // subject is a cached subject: its prepared key (if it has one), its
@@ -74,8 +86,12 @@ func (s *subject) needsKey(ms int64) bool {
 // length.
 type idDigest [16]byte
 
-// digester computes idDigests under a random per-process secret.
-type digester struct{ secret [32]byte }
+// digester computes idDigests under a random per-process secret. It is
+// used by one goroutine (the batcher's).
+type digester struct {
+	secret [32]byte
+	buf    []byte // secret || ID, wiped after each digest
+}
 
 func newDigester() *digester {
 	var d digester
@@ -86,11 +102,11 @@ func newDigester() *digester {
 }
 
 func (d *digester) digest(id string) idDigest {
-	h := sha256.New()
-	h.Write(d.secret[:])
-	h.Write([]byte(id))
+	d.buf = append(append(d.buf[:0], d.secret[:]...), id...)
+	sum := sha256.Sum256(d.buf)
+	clear(d.buf)
 	var out idDigest
-	copy(out[:], h.Sum(nil))
+	copy(out[:], sum[:])
 	return out
 }
 
@@ -176,6 +192,9 @@ type batcher struct {
 	d         *pseudonym.Deriver
 	log       *slog.Logger
 	m         *Metrics
+	hits      prometheus.Counter
+	misses    prometheus.Counter
+	answerWG  sync.WaitGroup // the current batch's answers not yet released
 }
 
 // maxAttempts bounds how often a batch is redone because a forget
@@ -188,8 +207,12 @@ var errUnavailable = errors.New("lookup: the key store is unavailable")
 func (b *batcher) run(ctx context.Context) {
 	defer close(b.stopped)
 	var last time.Time // when the previous batch started
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var calls []*call
 	for {
-		var calls []*call
+		clear(calls)
+		calls = calls[:0]
 		select {
 		case c := <-b.in:
 			calls = append(calls, c)
@@ -201,18 +224,16 @@ func (b *batcher) run(ctx context.Context) {
 		}
 		// At most one batch per window: under load, the calls of a window
 		// share one guard and one Resolve; an idle API answers at once.
-		if wait := b.window - time.Since(last); wait > 0 {
-			timer := time.NewTimer(wait)
-		gather:
-			for len(calls) < b.maxBatch {
-				select {
-				case c := <-b.in:
-					calls = append(calls, c)
-				case <-timer.C:
-					break gather
-				}
+		// The batcher sleeps out the window rather than waking for each
+		// call that arrives in it (they queue in b.in, which holds 4
+		// batches); a full batch already queued is served at once.
+		if wait := b.window - time.Since(last); wait > 0 && len(calls)+len(b.in) < b.maxBatch {
+			timer.Reset(wait)
+			select {
+			case <-timer.C:
+			case <-ctx.Done():
+				timer.Stop()
 			}
-			timer.Stop()
 		}
 	more:
 		for len(calls) < b.maxBatch {
@@ -257,7 +278,7 @@ func (b *batcher) serve(ctx context.Context, calls []*call) {
 // fail answers every call 503.
 func (b *batcher) fail(calls []*call) {
 	for _, c := range calls {
-		c.done <- answer{status: http.StatusServiceUnavailable, body: errorBody("the key store is unavailable; retry later"), release: func() {}}
+		c.done <- answer{status: http.StatusServiceUnavailable, body: errorBody("the key store is unavailable; retry later")}
 	}
 }
 
@@ -280,15 +301,18 @@ func (b *batcher) prepare(ctx context.Context, calls []*call) ([]*subject, store
 	}
 	subs := make([]*subject, len(calls))
 	var lookups []store.Lookup
-	pending := map[string]int{}
+	var pending map[string]int // customer ID -> index in lookups
 	for i, c := range calls {
 		id, at := c.req.CustomerID, c.req.OccurredAt
 		if s, ok := b.cache.get(id); ok && !s.needsKey(at.UnixMilli()) {
 			subs[i] = s
-			b.m.Cache.WithLabelValues("hit").Inc()
+			b.hits.Inc()
 			continue
 		}
-		b.m.Cache.WithLabelValues("miss").Inc()
+		b.misses.Inc()
+		if pending == nil {
+			pending = map[string]int{}
+		}
 		if j, ok := pending[id]; ok {
 			if at.After(lookups[j].Latest) {
 				lookups[j].Latest = at
@@ -371,22 +395,24 @@ func (b *batcher) guard(ctx context.Context, since store.Position) (store.Guard,
 // invalidate drops the subjects the guard lists as forgotten from the cache
 // and reports whether the batch used one of them.
 func (b *batcher) invalidate(g store.Guard, subs []*subject) (stale bool) {
-	used := make(map[store.SubjectHash]bool, len(subs))
-	for _, s := range subs {
-		used[s.hash] = true
-	}
 	if g.Diverged() {
 		b.log.Error("the key store's forget log was rewound (restored from a backup or recreated): the lookup API drops every cached key",
 			"seen_seq", b.pos.Seq, "store_seq", g.Seq())
 	}
 	if !g.Complete() {
 		b.cache.clear()
-		stale = len(used) > 0
+		stale = len(subs) > 0
 	}
-	for _, h := range g.Forgotten() {
-		b.cache.forget(h)
-		if used[h] {
-			stale = true
+	if forgotten := g.Forgotten(); len(forgotten) > 0 {
+		used := make(map[store.SubjectHash]bool, len(subs))
+		for _, s := range subs {
+			used[s.hash] = true
+		}
+		for _, h := range forgotten {
+			b.cache.forget(h)
+			if used[h] {
+				stale = true
+			}
 		}
 	}
 	b.pos = g.Position()
@@ -396,7 +422,7 @@ func (b *batcher) invalidate(g store.Guard, subs []*subject) (stale bool) {
 // answer derives and hands out the batch's answers under g, waits until
 // every one was written, and releases g.
 func (b *batcher) answer(ctx context.Context, calls []*call, subs []*subject, g store.Guard) {
-	var wg sync.WaitGroup
+	wg := &b.answerWG
 	defer func() {
 		wg.Wait()
 		if err := g.Release(context.WithoutCancel(ctx)); err != nil {
@@ -429,7 +455,7 @@ func (b *batcher) answer(ctx context.Context, calls []*call, subs []*subject, g 
 	wg.Add(len(calls))
 	for i, c := range calls {
 		a := answers[i]
-		a.release = sync.OnceFunc(wg.Done)
+		a.c, a.wg = c, wg
 		c.done <- a
 	}
 }

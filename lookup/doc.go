@@ -116,7 +116,8 @@
 // # Files
 //
 //	server.go   Config, New, Serve, the handler: auth, rate, decode, scope, errors
-//	request.go  the request decoder and its limits
+//	request.go  the request decoder (hand-written, answering as encoding/json did:
+//	            FuzzDecodeRequestEquivalence) and its limits
 //	tokens.go   the tokens file, token generation, constant-time auth, rate buckets
 //	batch.go    the batcher: cache, Resolve, Guard, derive, answer
 //	metrics.go  Prometheus metrics

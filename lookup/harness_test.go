@@ -32,6 +32,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(loadGenEnv) != "" {
+		os.Exit(loadGen())
+	}
 	if os.Getenv("PSEUDONYMIZER_TEST_VERBOSE") == "" {
 		slog.SetDefault(slog.New(slog.DiscardHandler))
 	}

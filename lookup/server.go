@@ -15,8 +15,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/hygiene/pseudonymizer/processor/policy"
 	"github.com/hygiene/pseudonymizer/processor/pseudonym"
@@ -77,6 +80,29 @@ type Server struct {
 	log     *slog.Logger
 	now     func() time.Time
 	runOnce sync.Once
+	bodies  sync.Pool // *[]byte: request body buffers, wiped before they are put back
+	calls   sync.Pool // *call: answered calls (a call not answered is not reused)
+	okTime  atomic.Pointer[prometheus.Observer]
+	// Header values every response has, set without allocating (net/http
+	// only reads them).
+	hdrNoStore, hdrJSON []string
+}
+
+// lazyCounter is a counter series created on first use (so that only
+// series that counted something are exposed), then taken without the
+// label lookup.
+type lazyCounter struct {
+	p atomic.Pointer[prometheus.Counter]
+}
+
+func (l *lazyCounter) inc(vec *prometheus.CounterVec, labels ...string) {
+	p := l.p.Load()
+	if p == nil {
+		c := vec.WithLabelValues(labels...)
+		p = &c
+		l.p.Store(p)
+	}
+	(*p).Inc()
 }
 
 // New checks cfg and returns a Server.
@@ -113,12 +139,13 @@ func New(cfg Config) (*Server, error) {
 	}
 	si := newSchemaInfo(cfg.Plan)
 	systems := cfg.Plan.Systems()
-	s := &Server{cfg: cfg, si: si, m: cfg.Metrics, log: cfg.Logger, now: cfg.Now}
+	s := &Server{cfg: cfg, si: si, m: cfg.Metrics, log: cfg.Logger, now: cfg.Now,
+		hdrNoStore: []string{"no-store"}, hdrJSON: []string{"application/json"}}
 	if err := CheckTokens(cfg.Plan, cfg.Tokens); err != nil {
 		return nil, err
 	}
 	for _, t := range cfg.Tokens {
-		c := &caller{name: t.Name, systems: make([]bool, len(systems)), bucket: newBucket(t.Rate)}
+		c := &caller{name: t.Name, systems: make([]bool, len(systems)), served: make([]lazyCounter, len(systems)), bucket: newBucket(t.Rate)}
 		h, err := decodeHex32(t.SHA256)
 		if err != nil {
 			return nil, fmt.Errorf("lookup: token %s: %w", t.Name, err)
@@ -145,7 +172,10 @@ func New(cfg Config) (*Server, error) {
 		in: make(chan *call, 4*cfg.MaxBatch), stopped: make(chan struct{}), maxBatch: cfg.MaxBatch,
 		window: cfg.Window, timeout: cfg.StoreTimeout, cache: newCache(cfg.CacheSubjects), d: pseudonym.NewDeriver(),
 		log: cfg.Logger, m: cfg.Metrics,
+		hits: cfg.Metrics.Cache.WithLabelValues("hit"), misses: cfg.Metrics.Cache.WithLabelValues("miss"),
 	}
+	s.bodies.New = func() any { b := make([]byte, 0, 2048); return &b }
+	s.calls.New = func() any { return &call{done: make(chan answer, 1)} }
 	return s, nil
 }
 
@@ -239,6 +269,19 @@ func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	code, c, systems := s.handle(w, r)
+	if code == http.StatusOK {
+		for _, sys := range systems {
+			c.served[sys].inc(s.m.Requests, c.name, s.b.systems[sys], "200")
+		}
+		ob := s.okTime.Load()
+		if ob == nil {
+			o := s.m.Latency.WithLabelValues("200")
+			ob = &o
+			s.okTime.Store(ob)
+		}
+		(*ob).Observe(time.Since(start).Seconds())
+		return
+	}
 	token := "-"
 	if c != nil {
 		token = c.name
@@ -257,7 +300,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // authenticated) and requested systems (if known).
 func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *caller, systems []int) {
 	h := w.Header()
-	h.Set("Cache-Control", "no-store")
+	h["Cache-Control"] = s.hdrNoStore
 	if r.URL.Path != Path {
 		return s.fail(w, http.StatusNotFound, "not found; the lookup endpoint is POST "+Path), nil, nil
 	}
@@ -277,25 +320,30 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *ca
 		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		return s.fail(w, http.StatusTooManyRequests, "over this token's rate"), c, nil
 	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, MaxBodyBytes+1))
-	if err != nil {
-		return s.fail(w, http.StatusBadRequest, "the request body could not be read"), c, nil
+	bp := s.bodies.Get().(*[]byte)
+	body, err := readBody(r.Body, (*bp)[:0])
+	var req *Request
+	if err == nil {
+		req, err = s.si.decodeRequest(body, s.now())
 	}
-	req, err := s.si.decodeRequest(body, s.now())
+	clear(body) // the raw customer ID and values
+	*bp = body[:0]
+	s.bodies.Put(bp)
 	if err != nil {
 		var be *BadRequestError
 		if !errors.As(err, &be) {
-			be = &BadRequestError{Msg: "malformed request"}
+			be = &BadRequestError{Msg: "the request body could not be read"}
 		}
 		return s.fail(w, http.StatusBadRequest, be.Msg), c, nil
 	}
-	clear(body)
 	for i, sys := range req.Systems {
 		if !c.systems[sys] {
 			return s.fail(w, http.StatusForbidden, fmt.Sprintf("systems[%d] is not allowed for this token", i)), c, req.Systems
 		}
 	}
-	cl := &call{req: req, done: make(chan answer, 1)}
+	cl := s.calls.Get().(*call)
+	cl.req = req
+	cl.released.Store(false)
 	select {
 	case s.b.in <- cl:
 	case <-s.b.stopped:
@@ -314,8 +362,13 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *ca
 		}
 	}
 	// The batch holds the store guard until every answer is released:
-	// release even if writing panics.
-	defer a.release()
+	// release even if writing panics. The batcher is done with an
+	// answered call: it can serve another request.
+	defer func() {
+		a.release()
+		cl.req = nil
+		s.calls.Put(cl)
+	}()
 	if a.status == http.StatusServiceUnavailable {
 		h.Set("Retry-After", "1")
 	}
@@ -323,11 +376,31 @@ func (s *Server) handle(w http.ResponseWriter, r *http.Request) (code int, c *ca
 	return a.status, c, req.Systems
 }
 
+// readBody reads a request body onto buf, at most MaxBodyBytes+1 bytes
+// (decodeRequest refuses a longer one).
+func readBody(r io.Reader, buf []byte) ([]byte, error) {
+	for len(buf) <= MaxBodyBytes {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):min(cap(buf), MaxBodyBytes+1)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+	return buf, nil
+}
+
 // write writes a JSON response within the write timeout.
 func (s *Server) write(w http.ResponseWriter, status int, body []byte) {
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	h := w.Header()
+	h["Content-Type"] = s.hdrJSON
+	h["Content-Length"] = []string{strconv.Itoa(len(body))}
 	w.WriteHeader(status)
 	_, _ = w.Write(body)
 }

@@ -143,6 +143,7 @@ type caller struct {
 	name    string
 	sum     [sha256.Size]byte
 	systems []bool
+	served  []lazyCounter // per system: its 200s (pseudonymizer_lookup_requests_total)
 	bucket  bucket
 }
 
