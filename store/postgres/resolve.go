@@ -26,12 +26,22 @@ SELECT subject_hash, NULL::bytea, effective_at, systems FROM pz_objections WHERE
 
 // insertKeys creates keys for the subjects that still need one: no key yet,
 // and no tombstone at or after the newest event that asks.
+//
+// Every key-creating statement inserts in the order of subject_hash (ORDER
+// BY: the join with the tombstones reorders its input). An insert waits
+// for another transaction's uncommitted key of the same subject; two
+// creators with overlapping subjects (the lookup API and the stream, or
+// two instances) that inserted in different orders could each wait for
+// the other, a deadlock that PostgreSQL breaks only after deadlock_timeout
+// by failing one of them. In one order, one of them just waits for the
+// other's commit. TestConcurrentCreatorsDoNotDeadlock.
 const insertKeys = `
 INSERT INTO pz_subject_keys (subject_hash, wrapped_key)
 SELECT n.h, n.w
 FROM unnest($1::bytea[], $2::bytea[], $3::timestamptz[]) AS n(h, w, latest)
 LEFT JOIN pz_tombstones t ON t.subject_hash = n.h
 WHERE t.subject_hash IS NULL OR n.latest > t.requested_at
+ORDER BY n.h
 ON CONFLICT (subject_hash) DO NOTHING`
 
 // insertKeysReturning is insertKeys that also returns each subject it
@@ -45,7 +55,7 @@ WITH n AS MATERIALIZED (
 	WHERE t.subject_hash IS NULL OR n.latest > t.requested_at
 ), ins AS (
 	INSERT INTO pz_subject_keys (subject_hash, wrapped_key)
-	SELECT h, w FROM n
+	SELECT h, w FROM n ORDER BY h
 	ON CONFLICT (subject_hash) DO NOTHING
 	RETURNING subject_hash
 )
@@ -66,7 +76,7 @@ WITH n AS MATERIALIZED (
 	LEFT JOIN pz_tombstones t ON t.subject_hash = n.h
 ), ins AS (
 	INSERT INTO pz_subject_keys (subject_hash, wrapped_key)
-	SELECT h, w FROM n WHERE fresh
+	SELECT h, w FROM n WHERE fresh ORDER BY h
 )
 SELECT h, requested_at, fresh FROM n WHERE requested_at IS NOT NULL`
 

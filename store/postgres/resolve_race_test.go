@@ -91,3 +91,60 @@ func TestResolveRacesAfterRead(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrentCreatorsDoNotDeadlock has two stores create the keys of
+// overlapping sets of new subjects at the same moment, as the lookup API
+// and the stream do when a shop asks for a first-time buyer's pseudonyms
+// while the order is processed, or two instances during a rebalance: a
+// large batch against small ones that share some of its subjects. Each
+// insert waits for the other's uncommitted keys; unless both insert in
+// the same order, two of them can wait for each other, and PostgreSQL
+// breaks the cycle after deadlock_timeout (1 s) by failing one.
+func TestConcurrentCreatorsDoNotDeadlock(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.MustTempSchemaDSN(t)
+	kr := storetest.MustKeyring(t, storetest.MustKEK(t, 1))
+	open := func() *postgres.Store {
+		s, err := postgres.Open(ctx, dsn, kr)
+		if err != nil {
+			t.Fatalf("Open: %v", err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	big, small := open(), open()
+	now := time.Now()
+	for round := range 32 {
+		const n = 4096
+		all := make([]store.Lookup, n)
+		for i := range all {
+			all[i] = store.Lookup{SubjectID: fmt.Sprintf("dl-%d-%d", round, i), Latest: now}
+		}
+		errs := make(chan error, 2)
+		start := make(chan struct{})
+		go func() {
+			<-start
+			_, err := big.Resolve(ctx, all)
+			errs <- err
+		}()
+		go func() {
+			<-start
+			// Small batches of every 37th subject, from the end.
+			var err error
+			for j := n - 1; j >= 0 && err == nil; j -= 37 * 16 {
+				var part []store.Lookup
+				for k := j; k >= 0 && k > j-37*16; k -= 37 {
+					part = append(part, all[k])
+				}
+				_, err = small.Resolve(ctx, part)
+			}
+			errs <- err
+		}()
+		close(start)
+		for range 2 {
+			if err := <-errs; err != nil {
+				t.Fatalf("round %d: concurrent Resolve: %v", round, err)
+			}
+		}
+	}
+}
