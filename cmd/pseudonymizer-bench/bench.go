@@ -75,6 +75,8 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cacheSubjects := fs.Int("cache-subjects", -1, "processing.cache_subjects of the pseudonymizer pipelines (0 caches nothing); default: the service's default")
 	maxPoll := fs.Int("max-poll-records", 0, "processing.max_poll_records of the pseudonymizer pipelines; default: the service's default")
 	binary := fs.String("pseudonymizer", "", "the pseudonymizer binary whose `run` the pseudonymizer pipelines measure; default: built from this module with `go build`")
+	runs := fs.Int("runs", 1, "run the whole bench this many times and end with the median and range of each pipeline's CPU per event and efficiency")
+	baseline := fs.String("baseline", "", "a second pseudonymizer binary (e.g. a release) to run interleaved with --pseudonymizer's, round by round, and compare in the summary")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -93,6 +95,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if *maxPoll < 0 {
 		return errors.New("bench: --max-poll-records must not be negative")
+	}
+	if *runs < 1 {
+		return errors.New("bench: --runs must be at least 1")
 	}
 	if *events < 1 || *customers < 1 || *partitions < 1 {
 		return errors.New("bench: --events, --customers and --partitions must be positive")
@@ -117,15 +122,63 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		topics: config.Default().Topics, binary: *binary, forgetRate: *forgetRate,
 		cacheSubjects: *cacheSubjects, maxPoll: *maxPoll,
 	}
-	if *brokers != "" {
-		b.brokers = strings.Split(*brokers, ",")
-		var rnd [4]byte
-		_, _ = rand.Read(rnd[:])
-		b.ns = "bench-" + hex.EncodeToString(rnd[:]) + "."
-		b.topics = benchTopics(b.ns)
+	binaries := []string{*binary}
+	if *baseline != "" {
+		binaries = append(binaries, *baseline)
 	}
-	defer b.close()
-	return b.run(ctx, want, stdout)
+	if len(binaries) == 1 && *runs == 1 {
+		b.external(*brokers)
+		defer b.close()
+		_, err := b.run(ctx, want, stdout)
+		return err
+	}
+	if *binary == "" && (want["pg"] || want["embedded"]) {
+		// Built once for every run (a run's directory goes with it).
+		dir, err := os.MkdirTemp("", "pseudonymizer-bench-bin-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		bb := &bench{dir: dir}
+		if err := bb.buildPseudonymizer(ctx); err != nil {
+			return err
+		}
+		binaries[0] = bb.binary
+	}
+	labels := []string{orDefault(*binary, "this module"), *baseline}
+	var rounds []benchRound
+	for i := range *runs {
+		for j, bin := range binaries {
+			rb := *b
+			rb.binary = bin
+			rb.external(*brokers)
+			fmt.Fprintf(stdout, "== run %d of %d, pseudonymizer: %s\n", i+1, *runs, labels[j])
+			results, err := rb.run(ctx, want, stdout)
+			rb.close()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout)
+			rounds = append(rounds, benchRound{binary: labels[j], results: results})
+		}
+	}
+	summarize(stdout, b.events, rounds)
+	return nil
+}
+
+// external points b at the Kafka cluster of brokers (host:port,…), if
+// any, with topics and groups under a fresh prefix of their own (a run's
+// topics are deleted when it ends, and a deleted name is not at once
+// free again).
+func (b *bench) external(brokers string) {
+	if brokers == "" {
+		return
+	}
+	b.brokers = strings.Split(brokers, ",")
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	b.ns = "bench-" + hex.EncodeToString(rnd[:]) + "."
+	b.topics = benchTopics(b.ns)
 }
 
 type bench struct {
@@ -249,7 +302,7 @@ func (b *bench) createSchema(ctx context.Context) error {
 	return nil
 }
 
-func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) error {
+func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) ([]*benchResult, error) {
 	topics := b.topics
 	seed := []string{topics.Orders, topics.Forget, topics.Forgotten, topics.OrdersDeadLetter, topics.ForgetDeadLetter}
 	for _, p := range benchPipelines {
@@ -261,35 +314,35 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 	brokerKind := "Kafka broker"
 	if b.brokers == nil {
 		if b.cluster, err = kfake.NewCluster(kfake.Ports(0), kfake.SeedTopics(int32(b.partitions), seed...)); err != nil {
-			return fmt.Errorf("bench: embedded broker: %w", err)
+			return nil, fmt.Errorf("bench: embedded broker: %w", err)
 		}
 		b.brokers = b.cluster.ListenAddrs()
 		brokerKind = "kfake broker"
 	}
 	if b.cl, err = kgo.NewClient(kgo.SeedBrokers(b.brokers...), kgo.ProducerLinger(5*time.Millisecond)); err != nil {
-		return err
+		return nil, err
 	}
 	b.adm = kadm.NewClient(b.cl)
 	if b.cluster == nil {
 		if err := b.createTopics(ctx, seed); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if b.dir, err = os.MkdirTemp("", "pseudonymizer-bench-"); err != nil {
-		return err
+		return nil, err
 	}
 	kek := make([]byte, store.KeySize)
 	_, _ = rand.Read(kek)
 	b.kek = base64.StdEncoding.EncodeToString(kek)
 	if want["pg"] || want["embedded"] {
 		if err := b.buildPseudonymizer(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	}
 
 	t0 := time.Now()
 	if err := b.backlog(ctx, topics.Orders); err != nil {
-		return err
+		return nil, err
 	}
 	fmt.Fprintf(w, "pseudonymizer bench: %d events (%.0f B Avro on average) of %d customers, %d systems, %d partitions; %s at %s (backlog written in %s)\n",
 		b.events, b.avgBytes, b.customers, len(b.pols), b.partitions, brokerKind, strings.Join(b.brokers, ","), time.Since(t0).Round(time.Millisecond))
@@ -304,7 +357,7 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 		_, _ = rand.Read(rnd[:])
 		b.pgSchema = "bench_" + hex.EncodeToString(rnd[:])
 		if err := b.createSchema(ctx); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	var results []*benchResult
@@ -317,7 +370,7 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 		}
 		if err := b.pipeline(ctx, p.kind, r); err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return nil, ctx.Err()
 			}
 			r.error = err.Error()
 			fmt.Fprintf(b.stderr, "bench: pipeline %s: %v\n", p.name, err)
@@ -326,10 +379,10 @@ func (b *bench) run(ctx context.Context, want map[string]bool, w io.Writer) erro
 	b.table(w, results)
 	for _, r := range results {
 		if r.error != "" {
-			return fmt.Errorf("bench: pipeline %s failed: %s", r.name, r.error)
+			return results, fmt.Errorf("bench: pipeline %s failed: %s", r.name, r.error)
 		}
 	}
-	return nil
+	return results, nil
 }
 
 // createTopics creates the run's topics on an external broker, with the
