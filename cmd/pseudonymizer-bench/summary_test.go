@@ -13,7 +13,7 @@ import (
 func TestSummarize(t *testing.T) {
 	round := func(bin string, copyMS, oursMS, pgMS int) benchRound {
 		return benchRound{binary: bin, results: []*benchResult{
-			{name: "b", kind: "txcopy", cpu: time.Duration(copyMS) * time.Millisecond, pgCPU: -1},
+			{name: "b", kind: "txcopy", cpu: time.Duration(copyMS) * time.Millisecond, pgCPU: -1, rate: 1000},
 			{name: "c", kind: "pg", cpu: time.Duration(oursMS) * time.Millisecond, pgCPU: time.Duration(pgMS) * time.Millisecond, pseudonymizer: true},
 			{name: "d", kind: "embedded", skipped: "skipped"},
 		}}
@@ -37,7 +37,7 @@ func TestSummarize(t *testing.T) {
 		"new c": {"3", "8.00 (6.00–10.00)", "2.00 (2.00–2.00)", "0.50 (0.50–0.50)"},
 		// c: 4/16 = 0.25, 6/12 = 0.50, 5/20 = 0.25.
 		"old c": {"3", "14.00 (10.00–18.00)", "0.25 (0.25–0.50)"},
-		"new b": {"3", "5.00 (4.00–6.00)"},
+		"new b": {"3", "1000 (1000–1000)", "5.00 (4.00–6.00)"},
 	}
 	for k, parts := range want {
 		line, ok := rows[k]
@@ -80,7 +80,7 @@ func TestBenchRuns(t *testing.T) {
 			row = line
 		}
 	}
-	if f := strings.Fields(row); len(f) < 5 || f[3] != "2" {
+	if f := strings.Fields(row); len(f) < 6 || f[3] != "2" {
 		t.Errorf("summary row of the copy %q, want 2 runs", row)
 	}
 	if err := run(ctx, []string{"--runs", "0"}, &out, &errOut); err == nil {
