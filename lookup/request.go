@@ -405,20 +405,29 @@ func (p *reqParser) object() error {
 		if err != nil {
 			return err
 		}
-		p.ws()
-		if p.i >= len(p.b) {
-			return p.syntaxError()
-		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-		case '}':
-			p.i++
-			return nil
-		default:
-			return p.syntaxError()
+		if done, err := p.next('}'); done || err != nil {
+			return err
 		}
 	}
+}
+
+// next moves past what follows an element of an array or object: a comma
+// (done is false: another element follows) or close, the end of the array
+// or object (done is true).
+func (p *reqParser) next(close byte) (done bool, err error) {
+	p.ws()
+	if p.i >= len(p.b) {
+		return false, p.syntaxError()
+	}
+	switch p.b[p.i] {
+	case ',':
+		p.i++
+		return false, nil
+	case close:
+		p.i++
+		return true, nil
+	}
+	return false, p.syntaxError()
 }
 
 // key parses an object member's key and the colon after it, and skips
@@ -461,18 +470,8 @@ func (p *reqParser) valuesObject() error {
 			return err
 		}
 		p.addValue(key, p.b[start:p.i])
-		p.ws()
-		if p.i >= len(p.b) {
-			return p.syntaxError()
-		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-		case '}':
-			p.i++
-			return nil
-		default:
-			return p.syntaxError()
+		if done, err := p.next('}'); done || err != nil {
+			return err
 		}
 	}
 }
@@ -515,18 +514,8 @@ func (p *reqParser) systemsArray() error {
 			p.systems = append(p.systems, p.b[start:p.i])
 		}
 		p.nSystems++
-		p.ws()
-		if p.i >= len(p.b) {
-			return p.syntaxError()
-		}
-		switch p.b[p.i] {
-		case ',':
-			p.i++
-		case ']':
-			p.i++
-			return nil
-		default:
-			return p.syntaxError()
+		if done, err := p.next(']'); done || err != nil {
+			return err
 		}
 	}
 }
